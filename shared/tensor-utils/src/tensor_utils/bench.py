@@ -1,0 +1,180 @@
+"""Benchmark helpers: median timing, peak memory, and CSV rows tagged with the environment.
+
+On CUDA, timing uses ``triton.testing.do_bench`` (L2 flushed between runs, CUDA events);
+on the CPU a wall-clock loop. Rows are long-format (one measured value per row) so runs from
+different machines and library versions can be concatenated and plotted together.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+QUANTILES = (0.5, 0.2, 0.8)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call: the median and the 20th/80th percentiles."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100, device: str | None = None) -> Timing:
+    """Time ``fn()``. ``warmup``/``rep`` are milliseconds on CUDA (do_bench), call counts on CPU."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        from triton.testing import do_bench
+
+        q = do_bench(fn, warmup=warmup, rep=rep, quantiles=list(QUANTILES))
+        return Timing(*q)
+    for _ in range(max(1, min(warmup, 3))):
+        fn()
+    samples = []
+    for _ in range(max(3, rep)):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    qs = statistics.quantiles(samples, n=10, method="inclusive")
+    return Timing(statistics.median(samples), qs[1], qs[7])
+
+
+def _proc_status(pid: int | str = "self") -> dict[str, int]:
+    """Memory lines of /proc/<pid>/status in bytes (Linux only; empty elsewhere)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if value.strip().endswith("kB"):
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class PeakMemory:
+    """Peak memory of a block.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (``.cuda_bytes``).
+    CPU: a sampling thread polls the anonymous resident memory of a process (``.anon_bytes``,
+    memory outside the page cache: heap and tensors, not memory-mapped file pages), plus the
+    kernel's own high-water mark of the whole RSS (``.rss_hwm_bytes``, file pages included).
+    Pass ``pid`` to watch a child process (e.g. a peer tool run with subprocess).
+    """
+
+    def __init__(self, *, pid: int | None = None, interval_s: float = 0.005, cuda: bool | None = None):
+        self.pid = pid or os.getpid()
+        self.interval_s = interval_s
+        self.cuda = torch.cuda.is_available() if cuda is None else cuda
+        self.anon_bytes = 0
+        self.rss_hwm_bytes = 0
+        self.cuda_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        status = _proc_status(self.pid)
+        anon = status.get("RssAnon", 0) + status.get("RssShmem", 0)
+        self.anon_bytes = max(self.anon_bytes, anon)
+        self.rss_hwm_bytes = max(self.rss_hwm_bytes, status.get("VmHWM", 0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        if self.pid == os.getpid():
+            # Writing 5 to clear_refs resets VmHWM, so the high-water mark is this block's.
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sample()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.cuda_bytes = torch.cuda.max_memory_allocated()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def device_name(device: str | None = None) -> str:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} cpu"
+
+
+def environment_tags(device: str | None = None, packages: Iterable[str] = ()) -> dict[str, str]:
+    """Columns that say where a number came from: device, library versions, time."""
+    tags = {
+        "device": device_name(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "tensor_utils": _version("tensor-utils"),
+        "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    for dist in packages:
+        tags[dist.replace("-", "_")] = _version(dist)
+    return tags
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, object]], *, tags: Mapping[str, str] | None = None) -> Path:
+    """Append rows to a CSV (header from the union of keys), each tagged with ``tags``
+    (default: ``environment_tags()``). A missing file is created with a header."""
+    path = Path(path)
+    tags = environment_tags() if tags is None else tags
+    rows = [{**row, **tags} for row in rows]
+    if not rows:
+        return path
+    fields: list[str] = []
+    existing: list[dict[str, str]] = []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            existing = list(reader)
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(existing)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
