@@ -39,7 +39,7 @@ def load_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> d
                 "pass allow_unsafe_pickle=True only if you trust this file"
             ) from None
         raise CorruptCheckpointError(f"{path}: not a readable PyTorch file ({_first_line(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # a damaged pickle can fail in any way inside the unpickler
         raise CorruptCheckpointError(f"{path}: not a readable PyTorch file ({_first_line(err)})") from None
     return unwrap_state_dict(obj, where=str(path))
 

