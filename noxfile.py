@@ -41,7 +41,7 @@ def uv_sync(session: nox.Session, *args: str) -> None:
 
 
 @nox.session
-@nox.parametrize("member", list(MEMBERS))
+@nox.parametrize("member", [nox.param(name, id=name) for name in MEMBERS])
 def tests(session: nox.Session, member: str) -> None:
     """One member's CPU test suite in an environment holding only that member."""
     m = MEMBERS[member]
