@@ -19,7 +19,7 @@ import sys
 import nox
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tools.workspace import members, pythonpath  # noqa: E402
+from tools.workspace import members, pythonpath
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
@@ -28,13 +28,20 @@ nox.options.sessions = ["tests", "props", "lint"]
 
 MEMBERS = {m.name: m for m in members()}
 PACKAGES = [m.name for m in MEMBERS.values() if m.is_package]
-CPU_TEST_ENV = {"TRITON_INTERPRET": "1", "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
+CPU_TEST_ENV = {
+    "TRITON_INTERPRET": "1",
+    "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+}
 
 
 def uv_sync(session: nox.Session, *args: str) -> None:
     """Install from the lock file (never re-resolving) into this session's venv."""
     session.run_install(
-        "uv", "sync", "--locked", "--no-default-groups", *args,
+        "uv",
+        "sync",
+        "--locked",
+        "--no-default-groups",
+        *args,
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
         silent=True,
     )

@@ -49,9 +49,15 @@ def test_member_layout(m):
 def test_packages_depend_on_tensor_utils_and_no_sibling(m):
     data = pyproject(m)
     deps = {requirement_name(r) for r in data["project"].get("dependencies", [])}
-    extras = {requirement_name(r) for reqs in data["project"].get("optional-dependencies", {}).values() for r in reqs}
+    extras = {
+        requirement_name(r)
+        for reqs in data["project"].get("optional-dependencies", {}).values()
+        for r in reqs
+    }
     assert "tensor-utils" in deps
-    assert (deps | extras) & OUR_DISTS <= {"tensor-utils"}, "a package may depend only on tensor-utils"
+    assert (deps | extras) & OUR_DISTS <= {"tensor-utils"}, (
+        "a package may depend only on tensor-utils"
+    )
     assert data["tool"]["uv"]["sources"]["tensor-utils"] == {"workspace": True}
 
 
@@ -79,4 +85,6 @@ def test_op_folders_follow_the_convention(m):
         pytest.skip("no ops folder")
     for op in (p for p in ops.iterdir() if p.is_dir() and not p.name.startswith("__")):
         assert (op / "naive.py").exists(), f"{op}: missing naive.py reference"
-        assert (op / "__init__.py").exists(), f"{op}: missing __init__.py with the dispatching function"
+        assert (op / "__init__.py").exists(), (
+            f"{op}: missing __init__.py with the dispatching function"
+        )

@@ -19,7 +19,9 @@ UV = shutil.which("uv")
 
 def run(*cmd, **kw):
     result = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -43,8 +45,21 @@ def test_wheel_installs_and_imports_alone(m, wheelhouse, tmp_path):
     run(UV, "venv", "--quiet", "--python", sys.executable, str(venv))
     python = venv / "bin" / "python"
     # --find-links supplies our own wheels; third-party dependencies come from the index.
-    run(UV, "pip", "install", "--quiet", "--python", str(python), "--find-links", str(wheelhouse), str(wheel))
-    installed = {d["name"].lower() for d in json.loads(run(UV, "pip", "list", "--python", str(python), "--format", "json"))}
+    run(
+        UV,
+        "pip",
+        "install",
+        "--quiet",
+        "--python",
+        str(python),
+        "--find-links",
+        str(wheelhouse),
+        str(wheel),
+    )
+    installed = {
+        d["name"].lower()
+        for d in json.loads(run(UV, "pip", "list", "--python", str(python), "--format", "json"))
+    }
     ours = installed & OUR_DISTS
     assert ours == ({m.name} | ({"tensor-utils"} if m.name != "tensor-utils" else set()))
     code = f"import {m.module}; print({m.module}.__file__)"

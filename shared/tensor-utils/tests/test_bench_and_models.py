@@ -29,7 +29,8 @@ def test_write_csv_appends_and_tags(tmp_path):
     path = tmp_path / "r.csv"
     bench.write_csv(path, [{"op": "a", "ms": 1.0}])
     bench.write_csv(path, [{"op": "b", "ms": 2.0, "extra": "x"}])
-    rows = list(csv.DictReader(open(path)))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [r["op"] for r in rows] == ["a", "b"]
     assert rows[1]["extra"] == "x" and rows[0]["extra"] == ""
     assert rows[0]["torch"] == torch.__version__ and rows[0]["device"]
@@ -58,5 +59,5 @@ def test_smollm2_converts_once_and_generates():
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
     assert models.smollm2_dir() == models.smollm2_dir()  # cached: same directory, no reconversion

@@ -125,10 +125,15 @@ def test_unknown_dtype(tmp_path):
     assert "Q4_K" in one_line(err)
 
 
-@pytest.mark.parametrize("bad", [{"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]},
-                                 {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]},
-                                 {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]},
-                                 "not an object"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]},
+        {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]},
+        "not an object",
+    ],
+)
 def test_malformed_entries(tmp_path, bad):
     raw_safetensors(tmp_path / "x.safetensors", {"a": bad}, b"\0" * 8)
     with pytest.raises(CorruptCheckpointError) as err:
@@ -137,15 +142,21 @@ def test_malformed_entries(tmp_path, bad):
 
 
 def test_index_names_missing_shard(tmp_path):
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "gone.safetensors"}})
+    )
     with pytest.raises(CheckpointNotFoundError) as err:
         open_checkpoint(tmp_path)
     assert "gone.safetensors" in one_line(err)
 
 
 def test_index_disagrees_with_shard(tmp_path):
-    safetensors.torch.save_file({"a": torch.ones(1), "b": torch.ones(1)}, tmp_path / "s.safetensors")
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s.safetensors"}}))
+    safetensors.torch.save_file(
+        {"a": torch.ones(1), "b": torch.ones(1)}, tmp_path / "s.safetensors"
+    )
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "s.safetensors"}})
+    )
     with pytest.raises(CorruptCheckpointError) as err:
         open_checkpoint(tmp_path)
     assert "'b'" in one_line(err)
@@ -155,7 +166,9 @@ def test_index_bad_json_and_path_escape(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("{")
     with pytest.raises(CorruptCheckpointError):
         open_checkpoint(tmp_path)
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../x.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "../x.safetensors"}})
+    )
     with pytest.raises(CorruptCheckpointError) as err:
         open_checkpoint(tmp_path)
     assert "plain file name" in one_line(err)
@@ -215,7 +228,10 @@ def test_existing_output_refused_without_overwrite(tmp_path):
 
 def test_error_mid_write_leaves_nothing(tmp_path):
     specs = [TensorSpec("a", torch.float32, (4,)), TensorSpec("b", torch.float32, (4,))]
-    with pytest.raises(RuntimeError), SafetensorsWriter(tmp_path / "out", specs, max_shard_size=16) as w:
+    with (
+        pytest.raises(RuntimeError),
+        SafetensorsWriter(tmp_path / "out", specs, max_shard_size=16) as w,
+    ):
         w.write("a", torch.ones(4))
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
@@ -223,7 +239,10 @@ def test_error_mid_write_leaves_nothing(tmp_path):
 
 def test_incomplete_writer_refuses_to_commit(tmp_path):
     specs = [TensorSpec("a", torch.float32, (4,)), TensorSpec("b", torch.float32, (4,))]
-    with pytest.raises(CheckpointWriteError) as err, SafetensorsWriter(tmp_path / "x.safetensors", specs) as w:
+    with (
+        pytest.raises(CheckpointWriteError) as err,
+        SafetensorsWriter(tmp_path / "x.safetensors", specs) as w,
+    ):
         w.write("a", torch.ones(4))
     assert "never written" in one_line(err)
     assert list(tmp_path.iterdir()) == []
@@ -292,7 +311,9 @@ def test_side_files_land_in_the_output_directory(tmp_path):
     assert (tmp_path / "out" / "config.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("text,value", [("5GB", 5 * 10**9), ("512MiB", 512 * 2**20), (1000, 1000), ("1.5KB", 1500)])
+@pytest.mark.parametrize(
+    "text,value", [("5GB", 5 * 10**9), ("512MiB", 512 * 2**20), (1000, 1000), ("1.5KB", 1500)]
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 

@@ -27,7 +27,8 @@ def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
         assert got[name].shape == tensor.shape, name
         # Compare raw bytes: equal() would call NaN != NaN and can't see -0.0 vs 0.0.
         assert torch.equal(
-            got[name].reshape(-1).view(torch.uint8), tensor.contiguous().reshape(-1).view(torch.uint8)
+            got[name].reshape(-1).view(torch.uint8),
+            tensor.contiguous().reshape(-1).view(torch.uint8),
         ), name
 
 
@@ -58,12 +59,17 @@ def test_sharded_directory_roundtrip(tmp_path_factory, sd, shard_bytes):
     shards = set(ckpt.shard_of.values())
     if len(shards) > 1:
         index = json.loads((out / "model.safetensors.index.json").read_text())
-        assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in sd.values())
+        assert index["metadata"]["total_size"] == sum(
+            t.numel() * t.element_size() for t in sd.values()
+        )
         assert set(index["weight_map"].values()) == shards
 
 
 @settings(max_examples=25)
-@given(sd=state_dicts(min_size=1), wrapper=st.sampled_from([None, "state_dict", "model", "model_state_dict"]))
+@given(
+    sd=state_dicts(min_size=1),
+    wrapper=st.sampled_from([None, "state_dict", "model", "model_state_dict"]),
+)
 def test_torch_file_roundtrip(tmp_path_factory, sd, wrapper):
     path = tmp_path_factory.mktemp("pt") / "model.pt"
     torch.save(sd if wrapper is None else {wrapper: sd, "epoch": 3, "lr": 0.1}, path)
@@ -77,7 +83,11 @@ def test_legacy_pickle_format_reads(tmp_path):
 
 
 def test_reads_files_written_by_safetensors_library(tmp_path):
-    sd = {"b": torch.randn(5, dtype=torch.bfloat16), "a": torch.arange(6).reshape(2, 3), "z": torch.tensor(1.5)}
+    sd = {
+        "b": torch.randn(5, dtype=torch.bfloat16),
+        "a": torch.arange(6).reshape(2, 3),
+        "z": torch.tensor(1.5),
+    }
     safetensors.torch.save_file(sd, tmp_path / "x.safetensors", metadata={"k": "v"})
     ckpt = open_checkpoint(tmp_path / "x.safetensors")
     assert ckpt.metadata == {"k": "v"}
@@ -88,10 +98,19 @@ def test_hf_sharded_layout_from_transformers_style_index(tmp_path):
     a, b = {"x.weight": torch.randn(4, 4)}, {"y.weight": torch.randn(2), "y.bias": torch.zeros(2)}
     safetensors.torch.save_file(a, tmp_path / "model-00001-of-00002.safetensors")
     safetensors.torch.save_file(b, tmp_path / "model-00002-of-00002.safetensors")
-    weight_map = {**dict.fromkeys(a, "model-00001-of-00002.safetensors"), **dict.fromkeys(b, "model-00002-of-00002.safetensors")}
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 72}, "weight_map": weight_map}))
+    weight_map = {
+        **dict.fromkeys(a, "model-00001-of-00002.safetensors"),
+        **dict.fromkeys(b, "model-00002-of-00002.safetensors"),
+    }
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 72}, "weight_map": weight_map})
+    )
     ckpt = open_checkpoint(tmp_path)
-    assert ckpt.is_sharded and ckpt.shard_of == weight_map and ckpt.index_metadata == {"total_size": 72}
+    assert (
+        ckpt.is_sharded
+        and ckpt.shard_of == weight_map
+        and ckpt.index_metadata == {"total_size": 72}
+    )
     assert_same(read_all(tmp_path), {**a, **b})
 
 
@@ -114,7 +133,9 @@ def test_writer_accepts_any_write_order_and_fixed_shard_names(tmp_path):
     sd = {f"layer{i}.w": torch.randn(i + 1, 2) for i in range(5)}
     names = {n: ("a.safetensors" if i % 2 else "b.safetensors") for i, n in enumerate(sd)}
     specs = [TensorSpec.of(n, t) for n, t in sd.items()]
-    with SafetensorsWriter(tmp_path / "out", specs, shard_names=names, index_metadata={"note": "x"}) as w:
+    with SafetensorsWriter(
+        tmp_path / "out", specs, shard_names=names, index_metadata={"note": "x"}
+    ) as w:
         for n in reversed(list(sd)):
             w.write(n, sd[n])
     ckpt = open_checkpoint(tmp_path / "out")
@@ -136,8 +157,17 @@ def test_plan_shards_respects_limit_and_order():
     assert plan_shards(big, 10) == {"huge": "model.safetensors"}
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.bool, torch.float8_e4m3fn])
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.bfloat16, torch.float16, torch.float32, torch.int64, torch.bool, torch.float8_e4m3fn],
+)
 def test_every_dtype_exactly(tmp_path, dtype):
     t = torch.randn(3, 5).to(dtype)
-    save_safetensors({"t": t, "empty": torch.empty(0, 4, dtype=dtype), "scalar": t[0, 0].clone()}, tmp_path / "x.safetensors")
-    assert_same(read_all(tmp_path / "x.safetensors"), {"t": t, "empty": torch.empty(0, 4, dtype=dtype), "scalar": t[0, 0]})
+    save_safetensors(
+        {"t": t, "empty": torch.empty(0, 4, dtype=dtype), "scalar": t[0, 0].clone()},
+        tmp_path / "x.safetensors",
+    )
+    assert_same(
+        read_all(tmp_path / "x.safetensors"),
+        {"t": t, "empty": torch.empty(0, 4, dtype=dtype), "scalar": t[0, 0]},
+    )

@@ -75,5 +75,7 @@ def test_op_without_kernel(monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_tensors_pick_triton():
-    assert select_backend([torch.ones(1, device="cuda")]) == ("triton" if dispatch.triton_available() else "reference")
+    assert select_backend([torch.ones(1, device="cuda")]) == (
+        "triton" if dispatch.triton_available() else "reference"
+    )
     assert select_backend([torch.ones(1, device="cuda"), torch.ones(1)]) == "reference"

@@ -33,7 +33,9 @@ class Timing:
     p80_ms: float
 
 
-def time_fn(fn: Callable[[], object], *, warmup: int = 25, rep: int = 100, device: str | None = None) -> Timing:
+def time_fn(
+    fn: Callable[[], object], *, warmup: int = 25, rep: int = 100, device: str | None = None
+) -> Timing:
     """Time ``fn()``. ``warmup``/``rep`` are milliseconds on CUDA (do_bench), call counts on CPU."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
@@ -76,7 +78,9 @@ class PeakMemory:
     Pass ``pid`` to watch a child process (e.g. a peer tool run with subprocess).
     """
 
-    def __init__(self, *, pid: int | None = None, interval_s: float = 0.005, cuda: bool | None = None):
+    def __init__(
+        self, *, pid: int | None = None, interval_s: float = 0.005, cuda: bool | None = None
+    ):
         self.pid = pid or os.getpid()
         self.interval_s = interval_s
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -152,7 +156,12 @@ def environment_tags(device: str | None = None, packages: Iterable[str] = ()) ->
     return tags
 
 
-def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, object]], *, tags: Mapping[str, str] | None = None) -> Path:
+def write_csv(
+    path: str | os.PathLike,
+    rows: Iterable[Mapping[str, object]],
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> Path:
     """Append rows to a CSV (header from the union of keys), each tagged with ``tags``
     (default: ``environment_tags()``). A missing file is created with a header."""
     path = Path(path)

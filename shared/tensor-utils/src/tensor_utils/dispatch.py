@@ -47,7 +47,9 @@ def triton_interpreting() -> bool:
 
 def _check(backend: str, where: str) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"{where}: unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        raise ValueError(
+            f"{where}: unknown backend {backend!r} (choose from {', '.join(BACKENDS)})"
+        )
     return backend
 
 

@@ -74,8 +74,10 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
-        raise ModelUnavailableError("converting SmolLM2 needs transformers, gguf and accelerate: "
-                                    "install tensor-utils[models]") from None
+        raise ModelUnavailableError(
+            "converting SmolLM2 needs transformers, gguf and accelerate: "
+            "install tensor-utils[models]"
+        ) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)

@@ -34,7 +34,9 @@ def torch_dtype(name: str, *, where: str = "") -> torch.dtype:
     except (KeyError, TypeError):
         known = ", ".join(SAFETENSORS_TO_TORCH)
         raise UnsupportedDtypeError(
-            f"{where}: unknown dtype {name!r} (known: {known})" if where else f"unknown dtype {name!r}"
+            f"{where}: unknown dtype {name!r} (known: {known})"
+            if where
+            else f"unknown dtype {name!r}"
         ) from None
 
 

@@ -86,7 +86,9 @@ class Checkpoint:
             return self._state_dicts[info.file][name]
         return read_tensor(info, self._file_handle(info.file))
 
-    def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_tensors(
+        self, names: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` in on-disk order, so reads are sequential."""
         wanted = self.tensors if names is None else {n: self.info(n) for n in names}
         for name in sorted(wanted, key=self._disk_order):
@@ -131,7 +133,9 @@ def open_checkpoint(path: str | os.PathLike, *, allow_unsafe_pickle: bool = Fals
         return Checkpoint(path, "safetensors", tensors, metadata)
     if path.suffix in TORCH_SUFFIXES:
         state = load_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle)
-        return Checkpoint(path, "torch", _infos_from_state_dict(path, state), _state_dicts={path: state})
+        return Checkpoint(
+            path, "torch", _infos_from_state_dict(path, state), _state_dicts={path: state}
+        )
     raise CheckpointError(
         f"{path}: unknown checkpoint type (expected .safetensors, {'/'.join(TORCH_SUFFIXES)}, "
         "or a model directory)"
@@ -204,7 +208,9 @@ def _open_shards(
             infos = _infos_from_state_dict(shard_path, state)
         for name, info in infos.items():
             if name in tensors:
-                raise DuplicateTensorError(f"{path}: tensor {name!r} is in both {shard_of[name]} and {shard}")
+                raise DuplicateTensorError(
+                    f"{path}: tensor {name!r} is in both {shard_of[name]} and {shard}"
+                )
             if weight_map and weight_map.get(name) != shard:
                 raise CorruptCheckpointError(
                     f"{path}: tensor {name!r} is stored in {shard} but the index maps it to "

@@ -78,18 +78,24 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
                     f"{file_size}-byte file (truncated or not safetensors)"
                 )
             if header_len > MAX_HEADER_BYTES:
-                raise CorruptCheckpointError(f"{path}: header length {header_len} is implausibly large")
+                raise CorruptCheckpointError(
+                    f"{path}: header length {header_len} is implausibly large"
+                )
             raw = f.read(header_len)
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise CorruptCheckpointError(f"{path}: is a directory, expected a .safetensors file") from None
+        raise CorruptCheckpointError(
+            f"{path}: is a directory, expected a .safetensors file"
+        ) from None
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(f"{path}: header is not valid JSON ({err})") from None
     if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an object")
+        raise CorruptCheckpointError(
+            f"{path}: header is a JSON {type(header).__name__}, not an object"
+        )
 
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
@@ -104,7 +110,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
     cursor = data_start
     for info in infos:
         if info.start < cursor:
-            raise CorruptCheckpointError(f"{path}: tensor {info.name!r} overlaps the tensor before it")
+            raise CorruptCheckpointError(
+                f"{path}: tensor {info.name!r} overlaps the tensor before it"
+            )
         if info.start > cursor:
             raise CorruptCheckpointError(
                 f"{path}: {info.start - cursor} unindexed bytes before tensor {info.name!r}"
@@ -136,7 +144,9 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
         or offsets[0] > offsets[1]
     ):
         raise CorruptCheckpointError(f"{where}: data_offsets {offsets!r} are not [begin, end]")
-    info = TensorInfo(name, dtype, tuple(shape), path, data_start + offsets[0], data_start + offsets[1])
+    info = TensorInfo(
+        name, dtype, tuple(shape), path, data_start + offsets[0], data_start + offsets[1]
+    )
     if info.end - info.start != info.nbytes:
         raise CorruptCheckpointError(
             f"{where}: data_offsets span {info.end - info.start} bytes but "

@@ -18,7 +18,9 @@ from .errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheck
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 
 
-def load_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | Path, *, allow_unsafe_pickle: bool = False
+) -> dict[str, torch.Tensor]:
     """Load a (possibly wrapped) state dict, memory-mapped where the file format allows."""
     path = Path(path)
     if not path.exists():
@@ -32,15 +34,21 @@ def load_state_dict(path: str | Path, *, allow_unsafe_pickle: bool = False) -> d
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
             lines = str(err).splitlines()
-            detail = next((ln.strip().rstrip(".") for ln in lines if "unsupported" in ln.lower()), "")
+            detail = next(
+                (ln.strip().rstrip(".") for ln in lines if "unsupported" in ln.lower()), ""
+            )
             raise UnsafeCheckpointError(
                 f"{path}: refusing to unpickle objects other than tensors"
                 f"{' (' + detail + ')' if detail else ''}; "
                 "pass allow_unsafe_pickle=True only if you trust this file"
             ) from None
-        raise CorruptCheckpointError(f"{path}: not a readable PyTorch file ({_first_line(err)})") from None
+        raise CorruptCheckpointError(
+            f"{path}: not a readable PyTorch file ({_first_line(err)})"
+        ) from None
     except Exception as err:  # a damaged pickle can fail in any way inside the unpickler
-        raise CorruptCheckpointError(f"{path}: not a readable PyTorch file ({_first_line(err)})") from None
+        raise CorruptCheckpointError(
+            f"{path}: not a readable PyTorch file ({_first_line(err)})"
+        ) from None
     return unwrap_state_dict(obj, where=str(path))
 
 

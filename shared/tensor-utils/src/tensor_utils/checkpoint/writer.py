@@ -8,6 +8,7 @@ half-written checkpoint under the real name. The header of each shard is known b
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -26,8 +27,18 @@ from .errors import CheckpointError, CheckpointWriteError
 from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' long-standing default, "5GB"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,9 @@ def parse_size(size: int | str) -> int:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?I?B?)\s*", str(size).upper())
         if not match or match.group(2) not in _UNITS:
-            raise ValueError(f"cannot read size {size!r} (use e.g. 5GB, 500MB, 2GiB or a byte count)")
+            raise ValueError(
+                f"cannot read size {size!r} (use e.g. 5GB, 500MB, 2GiB or a byte count)"
+            )
         value = int(float(match.group(1)) * _UNITS[match.group(2)])
     if value <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
@@ -78,16 +91,26 @@ def plan_shards(specs: Iterable[TensorSpec], max_shard_size: int | str) -> dict[
     if len(groups) == 1:
         return dict.fromkeys(groups[0], SAFETENSORS_SINGLE)
     n = len(groups)
-    return {name: f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i, group in enumerate(groups) for name in group}
+    return {
+        name: f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        for i, group in enumerate(groups)
+        for name in group
+    }
 
 
-def _header_bytes(specs: list[TensorSpec], metadata: Mapping[str, str]) -> tuple[bytes, dict[str, int]]:
+def _header_bytes(
+    specs: list[TensorSpec], metadata: Mapping[str, str]
+) -> tuple[bytes, dict[str, int]]:
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offsets: dict[str, int] = {}
     cursor = 0
     for spec in specs:
         dtype = safetensors_dtype(spec.dtype, where=f"tensor {spec.name!r}")
-        header[spec.name] = {"dtype": dtype, "shape": list(spec.shape), "data_offsets": [cursor, cursor + spec.nbytes]}
+        header[spec.name] = {
+            "dtype": dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [cursor, cursor + spec.nbytes],
+        }
         offsets[spec.name] = cursor
         cursor += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -164,10 +187,14 @@ class SafetensorsWriter:
         if not self.out.parent.is_dir():
             raise CheckpointWriteError(f"{self.out.parent}: output folder does not exist")
         if self.out.exists() and not overwrite:
-            raise CheckpointWriteError(f"{self.out}: already exists (overwrite it explicitly, e.g. --force)")
+            raise CheckpointWriteError(
+                f"{self.out}: already exists (overwrite it explicitly, e.g. --force)"
+            )
         if self.out.exists() and self.out.is_dir() != (not self.single_file):
             kind = "directory" if self.out.is_dir() else "file"
-            raise CheckpointWriteError(f"{self.out}: exists as a {kind}; refusing to replace it with the other kind")
+            raise CheckpointWriteError(
+                f"{self.out}: exists as a {kind}; refusing to replace it with the other kind"
+            )
         need = sum(s.nbytes for s in self.specs.values())
         free = shutil.disk_usage(self.out.parent).free
         if need > free:
@@ -293,10 +320,8 @@ class SafetensorsWriter:
 
     def _close_fds(self) -> None:
         for fd in self._fds.values():
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._fds.clear()
 
     def __enter__(self) -> SafetensorsWriter:

@@ -13,8 +13,13 @@ def register_profiles() -> str:
     """Register the profiles and load the one named by ``HYPOTHESIS_PROFILE`` (default: ci if CI is set, else dev)."""
     # First calls JIT-compile kernels or warm caches: a wall-clock deadline would be flaky.
     settings.register_profile(
-        "ci", max_examples=30, deadline=None, derandomize=True, database=None,
-        print_blob=True, suppress_health_check=[HealthCheck.too_slow],
+        "ci",
+        max_examples=30,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
     )
     settings.register_profile("dev", max_examples=15, deadline=None)
     settings.register_profile(

@@ -18,7 +18,9 @@ def seeds() -> st.SearchStrategy[int]:
     return st.integers(min_value=0, max_value=2**31 - 1)
 
 
-def float_dtypes(*, include_bf16: bool = True, include_fp64: bool = False) -> st.SearchStrategy[torch.dtype]:
+def float_dtypes(
+    *, include_bf16: bool = True, include_fp64: bool = False
+) -> st.SearchStrategy[torch.dtype]:
     """Float dtypes; pass ``include_bf16=False`` for kernels under TRITON_INTERPRET (no bf16 math)."""
     dtypes = [d for d in FLOAT_DTYPES if include_bf16 or d != torch.bfloat16]
     return st.sampled_from(dtypes + ([torch.float64] if include_fp64 else []))
@@ -38,7 +40,12 @@ def shapes(
 
 
 def random_tensor(
-    shape: tuple[int, ...], dtype: torch.dtype, seed: int, *, scale: float = 1.0, device: str = "cpu"
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    seed: int,
+    *,
+    scale: float = 1.0,
+    device: str = "cpu",
 ) -> torch.Tensor:
     """Deterministic random tensor: normal floats, full-range ints, fair bools."""
     gen = torch.Generator().manual_seed(seed)
@@ -49,7 +56,9 @@ def random_tensor(
         return (torch.randint(0, 2, shape, generator=gen) == 1).to(device)
     info = torch.iinfo(dtype)
     low, high = max(info.min, -(2**31)), min(info.max, 2**31 - 1)
-    return torch.randint(low, high + 1, shape, generator=gen, dtype=torch.int64).to(dtype=dtype, device=device)
+    return torch.randint(low, high + 1, shape, generator=gen, dtype=torch.int64).to(
+        dtype=dtype, device=device
+    )
 
 
 @st.composite
@@ -75,7 +84,9 @@ def state_dicts(
     names = draw(
         st.lists(
             st.from_regex(r"[a-z][a-z0-9_]{0,6}(\.[a-z0-9_]{1,6}){0,2}", fullmatch=True),
-            min_size=min_size, max_size=max_size, unique=True,
+            min_size=min_size,
+            max_size=max_size,
+            unique=True,
         )
     )
     out = {}

@@ -56,9 +56,19 @@ def assert_close(
     atol = tol.atol if atol is None else atol
     rtol = tol.rtol if rtol is None else rtol
     if actual.shape != expected.shape:
-        raise AssertionError(f"{msg}shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
-    a = actual.detach().to("cpu", torch.float64) if actual.is_floating_point() else actual.detach().cpu()
-    e = expected.detach().to("cpu", torch.float64) if expected.is_floating_point() else expected.detach().cpu()
+        raise AssertionError(
+            f"{msg}shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+        )
+    a = (
+        actual.detach().to("cpu", torch.float64)
+        if actual.is_floating_point()
+        else actual.detach().cpu()
+    )
+    e = (
+        expected.detach().to("cpu", torch.float64)
+        if expected.is_floating_point()
+        else expected.detach().cpu()
+    )
     if a.is_floating_point() and e.is_floating_point():
         unwritten = torch.isnan(a) & ~torch.isnan(e)
         if unwritten.any():
@@ -67,7 +77,9 @@ def assert_close(
                 f"{msg}{int(unwritten.sum())} NaN outputs where the reference is finite "
                 f"(first at {idx}): element not written, or computed from garbage"
             )
-    torch.testing.assert_close(a, e.to(a.dtype), atol=atol, rtol=rtol, equal_nan=True, msg=lambda m: msg + m)
+    torch.testing.assert_close(
+        a, e.to(a.dtype), atol=atol, rtol=rtol, equal_nan=True, msg=lambda m: msg + m
+    )
 
 
 def assert_matches_float64(
@@ -83,8 +95,13 @@ def assert_matches_float64(
     The allowed error is ``roundings`` units of the output dtype's rounding (relative), plus the
     dtype's absolute tolerance for values near zero.
     """
+
     def up(x):
-        return x.detach().to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+        return (
+            x.detach().to(torch.float64)
+            if isinstance(x, torch.Tensor) and x.is_floating_point()
+            else x
+        )
 
     expected = reference(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
     out_dtype = dtype or actual.dtype
