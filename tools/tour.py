@@ -51,7 +51,7 @@ def foundation_part(ctx) -> list[str]:
     return [
         f"SmolLM2-135M-Instruct: {params / 1e6:.1f}M parameters, cached at {ctx.model_dir}",
         f"streamed {len(ckpt)} tensors ({streamed / 1e6:.0f} MB) in {seconds:.2f} s; "
-        f"extra memory {max(0, mem.anon_bytes) / 1e6:.0f} MB peak process RSS outside the page cache "
+        f"peak extra process memory outside the page cache {mem.anon_increase_bytes / 1e6:.0f} MB "
         f"(largest tensor {largest / 1e6:.0f} MB)",
         f"greedy answer to 'What is the capital of France?': {answer!r}",
     ]

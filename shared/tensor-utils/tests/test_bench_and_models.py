@@ -23,6 +23,7 @@ def test_peak_memory_sees_a_large_allocation():
         x.add_(1)
         del x
     assert big.anon_bytes - small.anon_bytes > 48 * 2**20
+    assert 48 * 2**20 < big.anon_increase_bytes < big.anon_bytes
 
 
 def test_write_csv_appends_and_tags(tmp_path):
@@ -61,3 +62,26 @@ def test_smollm2_converts_once_and_generates():
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
     assert models.smollm2_dir() == models.smollm2_dir()  # cached: same directory, no reconversion
+
+
+def test_versions_fall_back_to_module_attribute(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    import tensor_utils
+
+    assert bench.environment_tags()["tensor_utils"] == tensor_utils.__version__
+
+
+@pytest.mark.gpu
+def test_peak_memory_cuda_counts_only_the_block():
+    held = torch.ones(2**24, device="cuda")  # 64 MiB allocated before the block
+    with bench.PeakMemory() as mem:
+        x = torch.ones(2**23, device="cuda")  # 32 MiB inside
+        del x
+    assert mem.cuda_bytes >= 96 * 2**20
+    assert 32 * 2**20 <= mem.cuda_increase_bytes < 40 * 2**20
+    del held

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -71,9 +72,11 @@ def _proc_status(pid: int | str = "self") -> dict[str, int]:
 class PeakMemory:
     """Peak memory of a block.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (``.cuda_bytes``).
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (``.cuda_bytes``; the part above
+    the allocation at entry is ``.cuda_increase_bytes``).
     CPU: a sampling thread polls the anonymous resident memory of a process (``.anon_bytes``,
-    memory outside the page cache: heap and tensors, not memory-mapped file pages), plus the
+    memory outside the page cache: heap and tensors, not memory-mapped file pages;
+    ``.anon_increase_bytes`` is the part above the level at entry), plus the
     kernel's own high-water mark of the whole RSS (``.rss_hwm_bytes``, file pages included).
     Pass ``pid`` to watch a child process (e.g. a peer tool run with subprocess).
     """
@@ -85,8 +88,10 @@ class PeakMemory:
         self.interval_s = interval_s
         self.cuda = torch.cuda.is_available() if cuda is None else cuda
         self.anon_bytes = 0
+        self.baseline_anon_bytes = 0
         self.rss_hwm_bytes = 0
         self.cuda_bytes = 0
+        self.baseline_cuda_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,6 +100,16 @@ class PeakMemory:
         anon = status.get("RssAnon", 0) + status.get("RssShmem", 0)
         self.anon_bytes = max(self.anon_bytes, anon)
         self.rss_hwm_bytes = max(self.rss_hwm_bytes, status.get("VmHWM", 0))
+
+    @property
+    def cuda_increase_bytes(self) -> int:
+        """Peak CUDA allocation above what was allocated when the block started."""
+        return max(0, self.cuda_bytes - self.baseline_cuda_bytes)
+
+    @property
+    def anon_increase_bytes(self) -> int:
+        """Peak anonymous memory above what the process held when the block started."""
+        return max(0, self.anon_bytes - self.baseline_anon_bytes)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -111,7 +126,9 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.baseline_cuda_bytes = torch.cuda.memory_allocated()
         self._sample()
+        self.baseline_anon_bytes = self.anon_bytes
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -130,7 +147,13 @@ def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
+        pass
+    # Not installed (e.g. run from a checkout via PYTHONPATH): ask the module itself.
+    try:
+        module = importlib.import_module(dist.replace("-", "_"))
+    except Exception:
         return ""
+    return str(getattr(module, "__version__", ""))
 
 
 def device_name(device: str | None = None) -> str:
