@@ -90,7 +90,12 @@ def dispatched(
 
     ``triton`` may be a ``"module:function"`` string, imported on first use so CPU-only code
     never imports the kernel module. The wrapper accepts ``backend=`` on top of the op's own
-    arguments and exposes ``.reference``, ``.triton`` and ``.select(...)``.
+    arguments and exposes ``.op_name``, ``.reference``, ``.triton`` and ``.select(...)``.
+
+    Convention for the cross-package suite (``tests/test_props_ops.py``): the op folder's
+    ``__init__.py`` also defines ``CASES = {name: strategy}``, a hypothesis strategy per op
+    drawing small ``(args, kwargs)`` (interpreter-sized, no bf16 math) on which kernel and
+    reference must agree.
     """
 
     @functools.wraps(reference)
@@ -107,6 +112,7 @@ def dispatched(
         return reference(*args, **kwargs)
 
     op.__name__ = name
+    op.op_name = name  # marks a dispatched op; tests/ discovers ops by this attribute
     op.reference = reference
     op.triton = (lambda *a, **k: _resolve(triton)(*a, **k)) if triton is not None else None
     op.select = lambda *tensors, backend=None: select_backend(tensors, backend)
