@@ -85,3 +85,12 @@ def test_peak_memory_cuda_counts_only_the_block():
     assert mem.cuda_bytes >= 96 * 2**20
     assert 32 * 2**20 <= mem.cuda_increase_bytes < 40 * 2**20
     del held
+
+
+def test_evict_page_cache_covers_files(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 4096)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 100)
+    assert bench.evict_page_cache(tmp_path) == 4196
+    assert bench.evict_page_cache(tmp_path / "a") == 4096
+    assert (tmp_path / "a").read_bytes() == b"x" * 4096  # data intact, only the cache dropped

@@ -171,3 +171,62 @@ def test_every_dtype_exactly(tmp_path, dtype):
         read_all(tmp_path / "x.safetensors"),
         {"t": t, "empty": torch.empty(0, 4, dtype=dtype), "scalar": t[0, 0]},
     )
+
+
+@settings(max_examples=20)
+@given(
+    sd=state_dicts(min_size=1),
+    chunk=st.integers(min_value=1, max_value=40),
+    fmt=st.sampled_from(["st", "dir", "pt"]),
+)
+def test_chunked_read_and_write_roundtrip(tmp_path_factory, sd, chunk, fmt):
+    """iter_chunks -> write_chunk reproduces every tensor, whatever the chunk size and format."""
+    base = tmp_path_factory.mktemp("chunks")
+    src = base / {"st": "in.safetensors", "dir": "in", "pt": "in.pt"}[fmt]
+    if fmt == "pt":
+        torch.save(sd, src)
+    else:
+        save_safetensors(sd, src, max_shard_size=64)
+    with open_checkpoint(src) as ckpt:
+        specs = [TensorSpec(i.name, i.dtype, i.shape) for i in ckpt.tensors.values()]
+        with SafetensorsWriter(base / "out.safetensors", specs) as writer:
+            for name in ckpt.tensors:
+                pieces = list(ckpt.iter_chunks(name, chunk))
+                assert all(p.numel() <= chunk for p in pieces)
+                assert sum(p.numel() for p in pieces) == ckpt.tensors[name].numel
+                for piece in pieces:
+                    writer.write_chunk(name, piece)
+                if not pieces:  # empty tensor: no chunks, write it whole
+                    writer.write(
+                        name, torch.empty(ckpt.tensors[name].shape, dtype=ckpt.tensors[name].dtype)
+                    )
+    assert_same(read_all(base / "out.safetensors"), sd)
+
+
+def test_write_chunk_rejects_overflow_and_mixing(tmp_path):
+    from tensor_utils.checkpoint import CheckpointError
+
+    w = SafetensorsWriter(tmp_path / "x.safetensors", [TensorSpec("a", torch.float32, (2, 3))])
+    w.write_chunk("a", torch.ones(4))
+    with pytest.raises(CheckpointError, match="exceed its 6 elements"):
+        w.write_chunk("a", torch.ones(3))
+    with pytest.raises(CheckpointError, match="partly written"):
+        w.write("a", torch.ones(2, 3))
+    with pytest.raises(CheckpointError, match=r"declared torch\.float32"):
+        w.write_chunk("a", torch.ones(2, dtype=torch.float16))
+    w.write_chunk("a", torch.full((2,), 2.0))
+    w.commit()
+    assert open_checkpoint(tmp_path / "x.safetensors").get("a").tolist() == [[1, 1, 1], [1, 2, 2]]
+
+
+@pytest.mark.parametrize("out", ["empty.safetensors", "emptydir"])
+def test_empty_checkpoint(tmp_path, out):
+    save_safetensors({}, tmp_path / out, metadata={"k": "v"})
+    ckpt = open_checkpoint(tmp_path / out)
+    assert len(ckpt) == 0 and ckpt.metadata["k"] == "v"
+    assert (
+        safetensors.torch.load_file(
+            tmp_path / out if out.endswith(".safetensors") else tmp_path / out / "model.safetensors"
+        )
+        == {}
+    )

@@ -157,13 +157,18 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
 
 def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
     """Read one tensor's bytes into a fresh CPU tensor (one allocation, one read)."""
-    nbytes = info.end - info.start
+    return read_range(info, 0, info.end - info.start, handle).reshape(info.shape)
+
+
+def read_range(info: TensorInfo, byte_start: int, nbytes: int, handle=None) -> torch.Tensor:
+    """Read ``nbytes`` of a tensor's data from ``byte_start`` (relative to the tensor) as a flat
+    tensor of its dtype; both must be multiples of the element size."""
     buffer = torch.empty(nbytes, dtype=torch.uint8)
     if nbytes:
         own = handle is None
         f = open(info.file, "rb") if own else handle  # noqa: SIM115 - closed below
         try:
-            f.seek(info.start)
+            f.seek(info.start + byte_start)
             got = f.readinto(memoryview(buffer.numpy()))
         finally:
             if own:
@@ -172,4 +177,4 @@ def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
             raise CorruptCheckpointError(
                 f"{info.file}: tensor {info.name!r} is cut short ({got} of {nbytes} bytes; truncated)"
             )
-    return buffer.view(info.dtype).reshape(info.shape)
+    return buffer.view(info.dtype)

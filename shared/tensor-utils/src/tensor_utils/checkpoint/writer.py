@@ -166,7 +166,10 @@ class SafetensorsWriter:
         else:
             shard_of = plan_shards(self.specs.values(), max_shard_size)
         self.shard_of = shard_of
-        shards = list(dict.fromkeys(shard_of.values()))
+        # An empty checkpoint is still one (header-only) file.
+        shards = list(dict.fromkeys(shard_of.values())) or [
+            self.out.name if self.single_file else SAFETENSORS_SINGLE
+        ]
         self.write_index = (len(shards) > 1) if write_index is None else write_index
         if self.single_file and self.write_index:
             raise CheckpointError(f"{self.out}: a single .safetensors file cannot have an index")
@@ -175,6 +178,7 @@ class SafetensorsWriter:
         self._fds: dict[str, int] = {}
         self._offsets: dict[str, tuple[str, int]] = {}
         self._written: set[str] = set()
+        self._progress: dict[str, int] = {}  # elements written so far, for chunked writes
         self._closed = False
         try:
             self._allocate(shards)
@@ -241,27 +245,59 @@ class SafetensorsWriter:
         """Copy a side file (config.json, tokenizer...) into the output directory."""
         shutil.copy2(src, self.staging_dir / (name or Path(src).name))
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def _spec(self, name: str) -> TensorSpec:
         spec = self.specs.get(name)
         if spec is None:
             raise CheckpointError(f"{self.out}: tensor {name!r} was not declared")
         if name in self._written:
             raise CheckpointError(f"{self.out}: tensor {name!r} written twice")
+        return spec
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write a whole tensor (dtype and shape as declared)."""
+        spec = self._spec(name)
+        if self._progress.get(name):
+            raise CheckpointError(f"{self.out}: tensor {name!r} was partly written in chunks")
         if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
             raise CheckpointError(
                 f"{self.out}: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, "
                 f"declared {spec.dtype} {list(spec.shape)}"
             )
+        self._write_bytes(name, tensor, 0)
+        self._written.add(name)
+
+    def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
+        """Append the next elements of a tensor in flattened (row-major) order.
+
+        Lets a tensor be produced slice by slice so that no full copy of it is ever held; the
+        tensor counts as written once its chunks cover all of its elements.
+        """
+        spec = self._spec(name)
+        if chunk.dtype != spec.dtype:
+            raise CheckpointError(
+                f"{self.out}: chunk of {name!r} is {chunk.dtype}, declared {spec.dtype}"
+            )
+        done = self._progress.get(name, 0)
+        total = spec.nbytes // element_size(spec.dtype)
+        if done + chunk.numel() > total:
+            raise CheckpointError(
+                f"{self.out}: chunks of {name!r} exceed its {total} elements ({done + chunk.numel()})"
+            )
+        self._write_bytes(name, chunk, done * element_size(spec.dtype))
+        self._progress[name] = done + chunk.numel()
+        if self._progress[name] == total:
+            self._written.add(name)
+
+    def _write_bytes(self, name: str, tensor: torch.Tensor, byte_offset: int) -> None:
         shard, offset = self._offsets[name]
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         try:
-            self._pwrite_all(self._fds[shard], memoryview(data), offset)
+            self._pwrite_all(self._fds[shard], memoryview(data), offset + byte_offset)
         except OSError as err:
             self.abort()
             if err.errno == errno.ENOSPC:
                 raise self._disk_full() from None
             raise CheckpointWriteError(f"{self.out}: write failed ({err.strerror})") from None
-        self._written.add(name)
 
     @staticmethod
     def _pwrite_all(fd: int, data, offset: int) -> None:
