@@ -1,0 +1,258 @@
+"""End to end on the CPU: a synthetic >=1B-parameter bf16 pair as sharded HF directories.
+
+Measured in one run, on the same files, with a warm page cache for all of them:
+
+- the I/O floor: read every SFT shard, copy every ALIGNED shard (shutil.copyfile + fsync);
+- ``expo-merge SFT ALIGNED --alpha 0.3`` (subprocess; time and peak anonymous RSS);
+- mergekit's task_arithmetic recipe (base = SFT, ALIGNED weight 1 + alpha), installed in its own
+  environment (``--mergekit`` path to its ``mergekit-yaml``), same files; its output is compared
+  with ours tensor by tensor.
+
+    python packages/expo-merge/benchmarks/bench_e2e.py --mergekit /tmp/mk/bin/mergekit-yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tensor_utils.bench import PeakMemory, write_csv
+from tensor_utils.checkpoint import SafetensorsWriter, TensorSpec, open_checkpoint
+
+RESULTS = Path(__file__).parent / "results"
+ALPHA = 0.3
+# TinyLlama-1.1B shapes (untied lm_head): 1.10B parameters, 2.2 GB in bf16.
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def llama_shapes(c=CONFIG):
+    h, i, v, kv = (
+        c["hidden_size"],
+        c["intermediate_size"],
+        c["vocab_size"],
+        c["num_key_value_heads"],
+    )
+    hd = h // c["num_attention_heads"]
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for layer in range(c["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv * hd, h),
+            p + "self_attn.v_proj.weight": (kv * hd, h),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    return shapes
+
+
+def make_pair(root: Path, shard_size: str) -> tuple[Path, Path]:
+    sft, aligned = root / "sft", root / "aligned"
+    if (root / "done").exists():
+        return sft, aligned
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    shapes = llama_shapes()
+    specs = [TensorSpec(n, torch.bfloat16, s) for n, s in shapes.items()]
+    g = torch.Generator().manual_seed(0)
+    with (
+        SafetensorsWriter(sft, specs, max_shard_size=shard_size) as ws,
+        SafetensorsWriter(aligned, specs, max_shard_size=shard_size) as wa,
+    ):
+        for name, shape in shapes.items():
+            base = torch.randn(shape, generator=g) * 0.02
+            ws.write(name, base.bfloat16())
+            wa.write(
+                name, (base + torch.randn(shape, generator=g) * 1e-3).bfloat16()
+            )  # DPO-sized delta
+            del base
+    for d in (sft, aligned):
+        (d / "config.json").write_text(json.dumps(CONFIG))
+    (root / "done").write_text("ok")
+    return sft, aligned
+
+
+def sync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def io_floor(sft: Path, aligned: Path, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    buf = bytearray(16 << 20)
+    for f in sorted(sft.glob("*.safetensors")):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+    out.mkdir()
+    for f in sorted(aligned.iterdir()):
+        shutil.copyfile(f, out / f.name)
+    sync_dir(out)
+    return time.perf_counter() - t0
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakMemory(pid=proc.pid, interval_s=0.01, cuda=False) as mem:
+        stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {stderr.strip()[-2000:]}")
+    return seconds, mem.anon_bytes, stdout
+
+
+def compare(a: Path, b: Path) -> tuple[int, int]:
+    """(elements that differ, elements) between two checkpoints with the same tensor names."""
+    differ = total = 0
+    with open_checkpoint(a) as ca, open_checkpoint(b) as cb:
+        for name in ca.tensors:
+            x, y = ca.get(name), cb.get(name)
+            differ += int(torch.count_nonzero(x.view(torch.int16) != y.view(torch.int16)))
+            total += x.numel()
+    return differ, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/expo-bench")
+    parser.add_argument(
+        "--mergekit", default=shutil.which("mergekit-yaml") or "/tmp/mk/bin/mergekit-yaml"
+    )
+    parser.add_argument("--shard-size", default="1GB")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=RESULTS / "e2e_cpu.csv")
+    parser.add_argument("--device", default="cpu", help="expo-merge --device (cuda: fused kernel)")
+    args = parser.parse_args()
+    root = Path(args.workdir)
+    sft, aligned = make_pair(root / "pair", args.shard_size)
+    nbytes = sum(f.stat().st_size for f in aligned.glob("*.safetensors"))
+    params = sum(info.numel for info in open_checkpoint(aligned).tensors.values())
+    io_bytes = 3 * nbytes
+    print(f"pair: {params / 1e9:.2f}B parameters, {nbytes / 1e9:.2f} GB per model", flush=True)
+
+    yml = root / "expo.yml"
+    yml.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {sft}\nmodels:\n  - model: {aligned}\n"
+        f"    parameters:\n      weight: {1 + ALPHA}\ndtype: float32\nout_dtype: bfloat16\n"
+    )
+    ours_cmd = [
+        sys.executable,
+        "-m",
+        "expo_merge.cli",
+        str(sft),
+        str(aligned),
+        "--alpha",
+        str(ALPHA),
+        "-o",
+        str(root / "out-expo"),
+        "--force",
+        "--no-progress",
+        "--json",
+        "--device",
+        args.device,
+    ]
+    mk_cmd = [
+        args.mergekit,
+        str(yml),
+        str(root / "out-mergekit"),
+        "--out-shard-size",
+        "1B",
+        "--allow-crimes",
+    ]
+
+    results: dict[str, list[tuple[float, int]]] = {"io_floor": [], "expo_merge": [], "mergekit": []}
+    # Warm the page cache for every input once, so no tool pays for cold reads alone.
+    io_floor(sft, aligned, root / "out-copy")
+    for rep in range(args.repeats):
+        results["io_floor"].append((io_floor(sft, aligned, root / "out-copy"), 0))
+        seconds, anon, _ = run_measured(ours_cmd)
+        results["expo_merge"].append((seconds, anon))
+        if Path(args.mergekit).exists() and rep == 0:
+            shutil.rmtree(root / "out-mergekit", ignore_errors=True)
+            seconds, anon, _ = run_measured(mk_cmd)
+            results["mergekit"].append((seconds, anon))
+        for k, v in results.items():
+            if v:
+                print(
+                    f"rep {rep}: {k:10s} {v[-1][0]:7.1f} s  anon peak {v[-1][1] / 1e9:.2f} GB",
+                    flush=True,
+                )
+
+    floor = min(s for s, _ in results["io_floor"])
+    ours = min(s for s, _ in results["expo_merge"])
+    ours_mem = max(m for _, m in results["expo_merge"])
+    rows = []
+    mk = min((s for s, _ in results["mergekit"]), default=None)
+    mk_mem = max((m for _, m in results["mergekit"]), default=None)
+    same = None
+    if mk is not None:
+        differ, total = compare(root / "out-expo", root / "out-mergekit")
+        same = differ / total
+        print(f"mergekit vs expo-merge outputs: {differ} of {total} elements differ ({same:.2e})")
+    for tool, runs in results.items():
+        for i, (seconds, anon) in enumerate(runs):
+            rows.append(
+                {
+                    "bench": f"e2e_{args.device}",
+                    "tool": tool,
+                    "repeat": i,
+                    "params": params,
+                    "model_bytes": nbytes,
+                    "seconds": round(seconds, 2),
+                    "gb_per_s": round(io_bytes / seconds / 1e9, 3),
+                    "anon_peak_bytes": anon if tool != "io_floor" else "",
+                }
+            )
+    summary = {
+        "bench": f"e2e_{args.device}_summary",
+        "params": params,
+        "model_bytes": nbytes,
+        "io_floor_s": round(floor, 2),
+        "expo_merge_s": round(ours, 2),
+        "ratio_to_io_floor": round(ours / floor, 3),
+        "expo_merge_anon_peak_bytes": ours_mem,
+        "mergekit_s": round(mk, 2) if mk else "",
+        "mergekit_anon_peak_bytes": mk_mem or "",
+        "speedup_vs_mergekit": round(mk / ours, 2) if mk else "",
+        "memory_fraction_of_mergekit": round(ours_mem / mk_mem, 3) if mk_mem else "",
+        "fraction_elements_differing_from_mergekit": same if same is not None else "",
+    }
+    rows.append(summary)
+    write_csv(args.out, rows)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""expo-merge: ExPO model extrapolation, theta = aligned + alpha * (aligned - sft).
+
+- ``extrapolate_state_dict(sft, aligned, alpha)``: in-memory state dicts.
+- ``extrapolate_checkpoints(sft_path, aligned_path, alpha, out)``: streams checkpoints from disk.
+- ``expo_merge.ops.extrapolate``: the fused per-tensor op (Triton on CUDA, PyTorch otherwise).
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (
+    ExpoMergeError,
+    MismatchError,
+    OutputError,
+    QuantizedCheckpointError,
+    VocabSizeMismatchError,
+)
+from .merge import MergeReport, extrapolate_checkpoints, extrapolate_state_dict
+
+__all__ = [
+    "ExpoMergeError",
+    "MergeReport",
+    "MismatchError",
+    "OutputError",
+    "QuantizedCheckpointError",
+    "VocabSizeMismatchError",
+    "__version__",
+    "extrapolate_checkpoints",
+    "extrapolate_state_dict",
+]
