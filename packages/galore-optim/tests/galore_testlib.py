@@ -1,0 +1,97 @@
+"""Tiny models and training loops shared by the optimizer tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyLM(nn.Module):
+    """Embedding -> two 'attn'/'mlp' Linear blocks -> norm -> head: GaLore's param mix."""
+
+    def __init__(self, vocab: int = 23, dim: int = 12, hidden: int = 20):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.attn = nn.Linear(dim, dim)
+        self.mlp_up = nn.Linear(dim, hidden)
+        self.mlp_down = nn.Linear(hidden, dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        h = h + torch.tanh(self.attn(h))
+        h = h + self.mlp_down(torch.relu(self.mlp_up(h)))
+        return self.lm_head(self.norm(h))
+
+
+def tiny_model(seed: int = 0, **kwargs) -> TinyLM:
+    torch.manual_seed(seed)
+    return TinyLM(**kwargs)
+
+
+def batches(n: int, *, batch: int = 8, seq: int = 6, vocab: int = 23, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (batch, seq), generator=gen) for _ in range(n)]
+
+
+def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(ids[:, :-1])
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def galore_groups(model: TinyLM, **galore):
+    keys = {"rank": 4, "update_proj_gap": 3, "scale": 0.25, "proj_type": "std", **galore}
+    big = [model.attn.weight, model.mlp_up.weight, model.mlp_down.weight]
+    ids = {id(p) for p in big}
+    return [
+        {"params": big, **keys},
+        {"params": [p for p in model.parameters() if id(p) not in ids]},
+    ]
+
+
+def train(model, optimizer, data, *, clip: float | None = None, scheduler=None) -> list[float]:
+    losses = []
+    for ids in data:
+        optimizer.zero_grad()
+        loss = lm_loss(model, ids)
+        loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.item())
+    return losses
+
+
+def max_param_diff(a: nn.Module, b: nn.Module) -> float:
+    return max(
+        (x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters(), strict=True)
+    )
+
+
+def ddp_worker(
+    rank: int, world: int, init_file: str, out_dir: str, solvers: tuple[str, ...]
+) -> None:
+    """One DDP rank (gloo, CPU): train the tiny model on its half of each batch, save state."""
+    import torch.distributed as dist
+    from galore_optim import GaLoreAdamW
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for solver in solvers:
+            model = tiny_model()
+            ddp = nn.parallel.DistributedDataParallel(model)
+            opt = GaLoreAdamW(galore_groups(model, update_proj_gap=2, solver=solver), lr=1e-2)
+            for ids in batches(5, batch=8):
+                opt.zero_grad()
+                lm_loss(ddp, ids.chunk(world)[rank]).backward()
+                opt.step()
+            torch.save(
+                {"params": [p.detach() for p in model.parameters()], "state": opt.state_dict()},
+                f"{out_dir}/{solver}-rank{rank}.pt",
+            )
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,40 @@
+"""DDP: two gloo processes on the CPU end with identical projectors and weights, equal to
+one process on the whole batch."""
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from galore_optim import GaLoreAdamW
+from galore_testlib import batches, ddp_worker, galore_groups, tiny_model, train
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_ddp_two_ranks_match_single_process(tmp_path):
+    solvers = ("exact", "randomized")
+    mp.spawn(
+        ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), solvers), nprocs=2, join=True
+    )
+    for solver in solvers:
+        _check(tmp_path, solver)
+
+
+def _check(tmp_path, solver):
+    r0 = torch.load(tmp_path / f"{solver}-rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / f"{solver}-rank1.pt", weights_only=True)
+    for a, b in zip(r0["params"], r1["params"], strict=True):
+        assert torch.equal(a, b)
+    projectors = 0
+    for k, st in r0["state"]["state"].items():
+        for key in ("proj_left", "proj_right"):
+            if key in st:
+                assert torch.equal(st[key], r1["state"]["state"][k][key])
+                projectors += 1
+    assert projectors == 3
+    single = tiny_model()
+    train(
+        single,
+        GaLoreAdamW(galore_groups(single, update_proj_gap=2, solver=solver), lr=1e-2),
+        batches(5, batch=8),
+    )
+    for a, b in zip(r0["params"], single.parameters(), strict=True):
+        torch.testing.assert_close(a, b.detach(), atol=2e-5, rtol=1e-4)

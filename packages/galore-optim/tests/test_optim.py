@@ -1,0 +1,271 @@
+"""GaLoreAdamW / 8-bit / Adafactor: parity with galore-torch, plain params, checkpoints, errors."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from galore_optim import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit
+from galore_optim.projector import PROJ_TYPES
+from galore_testlib import batches, galore_groups, lm_loss, max_param_diff, tiny_model, train
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tensor_utils.testing.strategies import seeds
+
+galore_torch = pytest.importorskip("galore_torch")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.mark.parametrize("proj_type", PROJ_TYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adamw_parity_with_galore_torch(proj_type, weight_decay):
+    """Same model, seed, hyperparameters: galore-torch's updates, to float rounding."""
+    ref, ours = tiny_model(), tiny_model()
+    ref_opt = galore_torch.GaLoreAdamW(
+        galore_groups(ref, proj_type=proj_type),
+        lr=1e-2,
+        weight_decay=weight_decay,
+        no_deprecation_warning=True,
+    )
+    opt = GaLoreAdamW(
+        galore_groups(ours, proj_type=proj_type),
+        lr=1e-2,
+        weight_decay=weight_decay,
+        backend="reference",
+    )
+    data = batches(8)  # update_proj_gap=3: refreshes at steps 0, 3, 6
+    ref_losses, losses = train(ref, ref_opt, data), train(ours, opt, data)
+    assert max_param_diff(ref, ours) <= 1e-6
+    assert losses == pytest.approx(ref_losses, rel=1e-6)
+    # The GaLore matrices' moments are low-rank: (12, 4) for the 12x12 attn with std.
+    assert opt.state[ours.attn.weight]["exp_avg"].numel() < ours.attn.weight.numel()
+
+
+@pytest.mark.triton
+def test_adamw_triton_backend_matches_galore_torch(device):
+    ref, ours = tiny_model().to(device), tiny_model().to(device)
+    ref_opt = galore_torch.GaLoreAdamW(
+        galore_groups(ref), lr=1e-2, weight_decay=0.1, no_deprecation_warning=True
+    )
+    opt = GaLoreAdamW(galore_groups(ours), lr=1e-2, weight_decay=0.1, backend="triton")
+    data = [b.to(device) for b in batches(5)]
+    train(ref, ref_opt, data)
+    train(ours, opt, data)
+    assert max_param_diff(ref, ours) <= 1e-5
+
+
+@pytest.mark.parametrize("beta1", [None, 0.9])
+def test_adafactor_parity_with_galore_torch(beta1):
+    ref, ours = tiny_model(), tiny_model()
+    kw = {
+        "lr": 1e-2,
+        "scale_parameter": False,
+        "relative_step": False,
+        "beta1": beta1,
+        "weight_decay": 0.01,
+    }
+    ref_opt = galore_torch.GaLoreAdafactor(galore_groups(ref), **kw)
+    opt = GaLoreAdafactor(galore_groups(ours), **kw)
+    data = batches(7)
+    train(ref, ref_opt, data)
+    train(ours, opt, data)
+    assert max_param_diff(ref, ours) <= 1e-6
+
+
+def test_adafactor_relative_step_parity():
+    ref, ours = tiny_model(), tiny_model()
+    ref_opt = galore_torch.GaLoreAdafactor(galore_groups(ref))
+    opt = GaLoreAdafactor(galore_groups(ours))
+    data = batches(4)
+    train(ref, ref_opt, data)
+    train(ours, opt, data)
+    assert max_param_diff(ref, ours) <= 1e-6
+
+
+def test_plain_groups_are_hf_adamw():
+    """Without a rank every param gets galore-torch's (HF-style) AdamW."""
+    ref, ours = tiny_model(), tiny_model()
+    ref_opt = galore_torch.GaLoreAdamW(
+        ref.parameters(), lr=3e-3, weight_decay=0.05, no_deprecation_warning=True
+    )
+    opt = GaLoreAdamW(ours.parameters(), lr=3e-3, weight_decay=0.05)
+    data = batches(4)
+    train(ref, ref_opt, data)
+    train(ours, opt, data)
+    assert max_param_diff(ref, ours) <= 1e-6
+    assert all("side" not in s for s in opt.state.values())
+
+
+def test_8bit_tracks_fp32_galore():
+    base, q = tiny_model(), tiny_model()
+    opt = GaLoreAdamW(galore_groups(base), lr=5e-3, eps=1e-8)
+    opt8 = GaLoreAdamW8bit(galore_groups(q), lr=5e-3, weight_decay=0.0, min_8bit_size=0)
+    data = batches(1) * 12  # one batch, memorized: the loss must fall
+    l32, l8 = train(base, opt, data), train(q, opt8, data)
+    assert opt8.state[q.attn.weight]["exp_avg"].dtype == torch.int8
+    assert opt8.state[q.attn.weight]["exp_avg_sq"].dtype == torch.uint8
+    assert l32[-1] < 0.9 * l32[0]
+    assert l8[-1] < 0.9 * l8[0]
+    assert abs(l8[-1] - l32[-1]) < 0.02 * l32[-1]
+    assert max_param_diff(base, q) < 2e-2
+
+
+def test_8bit_small_tensors_keep_fp32_moments():
+    m = tiny_model()
+    opt = GaLoreAdamW8bit(galore_groups(m), lr=1e-3)  # min_8bit_size=4096 > every tensor here
+    train(m, opt, batches(1))
+    assert all(s["exp_avg"].dtype == torch.float32 for s in opt.state.values())
+
+
+OPTIMIZERS = {
+    "adamw": lambda g: GaLoreAdamW(g, lr=1e-2, weight_decay=0.01),
+    "adamw8bit": lambda g: GaLoreAdamW8bit(g, lr=1e-2, min_8bit_size=16),
+    "adafactor": lambda g: GaLoreAdafactor(
+        g, lr=1e-2, relative_step=False, scale_parameter=False, beta1=0.9
+    ),
+}
+
+
+def _roundtrip(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@settings(max_examples=6)
+@given(
+    name=st.sampled_from(sorted(OPTIMIZERS)),
+    proj_type=st.sampled_from(PROJ_TYPES),
+    solver=st.sampled_from(["exact", "randomized", "warm"]),
+    stagger=st.booleans(),
+    split=st.integers(1, 5),
+    seed=seeds(),
+)
+def test_checkpoint_resume_is_bit_exact(name, proj_type, solver, stagger, split, seed):
+    """Train 6 steps straight, or `split` steps + save/load (weights_only) + the rest."""
+    make = OPTIMIZERS[name]
+    kw = {"proj_type": proj_type, "solver": solver, "stagger": stagger, "seed": seed % 1000}
+    data = batches(6, seed=seed)
+    straight = tiny_model(seed % 7)
+    train(straight, make(galore_groups(straight, **kw)), data)
+
+    first = tiny_model(seed % 7)
+    opt = make(galore_groups(first, **kw))
+    train(first, opt, data[:split])
+    model_sd, opt_sd = _roundtrip(first.state_dict()), _roundtrip(opt.state_dict())
+    resumed = tiny_model(123)
+    resumed.load_state_dict(model_sd)
+    opt2 = make(galore_groups(resumed, **kw))
+    opt2.load_state_dict(opt_sd)
+    # The round-trip is exact: same keys, dtypes and values (projectors and step counters too).
+    sd2 = opt2.state_dict()
+    assert sd2["param_groups"] == opt_sd["param_groups"]
+    for k, st_ in opt_sd["state"].items():
+        for key, v in st_.items():
+            w = sd2["state"][k][key]
+            if isinstance(v, torch.Tensor):
+                assert v.dtype == w.dtype and torch.equal(v, w), key
+            else:
+                assert v == w, key
+    train(resumed, opt2, data[split:])
+    assert max_param_diff(straight, resumed) == 0.0
+
+
+def test_state_holds_projectors_and_steps():
+    m = tiny_model()
+    opt = GaLoreAdamW(galore_groups(m, proj_type="full"), lr=1e-3)
+    train(m, opt, batches(2))
+    st_ = opt.state[m.mlp_up.weight]  # (20, 12)
+    assert st_["step"] == 2 and st_["side"] == "full" and st_["last_refresh"] == 0
+    assert st_["proj_left"].shape == (20, 4) and st_["proj_right"].shape == (4, 12)
+    assert st_["exp_avg"].shape == (4, 4)
+
+
+def test_staggered_refresh_spreads_steps():
+    m = tiny_model()
+    opt = GaLoreAdamW(galore_groups(m, update_proj_gap=6, stagger=True), lr=1e-3)
+    train(m, opt, batches(1))
+    offsets = sorted(
+        opt.state[p]["refresh_offset"] for p in (m.attn.weight, m.mlp_up.weight, m.mlp_down.weight)
+    )
+    assert offsets == [0, 2, 4]
+    refreshed = {p: [] for p in (m.attn.weight, m.mlp_up.weight, m.mlp_down.weight)}
+    for ids in batches(8):
+        opt.zero_grad()
+        lm_loss(m, ids).backward()
+        opt.step()
+        for p in refreshed:
+            refreshed[p].append(opt.state[p]["last_refresh"])
+    # Each matrix refreshes on a different step after the first.
+    firsts = [next(s for s in seq if s > 0) for seq in refreshed.values()]
+    assert len(set(firsts)) == 3
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_errors_for_bad_groups():
+    m = tiny_model()
+    with pytest.raises(ValueError, match=r"1-D parameter of shape \(12,\).*group without 'rank'"):
+        GaLoreAdamW([{"params": [m.attn.bias], "rank": 2}])
+    with pytest.raises(ValueError, match=r"rank 13 exceeds min\(m, n\) = 12"):
+        GaLoreAdamW([{"params": [m.attn.weight], "rank": 13}])
+    with pytest.raises(ValueError, match="proj_type 'sideways'"):
+        GaLoreAdamW([{"params": [m.attn.weight], "rank": 2, "proj_type": "sideways"}])
+    with pytest.raises(ValueError, match="solver 'qr'"):
+        GaLoreAdamW([{"params": [m.attn.weight], "rank": 2, "solver": "qr"}])
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        GaLoreAdamW([{"params": [m.attn.weight], "rank": 0}])
+    with pytest.raises(ValueError, match="update_proj_gap must be a positive int"):
+        GaLoreAdamW([{"params": [m.attn.weight], "rank": 2, "update_proj_gap": 0}])
+    with pytest.raises(ValueError, match="invalid learning rate"):
+        GaLoreAdamW(m.parameters(), lr=-1)
+    with pytest.raises(ValueError, match="invalid betas"):
+        GaLoreAdamW8bit(m.parameters(), betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="backend"):
+        GaLoreAdamW(m.parameters(), backend="cuda")
+    with pytest.raises(ValueError, match="manual lr"):
+        GaLoreAdafactor(m.parameters(), lr=1e-3)
+
+
+def test_error_for_sparse_gradients():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = GaLoreAdamW(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match=r"does not support sparse gradients.*SparseAdam"):
+        opt.step()
+
+
+def test_error_for_mixed_devices():
+    """Optimizer state left on another device than its parameter (e.g. model moved after the
+    optimizer stepped) is reported, not silently mixed. (torch itself refuses a gradient on
+    another device than its parameter.)"""
+    w = torch.nn.Parameter(torch.randn(6, 5))
+    opt = GaLoreAdamW([{"params": [w], "rank": 2}])
+    w.grad = torch.randn(6, 5)
+    opt.step()
+    opt.state[w]["exp_avg"] = opt.state[w]["exp_avg"].to("meta")
+    with pytest.raises(RuntimeError, match="optimizer state 'exp_avg' is on meta"):
+        opt.step()
+
+
+def test_closure_and_no_grad_params():
+    m = tiny_model()
+    opt = GaLoreAdamW(galore_groups(m), lr=1e-3)
+    ids = batches(1)[0]
+    before = copy.deepcopy(m)
+
+    def closure():
+        opt.zero_grad()
+        loss = lm_loss(m, ids)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss)
+    assert max_param_diff(before, m) > 0
+    opt.zero_grad()
+    opt.step()  # every grad is None: nothing moves, nothing fails

@@ -1,0 +1,143 @@
+"""Projector properties: orthonormal bases, project / back-project identities, rank clamping."""
+
+import pytest
+import torch
+from galore_optim import GaLoreAdamW, GaLoreProjector
+from galore_optim.projector import (
+    PROJ_TYPES,
+    compute_basis,
+    low_rank_shape,
+    project,
+    project_back,
+    resolve_side,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tensor_utils.testing.strategies import random_tensor, seeds
+
+dims = st.integers(min_value=2, max_value=24)
+
+
+def _orthonormality_error(basis: torch.Tensor, rows: bool) -> float:
+    b = basis.double()
+    gram = b @ b.T if rows else b.T @ b
+    return (gram - torch.eye(gram.shape[0], dtype=torch.float64)).abs().max().item()
+
+
+@given(
+    m=dims,
+    n=dims,
+    seed=seeds(),
+    proj_type=st.sampled_from(PROJ_TYPES),
+    solver=st.sampled_from(["exact", "randomized", "warm"]),
+    data=st.data(),
+)
+def test_basis_orthonormal_and_identities(m, n, seed, proj_type, solver, data):
+    rank = data.draw(st.integers(min_value=1, max_value=min(m, n)))
+    g = random_tensor((m, n), torch.float32, seed)
+    side = resolve_side(proj_type, (m, n))
+    left, right = compute_basis(g, rank, side, solver=solver, seed=seed)
+    if left is not None:
+        assert left.shape == (m, rank)
+        assert _orthonormality_error(left, rows=False) < 1e-4
+    if right is not None:
+        assert right.shape == (rank, n)
+        assert _orthonormality_error(right, rows=True) < 1e-4
+    low = project(g, side, left, right)
+    assert low.shape == low_rank_shape(side, (m, n), rank)
+    # project ∘ back-project is the identity on the low-rank space (PᵀP = I).
+    r = random_tensor(low.shape, torch.float32, seed + 1)
+    torch.testing.assert_close(
+        project(project_back(r, side, left, right), side, left, right), r, atol=1e-4, rtol=1e-4
+    )
+    # back-project ∘ project is an orthogonal projection: idempotent, and scale is linear.
+    pg = project_back(low, side, left, right)
+    torch.testing.assert_close(
+        project_back(project(pg, side, left, right), side, left, right), pg, atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(project_back(low, side, left, right, scale=0.25), 0.25 * pg)
+    assert pg.norm() <= g.norm() * (1 + 1e-5) + 1e-6
+
+
+@given(m=dims, n=dims, seed=seeds())
+def test_full_rank_projection_is_exact(m, n, seed):
+    g = random_tensor((m, n), torch.float32, seed)
+    side = resolve_side("std", (m, n))
+    left, right = compute_basis(g, min(m, n), side)
+    torch.testing.assert_close(
+        project_back(project(g, side, left, right), side, left, right), g, atol=1e-4, rtol=1e-4
+    )
+
+
+def test_std_compresses_the_smaller_dimension():
+    assert resolve_side("std", (64, 16)) == "right"
+    assert resolve_side("std", (16, 64)) == "left"
+    assert resolve_side("std", (32, 32)) == "right"
+    assert resolve_side("reverse_std", (64, 16)) == "left"
+    assert resolve_side("reverse_std", (16, 64)) == "right"
+    with pytest.raises(ValueError, match="unknown proj_type"):
+        resolve_side("diagonal", (4, 4))
+
+
+@pytest.mark.parametrize("solver", ["randomized", "warm"])
+def test_randomized_captures_exact_energy(solver):
+    gen = torch.Generator().manual_seed(0)
+    m, n, k = 96, 80, 6
+    u = torch.linalg.qr(torch.randn(m, k, generator=gen)).Q
+    v = torch.linalg.qr(torch.randn(n, k, generator=gen)).Q
+    g = u @ torch.diag(torch.logspace(1, 0, k)) @ v.T + 1e-3 * torch.randn(m, n, generator=gen)
+    exact, _ = compute_basis(g, k, "left", solver="exact")
+    prev = exact if solver == "warm" else None
+    approx, _ = compute_basis(g, k, "left", solver=solver, prev_left=prev)
+    energy = lambda p: ((p.T @ g).norm() ** 2 / g.norm() ** 2).item()  # noqa: E731
+    assert energy(approx) == pytest.approx(energy(exact), abs=1e-5)
+
+
+def test_randomized_is_deterministic_per_seed_index_step():
+    g = random_tensor((30, 20), torch.float32, 3)
+    a = compute_basis(g, 4, "right", solver="randomized", seed=1, index=2, step=5)[1]
+    b = compute_basis(g, 4, "right", solver="randomized", seed=1, index=2, step=5)[1]
+    c = compute_basis(g, 4, "right", solver="randomized", seed=1, index=3, step=5)[1]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@given(m=dims, n=dims, extra=st.integers(min_value=1, max_value=40))
+def test_rank_clamping(m, n, extra):
+    w = torch.nn.Parameter(torch.zeros(m, n))
+    rank = min(m, n) + extra
+    with pytest.raises(ValueError, match=r"rank \d+ exceeds min\(m, n\)"):
+        GaLoreAdamW([{"params": [w], "rank": rank}])
+    opt = GaLoreAdamW([{"params": [w], "rank": rank, "clamp_rank": True}])
+    w.grad = random_tensor((m, n), torch.float32, m * n)
+    opt.step()
+    state = opt.state[w]
+    assert state["rank"] == min(m, n)
+    assert state["exp_avg"].shape == low_rank_shape(state["side"], (m, n), min(m, n))
+
+
+def test_standalone_projector_refreshes_on_schedule():
+    proj = GaLoreProjector(rank=3, update_proj_gap=2, scale=0.5)
+    g = random_tensor((10, 6), torch.float32, 0)
+    assert proj.update(g, 0)
+    assert not proj.update(g * 2, 1)
+    assert proj.update(g, 2)
+    low = proj.project(g)
+    assert low.shape == (10, 3)
+    torch.testing.assert_close(proj.project_back(low), 0.5 * (low @ proj.right))
+    with pytest.raises(ValueError, match="2-D"):
+        GaLoreProjector(rank=2).update(torch.zeros(3, 3, 3), 0)
+
+
+@pytest.mark.parametrize("solver", ["exact", "randomized"])
+@pytest.mark.parametrize("proj_type", ["left", "right", "full"])
+def test_basis_owns_only_its_storage(solver, proj_type):
+    """The stored basis is not a view into the full SVD factors (which would keep an (n, n)
+    matrix alive per weight)."""
+    g = random_tensor((40, 30), torch.float32, 0)
+    left, right = compute_basis(g, 3, proj_type, solver=solver)
+    for t in (left, right):
+        if t is not None:
+            assert t.is_contiguous()
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
