@@ -1,0 +1,163 @@
+"""MoE-MLP layer at JetMoE-8B shapes (d 2048, D_ffn 5632 SwiGLU, 8 experts, top-2, bf16):
+forward and forward+backward time of the whole layer (router, sort, experts, combine) for the
+loop, torch._grouped_mm, our Triton kernels and transformers' JetMoeMoE, against a dense GEMM pair
+with the same FLOPs (the roofline). Routing uniform (random router) or skewed (a shared input
+direction that the router favours). CSV: benchmarks/results/moe_layer.csv.
+
+    python packages/jetmoe-model/benchmarks/bench_moe_layer.py [--tokens 1,16,1024] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from jetmoe_model import JetMoEConfig  # noqa: E402
+from jetmoe_model.modeling import JetMoEMoE  # noqa: E402
+
+from tensor_utils.bench import PeakMemory, time_fn, write_csv  # noqa: E402
+
+D, F, E, K = 2048, 5632, 8, 2
+FLOP_PER_PAIR = 2 * (D * 2 * F + F * D)  # forward, per (token, expert) pair
+
+
+def make_layers(skew: bool):
+    cfg = JetMoEConfig(
+        hidden_size=D, intermediate_size=F, num_local_experts=E, num_experts_per_tok=K
+    )
+    torch.manual_seed(0)
+    ours = JetMoEMoE(cfg)
+    with torch.no_grad():
+        ours.input_linear.weight.normal_(0, 0.02)
+        ours.output_linear.weight.normal_(0, 0.02)
+        ours.bias.zero_()
+        ours.router.layer.weight.normal_(0, 0.02)
+        if skew:  # favour experts 0, 1, ... along a shared input direction
+            u = torch.ones(D) / D**0.5
+            ours.router.layer.weight += torch.linspace(1.5, 0.0, E)[:, None] * u[None, :]
+    ours = ours.cuda().bfloat16()
+    from transformers import JetMoeConfig
+    from transformers.models.jetmoe.modeling_jetmoe import JetMoeMoE
+
+    theirs = JetMoeMoE(
+        JetMoeConfig(
+            hidden_size=D,
+            intermediate_size=F,
+            num_local_experts=E,
+            num_experts_per_tok=K,
+        )
+    )
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs.cuda().bfloat16()
+
+
+def make_input(tokens: int, skew: bool):
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    x = torch.randn(1, tokens, D, device="cuda", generator=gen)
+    if skew:  # unit shift along the router's favoured direction
+        x += torch.ones(D, device="cuda") / D**0.5
+    return x.bfloat16()
+
+
+def bench_size(ours, theirs, tokens: int, skew: bool, rep: int) -> list[dict]:
+    x = make_input(tokens, skew)
+    x_req = x.clone().requires_grad_()
+    with torch.no_grad():
+        counts = ours.router(x.view(-1, D)).routing.expert_counts().float()
+        top_share = (counts.max() / counts.sum()).item()
+    g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
+    ga = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+    w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
+    ours_params, their_params = list(ours.parameters()), list(theirs.parameters())
+
+    def ours_fn(backend, backward):
+        ours.input_linear.config.expert_backend = backend
+        if not backward:
+            return lambda: ours(x)[0]
+        return lambda: torch.autograd.grad(ours(x_req)[0], [x_req, *ours_params], g)
+
+    def theirs_call(inp):
+        out = theirs(inp)
+        return out[0] if isinstance(out, tuple) else out  # older releases also return logits
+
+    def theirs_fn(backward):
+        if not backward:
+            return lambda: theirs_call(x)
+        return lambda: torch.autograd.grad(theirs_call(x_req), [x_req, *their_params], g)
+
+    def dense_fn(backward):
+        a_, w1_, w2_ = (t.detach().requires_grad_(backward) for t in (a, w1, w2))
+        if not backward:
+            return lambda: (a_ @ w1_)[:, :F] @ w2_
+        return lambda: torch.autograd.grad((a_ @ w1_)[:, :F] @ w2_, [a_, w1_, w2_], ga)
+
+    impls = {
+        "loop": lambda b: ours_fn("reference", b),
+        "grouped_mm": lambda b: ours_fn("grouped_mm", b),
+        "triton": lambda b: ours_fn("triton", b),
+        "transformers": theirs_fn,
+        "dense_roofline": dense_fn,
+    }
+    rows = []
+    for name, make in impls.items():
+        for mode in ("fwd", "fwd+bwd"):
+            fn = make(mode == "fwd+bwd")
+            try:
+                fn()
+                with PeakMemory() as mem:
+                    fn()
+                t = time_fn(fn, warmup=10, rep=rep)
+            except torch.OutOfMemoryError:
+                print(f"{name} {tokens} {mode}: out of memory")
+                continue
+            flops = FLOP_PER_PAIR * tokens * K * (1 if mode == "fwd" else 3)
+            row = dict(
+                bench="moe_layer", impl=name, mode=mode, tokens=tokens,
+                routing="skewed" if skew else "uniform", top_expert_share=round(top_share, 4),
+                median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms,
+                tflops=flops / (t.median_ms * 1e-3) / 1e12,
+                peak_increase_mb=mem.cuda_increase_bytes / 2**20,
+            )  # fmt: skip
+            rows.append(row)
+            print(
+                f"{row['routing']:7s} T={tokens:6d} {name:14s} {mode:8s} "
+                f"{t.median_ms:8.3f} ms {row['tflops']:6.1f} TFLOP/s",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", default="1,16,256,1024,4096,8192,32768")
+    parser.add_argument("--out", default=str(HERE / "results" / "moe_layer.csv"))
+    parser.add_argument("--rep", type=int, default=40)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_moe_layer: needs CUDA (H100 numbers); nothing measured")
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = True
+    rows = []
+    sizes = [int(t) for t in args.tokens.split(",")]
+    for skew in (False, True):
+        ours, theirs = make_layers(skew)
+        for tokens in sizes:
+            rows += bench_size(ours, theirs, tokens, skew, args.rep)
+            torch.cuda.empty_cache()
+    write_csv(args.out, rows)
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""JetMoE in PyTorch: Mixture of Attention heads + MoE MLP, with one expert operator that runs a
+readable loop, ``torch._grouped_mm`` or padding-free Triton kernels. Loads the released JetMoE
+checkpoints' config and weight names unchanged.
+
+    from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
+
+    config = JetMoEConfig(hidden_size=128, num_hidden_layers=2, num_key_value_heads=2,
+                          kv_channels=32, intermediate_size=256, vocab_size=1000)
+    model = JetMoEForCausalLM(config)
+    out = model(input_ids, labels=input_ids)   # out.loss = lm + 0.01 * aux + 0.001 * z
+
+Importing the package registers ``JetMoEConfig``/``JetMoEForCausalLM`` with transformers' Auto
+classes under ``model_type="jetmoe"`` (taking that name over from transformers' own port for
+``AutoConfig``/``AutoModelForCausalLM``; transformers' ``JetMoeForCausalLM`` stays importable).
+"""
+
+from __future__ import annotations
+
+from .configuration import ALIASES, EXPERT_BACKENDS, JetMoEConfig, JetMoEConfigError
+from .loading import (
+    CheckpointMismatchError,
+    check_checkpoint,
+    expected_shapes,
+    load_checkpoint,
+)
+from .modeling import (
+    JetMoECausalLMOutput,
+    JetMoEForCausalLM,
+    JetMoEModel,
+    JetMoEPreTrainedModel,
+    router_losses,
+)
+from .ops.experts import expert_linear
+from .routing import (
+    Routing,
+    load_balancing_loss,
+    router_z_loss,
+    sort_by_expert,
+    top_k_route,
+)
+
+__version__ = "0.1.0"
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM`` build our classes for
+    ``model_type="jetmoe"`` (called on import)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    AutoConfig.register("jetmoe", JetMoEConfig, exist_ok=True)
+    AutoModel.register(JetMoEConfig, JetMoEModel, exist_ok=True)
+    AutoModelForCausalLM.register(JetMoEConfig, JetMoEForCausalLM, exist_ok=True)
+
+
+register_auto_classes()
+
+__all__ = [
+    "ALIASES",
+    "EXPERT_BACKENDS",
+    "CheckpointMismatchError",
+    "JetMoECausalLMOutput",
+    "JetMoEConfig",
+    "JetMoEConfigError",
+    "JetMoEForCausalLM",
+    "JetMoEModel",
+    "JetMoEPreTrainedModel",
+    "Routing",
+    "check_checkpoint",
+    "expected_shapes",
+    "expert_linear",
+    "load_balancing_loss",
+    "load_checkpoint",
+    "register_auto_classes",
+    "router_losses",
+    "router_z_loss",
+    "sort_by_expert",
+    "top_k_route",
+]

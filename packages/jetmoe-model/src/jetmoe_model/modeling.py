@@ -1,0 +1,556 @@
+"""JetMoE: a decoder whose attention (MoA) and MLP (MoE) are both sparse, top-k of E experts.
+
+Module and parameter names follow the released checkpoints (``jetmoe/jetmoe-8b``) and
+transformers' ``JetMoe*`` port exactly, so their state dicts load unchanged::
+
+    model.embed_tokens.weight
+    model.layers.{i}.input_layernorm.weight                     (eps 1e-6, as released)
+    model.layers.{i}.self_attention.experts.input_linear.weight  [E, H_kv*d_head, D]  W_q per expert
+    model.layers.{i}.self_attention.experts.output_linear.weight [E, D, H_kv*d_head]  W_o per expert
+    model.layers.{i}.self_attention.experts.bias                 [D]
+    model.layers.{i}.self_attention.experts.router.layer.weight  [E, D]
+    model.layers.{i}.self_attention.kv_proj.weight               [2*H_kv*d_head, D]   shared K/V
+    model.layers.{i}.post_attention_layernorm.weight            (eps 1e-6)
+    model.layers.{i}.mlp.input_linear.weight                     [E, 2*D_ffn, D]      SwiGLU in
+    model.layers.{i}.mlp.output_linear.weight                    [E, D, D_ffn]
+    model.layers.{i}.mlp.bias                                    [D]
+    model.layers.{i}.mlp.router.layer.weight                     [E, D]
+    model.norm.weight                                           (eps = config.rms_norm_eps)
+    lm_head.weight                                              (tied to embed_tokens)
+
+Both expert layers run the one expert operator (``jetmoe_model.ops.experts.expert_linear``) with
+the backend from ``config.expert_backend``. The KV cache holds the shared K/V once per layer
+(``num_key_value_heads`` heads); each of the top-k attention experts reuses them ("tiled": query
+head ``j * H_kv + h`` of expert slot ``j`` attends with KV head ``h``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.utils import ModelOutput
+
+from .configuration import JetMoEConfig
+from .ops.experts import expert_linear
+from .routing import TopKRouting, load_balancing_loss, router_z_loss, top_k_route
+
+
+class JetMoERMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        h = hidden_states.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+class JetMoERotaryEmbedding(nn.Module):
+    """RoPE over ``kv_channels``. The inverse frequencies are recomputed per call (``d/2``
+    values): a buffer would be left uninitialised by meta-device loading."""
+
+    def __init__(self, config: JetMoEConfig) -> None:
+        super().__init__()
+        self.dim = config.kv_channels
+        self.theta = config.rope_theta
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        exponent = torch.arange(0, self.dim, 2, device=position_ids.device).float() / self.dim
+        inv_freq = 1.0 / (self.theta**exponent)
+        freqs = position_ids[..., None].float() * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class ParallelExperts(nn.Module):
+    """``E`` linear maps stored as one ``[E, out, in]`` parameter (the released layout)."""
+
+    def __init__(self, num_experts: int, input_size: int, output_size: int, config) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))
+        self.num_experts = num_experts
+        self.input_size = input_size
+        self.output_size = output_size
+        self.config = config
+
+    def forward(self, x, routing, input_order: str, output_order: str) -> torch.Tensor:
+        return expert_linear(
+            x,
+            self.weight,
+            routing.sorted_pair,
+            routing.expert_offsets,
+            input_order=input_order,
+            output_order=output_order,
+            backend=self.config.expert_backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, in={self.input_size}, out={self.output_size}"
+
+
+class JetMoETopKGating(nn.Module):
+    def __init__(self, input_size: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.layer = nn.Linear(input_size, num_experts, bias=False)
+
+    def forward(self, x: torch.Tensor) -> TopKRouting:
+        return top_k_route(self.layer(x).float(), self.top_k, x.dtype)
+
+
+def combine(y_pairs: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Gate-weighted sum of each token's k expert outputs: ``[T * k, D], [T, k] -> [T, D]``."""
+    tokens, top_k = gates.shape
+    return (y_pairs.view(tokens, top_k, -1) * gates.unsqueeze(-1)).sum(1)
+
+
+class JetMoEMoE(nn.Module):
+    """MoE MLP: top-k of E SwiGLU experts, plus one output bias per layer."""
+
+    def __init__(self, config: JetMoEConfig) -> None:
+        super().__init__()
+        d, f, e = config.hidden_size, config.intermediate_size, config.num_local_experts
+        self.input_size, self.hidden_size = d, f
+        self.activation = ACT2FN[config.activation_function]
+        self.bias = nn.Parameter(torch.empty(d))
+        self.input_linear = ParallelExperts(e, d, 2 * f, config)
+        self.output_linear = ParallelExperts(e, f, d, config)
+        self.router = JetMoETopKGating(d, e, config.num_experts_per_tok)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        route = self.router(flat)
+        h = self.input_linear(flat, route.routing, "token", "sorted")
+        gate, up = h.chunk(2, dim=-1)
+        h = self.activation(gate) * up
+        y = self.output_linear(h, route.routing, "sorted", "pair")
+        out = combine(y, route.gates) + self.bias
+        return out.view(shape), route
+
+
+class JetMoEMoA(nn.Module):
+    """Mixture of attention heads: each expert owns a query and an output projection."""
+
+    def __init__(self, config: JetMoEConfig) -> None:
+        super().__init__()
+        d, e = config.hidden_size, config.num_local_experts
+        self.input_size = d
+        self.hidden_size = config.attention_size
+        self.top_k = config.num_experts_per_tok
+        self.bias = nn.Parameter(torch.empty(d))
+        self.input_linear = ParallelExperts(e, d, self.hidden_size, config)
+        self.output_linear = ParallelExperts(e, self.hidden_size, d, config)
+        self.router = JetMoETopKGating(d, e, self.top_k)
+
+    def map(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
+        """``[B, S, D]`` -> queries ``[B * S * k, H_kv * d_head]`` in pair order."""
+        flat = x.reshape(-1, x.shape[-1])
+        route = self.router(flat)
+        return self.input_linear(flat, route.routing, "token", "pair"), route
+
+    def reduce(self, attn: torch.Tensor, route: TopKRouting) -> torch.Tensor:
+        """Per-pair attention outputs ``[B * S * k, H_kv * d_head]`` -> ``[B * S, D]``."""
+        y = self.output_linear(attn, route.routing, "pair", "pair")
+        return combine(y, route.gates) + self.bias
+
+
+class JetMoEAttention(nn.Module):
+    def __init__(self, config: JetMoEConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.top_k = config.num_experts_per_tok
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.kv_channels
+        self.attention_dropout = config.attention_dropout
+        self.experts = JetMoEMoA(config)
+        self.kv_proj = nn.Linear(config.hidden_size, 2 * config.attention_size, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask, cache):
+        b, s, _ = x.shape
+        hkv, dh, k = self.num_kv_heads, self.head_dim, self.top_k
+        q, route = self.experts.map(x)
+        key, value = self.kv_proj(x).chunk(2, dim=-1)
+        # queries as [B, H_kv, k, S, d]: head h of every expert slot next to KV head h (GQA groups)
+        q = q.view(b, s, k, hkv, dh).permute(0, 3, 2, 1, 4)
+        key = key.view(b, s, hkv, dh).transpose(1, 2)
+        value = value.view(b, s, hkv, dh).transpose(1, 2)
+        q = apply_rotary(q, cos[:, None, None], sin[:, None, None])
+        key = apply_rotary(key, cos[:, None], sin[:, None])
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        q = q.reshape(b, hkv * k, s, dh)
+        dropout = self.attention_dropout if self.training else 0.0
+        if isinstance(attn_mask, torch.Tensor):
+            length = key.shape[2]
+            key = key[:, :, None].expand(b, hkv, k, length, dh).reshape(b, hkv * k, length, dh)
+            value = value[:, :, None].expand(b, hkv, k, length, dh).reshape(b, hkv * k, length, dh)
+            out = F.scaled_dot_product_attention(
+                q, key, value, attn_mask=attn_mask, dropout_p=dropout
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                key,
+                value,
+                is_causal=bool(attn_mask),
+                dropout_p=dropout,
+                enable_gqa=True,
+            )
+        out = out.view(b, hkv, k, s, dh).permute(0, 3, 2, 1, 4).reshape(b * s * k, hkv * dh)
+        return self.experts.reduce(out, route).view(b, s, -1), route
+
+
+class JetMoEBlock(nn.Module):
+    def __init__(self, config: JetMoEConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = JetMoERMSNorm(config.hidden_size, config.block_norm_eps)
+        self.self_attention = JetMoEAttention(config, layer_idx)
+        self.post_attention_layernorm = JetMoERMSNorm(config.hidden_size, config.block_norm_eps)
+        self.mlp = JetMoEMoE(config)
+
+    def forward(self, hidden, cos, sin, attn_mask, cache=None):
+        attn, attn_route = self.self_attention(
+            self.input_layernorm(hidden), cos, sin, attn_mask, cache
+        )
+        hidden = hidden + attn
+        mlp, mlp_route = self.mlp(self.post_attention_layernorm(hidden))
+        hidden = hidden + mlp
+        return (
+            hidden,
+            attn_route.logits,
+            attn_route.expert_index,
+            mlp_route.logits,
+            mlp_route.expert_index,
+        )
+
+
+# transformers renamed the cache field ``past_key_values`` -> ``cache`` during 5.x (newer
+# ModelOutput keeps ``past_key_values`` as a read-only alias); older 5.x generate reads
+# ``past_key_values``, so those versions get both fields.
+_CACHE_RENAMED = isinstance(getattr(ModelOutput, "past_key_values", None), property)
+
+
+@dataclass
+class JetMoEModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    cache: Cache | None = None
+    if not _CACHE_RENAMED:
+        past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+    router_expert_index: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class JetMoECausalLMOutput(ModelOutput):
+    """``loss = lm_loss + aux_loss_coef * aux_loss + router_z_loss_coef * z_loss``.
+
+    ``aux_loss`` / ``z_loss``: load-balancing and z-loss summed over all MoA and MoE routers
+    (2 per layer). ``router_logits`` / ``router_expert_index``: per router, in layer order
+    (attention router, then MLP router, for each layer). ``cache`` is the KV cache (also readable
+    as ``past_key_values``).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: Cache | None = None
+    if not _CACHE_RENAMED:
+        past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    lm_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+    router_expert_index: tuple[torch.Tensor, ...] | None = None
+
+
+class JetMoEPreTrainedModel(PreTrainedModel):
+    config_class = JetMoEConfig
+    config: JetMoEConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules: ClassVar[list[str]] = ["JetMoEBlock"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = False  # the reference loop reads offsets on the host
+    main_input_name = "input_ids"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, after checking a local checkpoint's tensor shapes against the
+        config (transformers itself only warns and re-initialises mismatched tensors)."""
+        path = Path(str(pretrained_model_name_or_path))
+        if path.is_dir() and not kwargs.get("ignore_mismatched_sizes"):
+            from tensor_utils.checkpoint import CheckpointNotFoundError
+
+            from .loading import check_checkpoint
+
+            config = kwargs.get("config")
+            if not isinstance(config, JetMoEConfig):
+                config = JetMoEConfig.from_pretrained(path)
+            with contextlib.suppress(CheckpointNotFoundError):  # no weights: transformers reports
+                check_checkpoint(config, path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear | nn.Embedding | ParallelExperts):
+            module.weight.normal_(mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, JetMoEMoE | JetMoEMoA):
+            module.bias.zero_()
+        elif isinstance(module, JetMoERMSNorm):
+            module.weight.fill_(1.0)
+
+
+def _with_cache(output_cls, cache, **fields):
+    """Build an output holding ``cache`` under both names: transformers >= 5.2x reads ``cache``
+    and refuses both as constructor arguments, earlier 5.x reads ``past_key_values``."""
+    out = output_cls(cache=cache, **fields)
+    if cache is not None and not _CACHE_RENAMED:
+        out.past_key_values = cache
+    return out
+
+
+def _causal_mask(
+    attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int, device
+) -> torch.Tensor | bool:
+    """What SDPA gets: ``True`` (plain causal), ``False`` (no mask: one query over the whole
+    cache) or a boolean ``[B, 1, q, past + q]`` mask (padding, or a chunk after a cache)."""
+    kv_len = past + q_len
+    if attention_mask is None:
+        if past == 0:
+            return True
+        if q_len == 1:
+            return False
+    elif attention_mask.dim() != 2 or attention_mask.shape[-1] != kv_len:
+        raise ValueError(
+            f"attention_mask must be [batch, past + new tokens] = [{batch}, {kv_len}], "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    q_pos = torch.arange(past, kv_len, device=device)
+    k_pos = torch.arange(kv_len, device=device)
+    mask = (k_pos[None, :] <= q_pos[:, None])[None, None].expand(batch, 1, q_len, kv_len)
+    if attention_mask is not None:
+        mask = mask & attention_mask.to(torch.bool)[:, None, None, :]
+    # a fully padded query row would give NaN: let it attend everywhere (its output is unused)
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+class JetMoEModel(JetMoEPreTrainedModel):
+    def __init__(self, config: JetMoEConfig) -> None:
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(JetMoEBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = JetMoERMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = JetMoERotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> JetMoEModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a transformers Cache, got {type(cache).__name__}")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        checkpointing = self.gradient_checkpointing and self.training
+        if checkpointing:
+            use_cache = False
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
+        batch, q_len = inputs_embeds.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -q_len:]
+            else:
+                position_ids = torch.arange(past, past + q_len, device=inputs_embeds.device)[None]
+        mask = _causal_mask(attention_mask, batch, q_len, past, inputs_embeds.device)
+        cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        if cos.shape[0] != batch:
+            cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+
+        hidden = inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        logits, indices = [], []
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            if checkpointing:
+                run = getattr(self, "_gradient_checkpointing_func", None)
+                if run is None:
+                    outputs = torch.utils.checkpoint.checkpoint(
+                        layer, hidden, cos, sin, mask, None, use_reentrant=False
+                    )
+                else:
+                    outputs = run(layer.__call__, hidden, cos, sin, mask, None)
+            else:
+                outputs = layer(hidden, cos, sin, mask, cache)
+            hidden = outputs[0]
+            logits += [outputs[1], outputs[3]]
+            indices += [outputs[2], outputs[4]]
+        hidden = self.norm(hidden)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+        return _with_cache(
+            JetMoEModelOutput,
+            cache,
+            last_hidden_state=hidden,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            router_logits=tuple(logits),
+            router_expert_index=tuple(indices),
+        )
+
+
+def router_losses(
+    router_logits, router_expert_index, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(load-balancing sum, z-loss sum) over the routers, padding left out."""
+    mask = None
+    if attention_mask is not None:
+        q_len = router_logits[0].shape[0] // attention_mask.shape[0]
+        mask = attention_mask[:, attention_mask.shape[1] - q_len :].reshape(-1)
+    lb = sum(
+        load_balancing_loss(lg, ix, mask)
+        for lg, ix in zip(router_logits, router_expert_index, strict=True)
+    )
+    z = sum(router_z_loss(lg, mask) for lg in router_logits)
+    return lb, z
+
+
+class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: JetMoEConfig) -> None:
+        super().__init__(config)
+        self.model = JetMoEModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> JetMoECausalLMOutput:
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = lm_loss = aux = z = None
+        if labels is not None or output_router_logits or self.training:
+            aux, z = router_losses(out.router_logits, out.router_expert_index, attention_mask)
+        if labels is not None:
+            lm_loss = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+            loss = lm_loss + self.config.aux_loss_coef * aux + self.config.router_z_loss_coef * z
+        return _with_cache(
+            JetMoECausalLMOutput,
+            out.cache,
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            lm_loss=lm_loss,
+            aux_loss=aux,
+            z_loss=z,
+            router_logits=out.router_logits if output_router_logits else None,
+            router_expert_index=out.router_expert_index if output_router_logits else None,
+        )
+
+
+__all__ = [
+    "JetMoECausalLMOutput",
+    "JetMoEForCausalLM",
+    "JetMoEModel",
+    "JetMoEPreTrainedModel",
+    "router_losses",
+]

@@ -1,0 +1,121 @@
+"""CUDA checks: bf16 kernels against the fp32 loop, the model on the GPU, and no host sync in
+the routing + grouped expert hot path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
+from jetmoe_model.modeling import JetMoEMoE
+from jetmoe_model.ops.experts import expert_linear, naive
+from jetmoe_model.routing import top_k_route
+from jetmoe_testlib import TINY, randomize_, transformers_twin
+
+from tensor_utils.testing import assert_close, poison_allocations
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tokens", [1, 5, 333, 2048])
+@pytest.mark.parametrize("input_order", naive.INPUT_ORDERS)
+def test_bf16_kernels_against_fp32_loop(tokens, input_order):
+    torch.manual_seed(tokens)
+    experts, top_k, n_in, n_out = 8, 2, 264, 392
+    logits = torch.randn(tokens, experts, device="cuda")
+    logits[:, 0] += 2.0  # skewed, expert 7 often empty at small sizes
+    route = top_k_route(logits, top_k, torch.bfloat16).routing
+    rows = tokens if input_order == "token" else tokens * top_k
+    x = torch.randn(rows, n_in, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(experts, n_out, n_in, device="cuda") / n_in**0.5).bfloat16()
+    g = torch.randn(tokens * top_k, n_out, device="cuda", dtype=torch.bfloat16)
+    for output_order in naive.OUTPUT_ORDERS:
+        kw = dict(input_order=input_order, output_order=output_order)
+        x32, w32 = x.float().requires_grad_(), w.float().requires_grad_()
+        ref = expert_linear(
+            x32, w32, route.sorted_pair, route.expert_offsets, backend="reference", **kw
+        )
+        dx_ref, dw_ref = torch.autograd.grad(ref, (x32, w32), g.float())
+        xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with poison_allocations():
+            y = expert_linear(
+                xb, wb, route.sorted_pair, route.expert_offsets, backend="triton", **kw
+            )
+            dx, dw = torch.autograd.grad(y, (xb, wb), g)
+        assert_close(y, ref, dtype=torch.bfloat16)
+        assert_close(dx, dx_ref, dtype=torch.bfloat16, atol=3e-2, rtol=2e-2)
+        # dW sums over up to `tokens` rows: scale the absolute tolerance with the sum's size
+        assert_close(
+            dw,
+            dw_ref,
+            dtype=torch.bfloat16,
+            atol=2e-2 * max(1.0, (tokens / 64) ** 0.5),
+            rtol=2e-2,
+        )
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("backend", ["triton", "grouped_mm"])
+def test_no_host_sync_in_the_moe_hot_path(backend):
+    cfg = JetMoEConfig(
+        **{
+            **TINY,
+            "hidden_size": 64,
+            "intermediate_size": 64,
+            "expert_backend": backend,
+        }
+    )
+    layer = randomize_(JetMoEMoE(cfg)).cuda().bfloat16()
+    x = torch.randn(4, 33, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    layer(x)[0].sum().backward()  # warm-up (compiles kernels, allocator)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, _ = layer(x)
+        torch.autograd.grad(out, [x, *layer.parameters()], torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("backend", ["triton", "grouped_mm", "reference"])
+def test_model_on_cuda_matches_transformers_float32(backend):
+    torch.manual_seed(0)
+    ours = (
+        randomize_(JetMoEForCausalLM(JetMoEConfig(**{**TINY, "expert_backend": backend})))
+        .cuda()
+        .eval()
+    )
+    theirs = transformers_twin(ours).cuda()
+    x = torch.randint(0, TINY["vocab_size"], (2, 37), device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, atol=1e-4, rtol=1e-4)
+    prompt = x[:, :6]
+    kw = dict(
+        max_new_tokens=12,
+        do_sample=False,
+        attention_mask=torch.ones_like(prompt),
+        pad_token_id=0,
+    )
+    assert ours.generate(prompt, **kw).tolist() == theirs.generate(prompt, **kw).tolist()
+
+
+def test_bf16_training_step_on_cuda():
+    torch.manual_seed(0)
+    model = (
+        JetMoEForCausalLM(JetMoEConfig(**{**TINY, "expert_backend": "auto"}))
+        .cuda()
+        .bfloat16()
+        .train()
+    )
+    model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = torch.randint(0, TINY["vocab_size"], (4, 64), device="cuda")
+    first = last = None
+    for _ in range(10):
+        loss = model(x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+        last = loss.item()
+    assert last < first
