@@ -1,0 +1,257 @@
+"""Quality versus memory on the real SmolLM2-135M-Instruct (CPU): FastGen at several T and the
+baselines (StreamingLLM, H2O, SnapKV, TOVA) at the kept-KV fraction FastGen reached at T=0.95
+on the same prompt, against the full cache.
+
+    python packages/kvprune/benchmarks/bench_quality.py [--threads 1] [--quick]
+
+Text is real English documentation shipped with Python (``pydoc_data.topics``).
+
+(a) ``ppl``: the first ``ctx`` tokens of a document are the prompt (compressed by the method);
+    the next 32 tokens are fed one at a time through the cache (decoding-time eviction runs)
+    and their perplexity is measured (teacher forcing).
+(b) ``needle``: a passcode sentence is inserted at a depth of a haystack of ``ctx`` tokens, the
+    chat prompt asks for it, 8 tokens are decoded greedily; success = the passcode appears.
+(c) ``agree``: greedy decoding of 32 tokens from the ppl prompts; the share of tokens before
+    the first disagreement with the full cache.
+
+Every row records the method, its kept fraction of the prompt's KV entries (after the prompt,
+averaged over layers and heads) and the KV bytes allocated. Rows go to
+``results/quality_cpu.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tensor_utils.bench import write_csv
+
+RESULTS = Path(__file__).parent / "results"
+T_VALUES = (0.9, 0.95, 0.98)
+MATCH_T = 0.95
+CONT = 32
+AGREE = 32
+NEEDLE_TOKENS = 16
+
+
+def documents(tokenizer, ctx: int, count: int) -> list[list[int]]:
+    from pydoc_data.topics import topics
+
+    docs = []
+    for key in sorted(topics, key=lambda k: -len(topics[k])):
+        ids = tokenizer(topics[key])["input_ids"]
+        if len(ids) >= ctx + CONT:
+            docs.append(ids[: ctx + CONT])
+        if len(docs) == count:
+            break
+    return docs
+
+
+def haystack(tokenizer, ctx: int, depth: float, code: str) -> str:
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in ("assignment", "class", "compound", "exceptions"))
+    ids = tokenizer(text)["input_ids"][:ctx]
+    hay = tokenizer.decode(ids)
+    cut = hay.rfind("\n", 0, int(len(hay) * depth))
+    cut = cut if cut > 0 else int(len(hay) * depth)
+    needle = f"\nThe secret passcode is {code}. Remember it.\n"
+    body = hay[:cut] + needle + hay[cut:]
+    messages = [
+        {
+            "role": "user",
+            "content": body + "\n\nWhat is the secret passcode? Answer with the number only.",
+        }
+    ]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def make_cache(model, tokenizer, method: str, fraction: float | None):
+    from kvprune import H2O, TOVA, FastGen, KVPruneCache, SnapKV, StreamingLLM
+    from transformers import DynamicCache
+
+    if method == "full":
+        return DynamicCache(config=model.config)
+    if method.startswith("fastgen"):
+        policy = FastGen(recovery=float(method.split("_")[1]))
+    else:
+        policy = {
+            "streamingllm": StreamingLLM,
+            "h2o": H2O,
+            "snapkv": SnapKV,
+            "tova": TOVA,
+        }[method](kept_fraction=fraction)
+    return KVPruneCache(model, policy, tokenizer)
+
+
+def prompt_fraction(cache) -> tuple[float, int]:
+    """Kept fraction of the prompt's KV entries and KV bytes allocated, right after the prompt."""
+    from kvprune import KVPruneCache
+
+    if not isinstance(cache, KVPruneCache):
+        layers = cache.layers
+        return 1.0, sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
+    kept = total = 0
+    for layer in cache.layers:
+        kept += int(layer.lengths.sum())
+        total += int(layer.prompt_real.sum()) * layer.n_kv
+    return kept / total, cache.memory()["kv_allocated"]
+
+
+@torch.no_grad()
+def run_ppl(model, kw, cache, ids: list[int], ctx: int):
+    prompt = torch.tensor([ids[:ctx]])
+    out = model(prompt, **{kw: cache})
+    frac, nbytes = prompt_fraction(cache)
+    nll, logits = 0.0, out.logits[0, -1]
+    for tok in ids[ctx:]:
+        nll -= torch.log_softmax(logits.float(), -1)[tok].item()
+        logits = model(torch.tensor([[tok]]), **{kw: cache}).logits[0, -1]
+    return math.exp(nll / (len(ids) - ctx)), frac, nbytes
+
+
+@torch.no_grad()
+def run_greedy(model, kw, cache, prompt_ids: torch.Tensor, new: int):
+    out = model(prompt_ids, **{kw: cache})
+    frac, nbytes = prompt_fraction(cache)
+    toks = []
+    tok = out.logits[:, -1:].argmax(-1)
+    for _ in range(new):
+        toks.append(int(tok))
+        if len(toks) == new:
+            break
+        tok = model(tok, **{kw: cache}).logits[:, -1:].argmax(-1)
+    return toks, frac, nbytes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one needle depth")
+    parser.add_argument(
+        "--benches", default="ppl,needle", help="comma list of ppl (with agree), needle"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from kvprune.generate import cache_kwarg
+
+    from tensor_utils.models import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    kw = cache_kwarg(model)
+    fast = [f"fastgen_{t}" for t in T_VALUES]
+    baselines = ["streamingllm", "h2o", "snapkv", "tova"]
+    rows: list[dict] = []
+
+    def methods_for(runner):
+        """full, FastGen at each T, then each baseline at the kept fraction FastGen reached at
+        T = MATCH_T on this prompt (one matched point keeps the CPU run short)."""
+        results = [("full", None, *runner("full", None))]
+        for m in fast:
+            results.append((m, None, *runner(m, None)))
+        match = next(r for r in results if r[0] == f"fastgen_{MATCH_T}")
+        for b in baselines:
+            results.append((b, match[0], *runner(b, match[-2])))
+        return results
+
+    ctx_ppl = 512
+    n_docs = 1
+    t0 = time.perf_counter()
+    docs = documents(tokenizer, ctx_ppl, n_docs) if "ppl" in args.benches else []
+    for d, ids in enumerate(docs):
+
+        def ppl_runner(method, frac, ids=ids):
+            return run_ppl(model, kw, make_cache(model, tokenizer, method, frac), ids, ctx_ppl)
+
+        for method, matched, ppl, frac, nbytes in methods_for(ppl_runner):
+            rows.append(
+                dict(
+                    bench="ppl",
+                    method=method,
+                    matched_to=matched or "",
+                    doc=d,
+                    context=ctx_ppl,
+                    kept_fraction=round(frac, 4),
+                    kv_bytes=nbytes,
+                    value=ppl,
+                )
+            )
+            print(
+                f"ppl doc{d} {method:>14} ({matched or '-'}): kept {frac:.3f} ppl {ppl:.3f}",
+                flush=True,
+            )
+
+        prompt = torch.tensor([ids[:ctx_ppl]])
+
+        def greedy_runner(method, frac, prompt=prompt):
+            return run_greedy(model, kw, make_cache(model, tokenizer, method, frac), prompt, AGREE)
+
+        results = methods_for(greedy_runner)
+        ref = results[0][2]
+        for method, matched, toks, frac, nbytes in results:
+            same = next(
+                (i for i, (a, b) in enumerate(zip(toks, ref, strict=True)) if a != b), AGREE
+            )
+            rows.append(
+                dict(
+                    bench="agree",
+                    method=method,
+                    matched_to=matched or "",
+                    doc=d,
+                    context=ctx_ppl,
+                    kept_fraction=round(frac, 4),
+                    kv_bytes=nbytes,
+                    value=same / AGREE,
+                )
+            )
+            print(
+                f"agree doc{d} {method:>14} ({matched or '-'}): kept {frac:.3f} prefix {same}/{AGREE}",
+                flush=True,
+            )
+
+    contexts = [512] if "needle" in args.benches else []
+    depths = [0.5] if args.quick else [0.1, 0.5, 0.9]
+    for ctx in contexts:
+        for i, depth in enumerate(depths):
+            code = str(4000 + 1237 * (i + 1) + ctx % 997)
+            text = haystack(tokenizer, ctx, depth, code)
+            prompt = tokenizer(text, return_tensors="pt")["input_ids"]
+
+            def needle_runner(method, frac, prompt=prompt):
+                return run_greedy(
+                    model, kw, make_cache(model, tokenizer, method, frac), prompt, NEEDLE_TOKENS
+                )
+
+            for method, matched, toks, frac, nbytes in methods_for(needle_runner):
+                answer = tokenizer.decode(toks)
+                rows.append(
+                    dict(
+                        bench="needle",
+                        method=method,
+                        matched_to=matched or "",
+                        doc=-1,
+                        context=ctx,
+                        depth=depth,
+                        kept_fraction=round(frac, 4),
+                        kv_bytes=nbytes,
+                        value=float(code in answer),
+                    )
+                )
+                print(
+                    f"needle ctx{ctx} d{depth} {method:>14} ({matched or '-'}): kept {frac:.3f} "
+                    f"{'hit' if code in answer else 'miss'} {answer!r}",
+                    flush=True,
+                )
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    name = "quality_cpu_quick.csv" if args.quick else "quality_cpu.csv"
+    write_csv(RESULTS / name, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

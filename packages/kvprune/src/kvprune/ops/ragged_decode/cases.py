@@ -1,0 +1,48 @@
+"""Hypothesis strategy for the cross-package kernel-vs-reference suite (needs hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+
+def random_ragged_case(
+    seed: int,
+    lengths: list[int],
+    slack: list[int],
+    group: int,
+    dim: int,
+    dtype: torch.dtype,
+    device: str = "cpu",
+):
+    """A ragged pool with the given segment lengths (slack rows filled with large garbage, which
+    a correct kernel never reads) and matching queries: ``(q, k_pool, v_pool, offsets, lengths)``."""
+    gen = torch.Generator().manual_seed(seed)
+    caps = [n + s for n, s in zip(lengths, slack, strict=True)]
+    rows = sum(caps)
+    offsets = torch.tensor([0, *caps[:-1]], dtype=torch.int64).cumsum(0)
+    k = torch.randn(rows, dim, generator=gen)
+    v = torch.randn(rows, dim, generator=gen)
+    for off, n, cap in zip(offsets.tolist(), lengths, caps, strict=True):
+        k[off + n : off + cap] = 1e4  # would dominate the softmax if read
+        v[off + n : off + cap] = 1e4
+    q = torch.randn(len(lengths), group, dim, generator=gen)
+    to = dict(dtype=dtype, device=device)
+    lens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    return q.to(**to), k.to(**to), v.to(**to), offsets.to(device), lens
+
+
+@st.composite
+def _cases(draw):
+    n_seg = draw(st.integers(1, 4))
+    lengths = draw(st.lists(st.integers(0, 40), min_size=n_seg, max_size=n_seg))
+    slack = draw(st.lists(st.integers(0, 3), min_size=n_seg, max_size=n_seg))
+    group = draw(st.integers(1, 3))
+    dim = draw(st.sampled_from([1, 3, 8, 17, 32]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    q, k, v, offsets, lens = random_ragged_case(seed, lengths, slack, group, dim, dtype)
+    return (q, k, v, offsets, lens, dim**-0.5), {}
+
+
+CASES = {"kvprune_ragged_decode_attention": _cases()}

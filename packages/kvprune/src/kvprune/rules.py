@@ -1,0 +1,130 @@
+"""The keep/evict rule every policy shares, written once for prefill and for decoding.
+
+Each (batch row, KV head) segment carries five integers (``SegmentParams``):
+
+- ``level``: 0 nothing by class, 1 special tokens kept, 2 special and punctuation kept;
+- ``n_sink``: the first ``n_sink`` positions are kept (attention sinks);
+- ``keep_from``: positions ``>= keep_from`` are kept (SnapKV's observation window and everything
+  generated after it);
+- ``window``: the last ``window`` positions are kept (a sliding local window: FastGen's C_local,
+  StreamingLLM, H2O's recent tokens);
+- ``k_f``: at most ``k_f`` other tokens are kept, those with the highest score (FastGen's
+  C_frequent, H2O's heavy hitters, SnapKV's selected prefix, TOVA).
+
+A token is *protected* when one of the first four says so. At prefill the kept set is
+``protected | top-k_f(other real tokens by score)``. While decoding, after each step's attention
+has updated the scores, the lowest-scoring unprotected tokens are evicted one by one until at
+most ``k_f`` remain (FastGen's Algorithm 2, H2O's greedy eviction). Ties go against the older
+token. Positions are per row, counting real (non-padding) tokens from 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+CLS_NORMAL = 0
+CLS_PUNCT = 1
+CLS_SPECIAL = 2
+UNBOUNDED = 1 << 30  # "keep everything" for window / k_f / keep_from bounds
+
+PARAM_NAMES = ("level", "n_sink", "keep_from", "window", "k_f")
+
+
+def budget(ratio: float, n: int) -> int:
+    """Tokens granted by a fraction of a length: ``floor(ratio * n)`` (robust to float noise)."""
+    return math.floor(ratio * n + 1e-9)
+
+
+def budgets(ratio: float, n: torch.Tensor) -> torch.Tensor:
+    """``budget`` elementwise over an integer tensor of lengths."""
+    return torch.floor(n.double() * ratio + 1e-9).long()
+
+
+def protected(
+    cls: torch.Tensor, pos: torch.Tensor, newest: torch.Tensor, params: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Which tokens the segment's rule keeps unconditionally (all arguments broadcast).
+
+    ``newest`` is the position of the most recent token of the row.
+    """
+    return protected_static(cls, pos, params) | in_window(pos, newest, params)
+
+
+def protected_static(cls: torch.Tensor, pos: torch.Tensor, params: dict[str, torch.Tensor]):
+    """The protection that does not move with time: classes, sinks, ``keep_from``."""
+    level = params["level"]
+    keep = (level >= 1) & (cls == CLS_SPECIAL)
+    keep |= (level >= 2) & (cls == CLS_PUNCT)
+    keep |= pos < params["n_sink"]
+    keep |= pos >= params["keep_from"]
+    return keep
+
+
+def in_window(pos: torch.Tensor, newest: torch.Tensor, params: dict[str, torch.Tensor]):
+    """The sliding local window: the last ``window`` positions up to ``newest``."""
+    return pos > newest - params["window"]
+
+
+def top_k_keep(
+    candidates: torch.Tensor, score: torch.Tensor, pos: torch.Tensor, k: torch.Tensor
+) -> torch.Tensor:
+    """Over the last dim: the ``k`` candidates with the highest score (ties: the newer wins).
+
+    ``k`` broadcasts against ``candidates.shape[:-1]``.
+    """
+    n = candidates.shape[-1]
+    if n == 0:
+        return candidates.clone()
+    key_score = torch.where(candidates, score.float(), torch.full_like(score.float(), -math.inf))
+    # Order: score descending, then position descending (two stable sorts).
+    by_pos = torch.argsort(pos.expand_as(key_score), dim=-1, descending=True, stable=True)
+    s_sorted = torch.gather(key_score, -1, by_pos)
+    by_score = torch.argsort(s_sorted, dim=-1, descending=True, stable=True)
+    order = torch.gather(by_pos, -1, by_score)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(n, device=order.device).expand_as(order))
+    return candidates & (rank < k.unsqueeze(-1))
+
+
+def prefill_parts(
+    cls: torch.Tensor,
+    pos: torch.Tensor,
+    real: torch.Tensor,
+    n_real: torch.Tensor,
+    score: torch.Tensor,
+    params: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kept set after the prompt in its three parts, each ``[B, H, n]``: ``static``
+    (classes, sinks, keep_from), ``window`` (the last ``window`` tokens) and ``frequent``
+    (top-``k_f`` of the remaining real tokens by score).
+
+    ``cls``, ``pos``, ``real``: ``[B, n]``; ``n_real``: ``[B]``; ``score``: ``[B, H, n]``;
+    ``params``: ``[B, H]`` each.
+    """
+    p = {k: v.unsqueeze(-1) for k, v in params.items()}
+    newest = (n_real - 1).view(-1, 1, 1)
+    real3 = real.unsqueeze(1)
+    cls3, pos3 = cls.unsqueeze(1), pos.unsqueeze(1)
+    static = protected_static(cls3, pos3, p) & real3
+    window = in_window(pos3, newest, p) & real3
+    cand = real3 & ~static & ~window
+    return static, window, top_k_keep(cand, score, pos3, params["k_f"])
+
+
+def prefill_keep(cls, pos, real, n_real, score, params) -> torch.Tensor:
+    """Kept set after the prompt, ``[B, H, n]`` (the union of ``prefill_parts``)."""
+    static, window, frequent = prefill_parts(cls, pos, real, n_real, score, params)
+    return static | window | frequent
+
+
+def make_params(shape: tuple[int, ...], device, **values) -> dict[str, torch.Tensor]:
+    """Segment parameters of ``shape`` from scalars or tensors (missing ones: keep nothing)."""
+    defaults = {"level": 0, "n_sink": 0, "keep_from": UNBOUNDED, "window": 0, "k_f": 0}
+    out = {}
+    for name in PARAM_NAMES:
+        v = values.get(name, defaults[name])
+        t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+        out[name] = t.to(device=device, dtype=torch.long).expand(shape).clone()
+    return out

@@ -1,0 +1,256 @@
+"""The cache inside transformers generation, on tiny random Llama-family models."""
+
+from __future__ import annotations
+
+import kvprune
+import pytest
+import torch
+from kv_helpers import tiny_model, token_table
+from kvprune import H2O, TOVA, FastGen, Full, KVPruneCache, SnapKV, StreamingLLM, UnsupportedError
+from kvprune.generate import cache_kwarg
+from transformers import AttentionInterface, DynamicCache
+
+VOCAB = 101
+
+
+def batch(b=2, n=24, pad=(0, 5), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (b, n), generator=gen)
+    mask = torch.ones_like(ids)
+    for i, p in enumerate(pad[:b]):
+        ids[i, :p] = 0
+        mask[i, :p] = 0
+    return ids, mask
+
+
+def run(model, cache, ids, mask, **kw):
+    return model.generate(
+        ids,
+        attention_mask=mask,
+        return_dict_in_generate=True,
+        output_scores=True,
+        pad_token_id=0,
+        **{cache_kwarg(model): cache},
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("sample", [False, True])
+def test_full_policy_equals_dense_cache(kind, sample):
+    model = tiny_model(kind)
+    ids, mask = batch()
+    kw = dict(max_new_tokens=8, do_sample=sample, top_k=0 if sample else None)
+    torch.manual_seed(1)
+    ref = run(model, DynamicCache(config=model.config), ids, mask, **kw)
+    torch.manual_seed(1)
+    out = run(
+        model, KVPruneCache(model, Full(), token_classes_table=token_table()), ids, mask, **kw
+    )
+    assert torch.equal(ref.sequences, out.sequences)
+    for a, b in zip(ref.scores, out.scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+# -- ragged cache == masked dense attention, at model level ------------------------------
+MASKS: dict[int, torch.Tensor] = {}
+
+
+def masked_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """Dense attention over all cached keys with per-(row, KV head) keep masks from MASKS."""
+    g = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(g, 1).float()
+    v = value.repeat_interleave(g, 1).float()
+    logits = query.float() @ k.transpose(-1, -2) * scaling
+    keep = MASKS[module.layer_idx].repeat_interleave(g, 1)[:, :, None, :]  # [B, Hq, 1, n]
+    logits = logits.masked_fill(~keep, float("-inf"))
+    out = torch.softmax(logits, -1) @ v
+    return out.transpose(1, 2).to(query.dtype), None
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        FastGen(recovery=0.5, frequent_ratio=0.2, local_ratio=0.2),
+        FastGen(recovery=0.9, ladder=(("special", "punct", "frequent"),), frequent_ratio=0.25),
+        StreamingLLM(kept_fraction=0.4, sinks=2),
+        H2O(kept_fraction=0.4),
+        TOVA(kept_fraction=0.3),
+        SnapKV(kept_fraction=0.4, window=4),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_pruned_decoding_equals_masked_dense_attention(policy):
+    """Step by step: the kvprune model's logits equal a dense model's whose attention masks,
+    per layer and KV head, every key the ragged cache does not hold."""
+    AttentionInterface.register("kvprune_test_masked", masked_eager)
+    model = tiny_model("llama", layers=2)
+    ids, mask = batch(b=2, n=30, pad=(0, 6))
+    b, n = ids.shape
+    cache = KVPruneCache(model, policy, token_classes_table=token_table())
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, **{cache_kwarg(model): cache})
+        dense_model = tiny_model("llama", layers=2)
+        dense_model.load_state_dict(model.state_dict())
+        dense_model.set_attn_implementation("sdpa")
+        dense_cache = DynamicCache(config=dense_model.config)
+        ref = dense_model(ids, attention_mask=mask, **{cache_kwarg(model): dense_cache})
+        torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+        dense_model.set_attn_implementation("kvprune_test_masked")
+        pad = (mask == 0).sum(-1)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        for step in range(8):
+            total = n + step + 1
+            for layer in cache.layers:
+                keep = torch.zeros(b, layer.n_kv, total, dtype=torch.bool)
+                for row in range(b):
+                    for h in range(layer.n_kv):
+                        for q in layer.kept_positions(row, h):
+                            keep[row, h, q + int(pad[row])] = True
+                        keep[row, h, -1] = True  # the new token attends to itself
+                MASKS[layer.layer_idx] = keep
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], 1)
+            out = model(tok, attention_mask=mask, **{cache_kwarg(model): cache})
+            ref = dense_model(tok, attention_mask=mask, **{cache_kwarg(model): dense_cache})
+            torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    pruned = sum(int(layer.lengths.sum()) for layer in cache.layers)
+    assert pruned < len(cache.layers) * b * 2 * (n + 8)  # something was actually pruned
+
+
+def test_memory_stays_bounded_while_decoding():
+    model = tiny_model("llama", layers=2)
+    ids, mask = batch(b=1, n=40, pad=(0,))
+    table = torch.zeros(VOCAB, dtype=torch.int8)  # no special / punctuation tokens
+    policy = FastGen(recovery=0.01, ladder=(("frequent", "local"),), sink_tokens=0)
+    cache = KVPruneCache(model, policy, token_classes_table=table)
+    run(model, cache, ids, mask, max_new_tokens=60, do_sample=False, min_new_tokens=60)
+    budget = int(0.3 * 40) * 2  # k_f + window, fixed by the prompt length
+    for layer in cache.layers:
+        assert int(layer.lengths.max()) == budget
+        assert layer.k_pool.shape[0] <= layer.lengths.shape[0] * (budget + cache.slack)
+
+
+def test_memory_accounting_matches_tensor_sizes():
+    model = tiny_model("llama", layers=3)
+    ids, mask = batch(b=2, n=32, pad=(0, 3))
+    cache = KVPruneCache(model, FastGen(recovery=0.6), token_classes_table=token_table())
+    run(model, cache, ids, mask, max_new_tokens=12, do_sample=False)
+    mem = cache.memory()
+    kv = meta = live = 0
+    for layer in cache.layers:
+        for name, t in vars(layer).items():
+            if isinstance(t, torch.Tensor):
+                nbytes = t.untyped_storage().nbytes()
+                if name in ("k_pool", "v_pool"):
+                    kv += nbytes
+                else:
+                    meta += nbytes
+        for p in layer.params.values():
+            meta += p.untyped_storage().nbytes()
+        live += 2 * layer.k_pool.shape[1] * 4 * int(layer.lengths.sum())
+    assert mem == {"kv_allocated": kv, "kv_live": live, "metadata": meta}
+    report = cache.report()
+    assert report.kv_allocated_bytes == kv
+    assert sum(r.allocated_bytes for r in report.requests) == kv
+    assert report.kept_bytes == live
+    row = 2 * 16 * 4  # K + V, head_dim 16, float32
+    for r, n_real in zip(report.requests, [32 + 11, 29 + 11], strict=True):
+        assert r.tokens == n_real
+        assert r.full_bytes == n_real * 3 * 2 * row
+        assert r.kept_bytes == sum(map(sum, r.kept)) * row
+        assert r.freed_bytes == r.full_bytes - r.allocated_bytes
+        assert len(r.policies) == 3 and all(len(x) == 2 for x in r.policies)
+        assert sum(r.policy_counts().values()) == 6
+
+
+def test_generate_helper_returns_output_and_report():
+    model = tiny_model("llama")
+    ids, mask = batch(b=1, n=20, pad=(0,))
+    out, report = kvprune.generate(
+        model,
+        ids,
+        attention_mask=mask,
+        max_new_tokens=5,
+        do_sample=False,
+        pad_token_id=0,
+        policy=FastGen(recovery=0.8),
+    )
+    assert out.shape == (1, 25)
+    assert report.requests[0].tokens == 24
+    assert "freed" in report.summary()
+
+
+def test_plain_forward_without_kvprune_cache_is_sdpa():
+    model = tiny_model("llama")
+    ids, mask = batch()
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        KVPruneCache(model)  # switches the model to the kvprune attention
+        assert model.config._attn_implementation == "kvprune"
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits, ref)
+
+
+# -- clear errors -------------------------------------------------------------------------
+def test_unsupported_architecture():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(UnsupportedError, match="not model_type='gpt2'"):
+        KVPruneCache(gpt2)
+
+
+def test_sliding_window_model_is_rejected():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=16,
+    )
+    with pytest.raises(UnsupportedError, match="sliding-window"):
+        KVPruneCache(MistralForCausalLM(config))
+
+
+def test_beam_search_is_rejected():
+    model = tiny_model("llama")
+    ids, mask = batch(b=1, n=10, pad=(0,))
+    with pytest.raises(UnsupportedError, match="beam search"):
+        kvprune.generate(model, ids, attention_mask=mask, num_beams=2, max_new_tokens=3)
+    cache = KVPruneCache(model, token_classes_table=token_table())
+    with pytest.raises(UnsupportedError, match="beam search"):
+        run(model, cache, ids, mask, num_beams=2, max_new_tokens=3)
+
+
+def test_right_padding_and_embeddings_are_rejected():
+    model = tiny_model("llama")
+    ids, mask = batch(b=2, n=10, pad=(0, 0))
+    mask[1, -2:] = 0
+    with pytest.raises(UnsupportedError, match="left padding"):
+        run(
+            model,
+            KVPruneCache(model, token_classes_table=token_table()),
+            ids,
+            mask,
+            max_new_tokens=2,
+        )
+    cache = KVPruneCache(model, token_classes_table=token_table())
+    embeds = model.get_input_embeddings()(ids)
+    with pytest.raises(UnsupportedError, match="needs input_ids"), torch.no_grad():
+        model(inputs_embeds=embeds, **{cache_kwarg(model): cache})
+
+
+def test_multi_token_steps_and_crop_are_rejected():
+    model = tiny_model("llama")
+    ids, _mask = batch(b=1, n=10, pad=(0,))
+    cache = KVPruneCache(model, token_classes_table=token_table())
+    with torch.no_grad():
+        model(ids, **{cache_kwarg(model): cache})
+        with pytest.raises(UnsupportedError, match="one token per step"):
+            model(ids[:, :3], **{cache_kwarg(model): cache})
+    with pytest.raises(UnsupportedError, match="cropped"):
+        cache.crop(-1)

@@ -1,0 +1,169 @@
+"""The Triton ragged decode kernel against the PyTorch reference, and both against dense
+attention with the pruned keys masked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kv_helpers import tiny_model, token_table
+from kvprune import FastGen, KVPruneCache
+from kvprune.generate import cache_kwarg
+from kvprune.ops.ragged_decode import CASES, naive, ragged_decode_attention, random_ragged_case
+
+from tensor_utils.testing import assert_close, poison_allocations
+
+triton_mod = pytest.importorskip("kvprune.ops.ragged_decode.triton")
+
+
+def dense_masked(q, keys, values, keep, scale):
+    """q [B, Hq, D], keys/values [B, H, n, D], keep [B, H, n] -> (out [B, Hq, D], probs [B, Hq, n])."""
+    g = q.shape[1] // keys.shape[1]
+    k = keys.repeat_interleave(g, 1).double()
+    v = values.repeat_interleave(g, 1).double()
+    logits = torch.einsum("bhd,bhnd->bhn", q.double(), k) * scale
+    logits = logits.masked_fill(~keep.repeat_interleave(g, 1), float("-inf"))
+    probs = torch.softmax(logits, -1)
+    return torch.einsum("bhn,bhnd->bhd", probs, v), probs
+
+
+def ragged_from_dense(keys, values, keep, slack):
+    b, h, _n, d = keys.shape
+    counts = keep.sum(-1).reshape(-1)
+    cap = counts + slack
+    offsets = cap.cumsum(0) - cap
+    dest = (offsets.view(b, h, 1) + keep.long().cumsum(-1) - 1)[keep]
+    k_pool = torch.full((int(cap.sum()), d), 1e4, dtype=keys.dtype)
+    v_pool = torch.full_like(k_pool, 1e4)
+    k_pool[dest] = keys[keep]
+    v_pool[dest] = values[keep]
+    return k_pool, v_pool, offsets, counts, dest
+
+
+@st.composite
+def pruned_dense(draw):
+    b, h, g = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n, d = draw(st.integers(1, 37)), draw(st.sampled_from([4, 7, 16]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.randn(b, h, n, d, generator=gen)
+    values = torch.randn(b, h, n, d, generator=gen)
+    keep = torch.rand(b, h, n, generator=gen) < draw(st.floats(0.1, 1.0))
+    keep[..., -1] = True  # the current token is always attended
+    q = torch.randn(b, h * g, d, generator=gen)
+    return q, keys, values, keep, draw(st.integers(0, 3))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton)])
+@settings(max_examples=15, deadline=None)
+@given(case=pruned_dense())
+def test_pruning_equals_masking_dense_attention(backend, case):
+    q, keys, values, keep, slack = case
+    b, h, n, d = keys.shape
+    g = q.shape[1] // h
+    scale = d**-0.5
+    k_pool, v_pool, offsets, lengths, dest = ragged_from_dense(keys, values, keep, slack)
+    with poison_allocations():
+        out, weights = ragged_decode_attention(
+            q.view(b * h, g, d), k_pool, v_pool, offsets, lengths, scale, backend=backend
+        )
+    ref_out, ref_probs = dense_masked(q, keys, values, keep, scale)
+    assert_close(out.view(b, h * g, d), ref_out.float())
+    # weights: row `dest` of the pool holds the probability of the kept key it stores
+    kept_probs = ref_probs.view(b, h, g, n).permute(0, 1, 3, 2)[keep]  # [nnz, G]
+    assert_close(weights[dest], kept_probs.float())
+    free = torch.ones(k_pool.shape[0], dtype=torch.bool)
+    free[dest] = False
+    assert bool((weights[free] == 0).all())
+
+
+@pytest.mark.triton
+@settings(max_examples=25, deadline=None)
+@given(case=CASES["kvprune_ragged_decode_attention"], splits=st.sampled_from([None, 1, 2, 4]))
+def test_kernel_matches_reference_with_poisoned_outputs(case, splits):
+    args, kwargs = case
+    expected = naive.ragged_decode_attention(*args, **kwargs)
+    with poison_allocations():
+        out, weights = triton_mod.ragged_decode_attention(
+            *args, **kwargs, num_splits=splits, block_n=16
+        )
+    assert out.dtype == args[0].dtype and weights.dtype == torch.float32
+    assert_close(out, expected[0])
+    assert_close(weights, expected[1])
+
+
+@pytest.mark.triton
+def test_kernel_many_splits_and_tiles_odd_sizes():
+    q, k, v, o, lens = random_ragged_case(
+        3, [97, 1, 0, 64, 33], [2, 0, 5, 1, 0], 5, 17, torch.float32
+    )
+    expected = naive.ragged_decode_attention(q, k, v, o, lens, 0.3)
+    for splits in (1, 2, 8):
+        with poison_allocations():
+            out, weights = triton_mod.ragged_decode_attention(
+                q, k, v, o, lens, 0.3, num_splits=splits, block_n=16
+            )
+        assert_close(out, expected[0])
+        assert_close(weights, expected[1])
+
+
+def test_bad_arguments_raise():
+    q, k, v, o, lens = random_ragged_case(0, [3, 4], [0, 0], 2, 8, torch.float32)
+    with pytest.raises(ValueError, match="head_dim mismatch"):
+        naive.ragged_decode_attention(q[..., :4], k, v, o, lens, 1.0)
+    with pytest.raises(ValueError, match="one per segment"):
+        naive.ragged_decode_attention(q, k, v, o[:1], lens, 1.0)
+    with pytest.raises(ValueError, match="share a dtype"):
+        naive.ragged_decode_attention(q.half(), k, v, o, lens, 1.0)
+
+
+@pytest.mark.triton
+def test_generation_with_kernel_matches_reference_backend():
+    model = tiny_model("llama", layers=2)
+    ids = torch.randint(3, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for backend in ("reference", "triton"):
+        cache = KVPruneCache(
+            model, FastGen(recovery=0.5), token_classes_table=token_table(), backend=backend
+        )
+        outs.append(
+            model.generate(
+                ids,
+                max_new_tokens=6,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                **{cache_kwarg(model): cache},
+            )
+        )
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    for a, b in zip(outs[0].scores, outs[1].scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("lengths", [[4096, 1, 0, 2049], [32768, 16000]])
+def test_kernel_on_cuda_long_segments(dtype, lengths):
+    q, k, v, o, lens = random_ragged_case(0, lengths, [7] * len(lengths), 4, 128, dtype, "cuda")
+    expected = naive.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)
+    with poison_allocations():
+        out, weights = triton_mod.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)
+    assert_close(out, expected[0])
+    assert_close(weights, expected[1], atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_generation_on_cuda_uses_kernel_and_matches_reference():
+    model = tiny_model("llama", layers=2).cuda().half()
+    ids = torch.randint(3, 101, (3, 50), device="cuda")
+    seqs = []
+    for backend in ("reference", None):
+        cache = KVPruneCache(
+            model, FastGen(recovery=0.7), token_classes_table=token_table(), backend=backend
+        )
+        seqs.append(
+            model.generate(ids, max_new_tokens=10, do_sample=False, **{cache_kwarg(model): cache})
+        )
+    assert torch.equal(seqs[0], seqs[1])
