@@ -16,7 +16,14 @@ Solvers (``solver`` group key):
 
 - ``exact``: ``torch.linalg.svd`` of an fp32 copy (galore-torch's choice; the parity mode).
 - ``randomized``: Halko et al. range finder with ``oversample`` extra columns and
-  ``power_iters`` power iterations, then an SVD of the small ``(r + p) x n`` sketch.
+  ``power_iters`` power iterations on the side that is stored (``A = G`` for a left basis,
+  ``A = Gᵀ`` for a right one), orthonormalized by CholeskyQR, then a Rayleigh-Ritz step: the
+  ``eigh`` of the small ``k x k`` matrix ``Qᵀ A Aᵀ Q`` (``k = r + oversample``) rotates ``Q`` onto
+  the approximate singular vectors, ordered by singular value as the exact SVD's. On an H100 this
+  is 2.5x faster than an SVD of the ``k x n`` sketch (cuSOLVER's default gesvdj takes ~24 ms at
+  ``k = 520``, ``eigh`` ~6 ms). The only host sync is one check at the end: if a Cholesky
+  factorization failed (a rank-deficient or zero gradient) or the basis is not orthonormal, the
+  same solve reruns with Householder QR.
 - ``warm``: the same, started from the previous basis (subspace iteration), so fewer power
   iterations are needed; falls back to ``randomized`` at the first refresh.
 
@@ -72,6 +79,102 @@ def _orthonormal(y: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def _cholqr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``passes`` CholeskyQR passes on ``y``'s columns (no host sync). Returns the factor and
+    the summed Cholesky ``info`` (a device tensor, non-zero where a factorization failed)."""
+    q, bad = y, None
+    for _ in range(passes):
+        chol, info = torch.linalg.cholesky_ex(q.mT @ q)
+        q = torch.linalg.solve_triangular(chol.mT, q, upper=True, left=False)
+        bad = info if bad is None else bad + info
+    return q, bad
+
+
+def _householder(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, None]:
+    return torch.linalg.qr(y, mode="reduced").Q, None
+
+
+def _range_basis(
+    a: torch.Tensor,
+    rank: int,
+    *,
+    oversample: int,
+    power_iters: int,
+    generator: torch.Generator | None,
+    start: torch.Tensor | None,
+    orth,
+) -> tuple[torch.Tensor, list]:
+    p, q_dim = a.shape
+    k = min(rank + max(oversample, 0), p, q_dim)
+    omega = torch.randn(q_dim, k, generator=generator, device=a.device, dtype=a.dtype)
+    if start is not None:
+        cols = min(start.shape[1], k)
+        omega[:, :cols] = a.mT @ start[:, :cols]  # half a power step from the old basis
+    flags = []
+    # Intermediate bases only need to be well conditioned (one CholeskyQR pass); the last one
+    # feeds the Rayleigh-Ritz step and must be orthonormal (two passes: CholeskyQR2).
+    q, f = orth(a @ omega, 1 if power_iters else 2)
+    flags.append(f)
+    for i in range(power_iters):
+        z, f = orth(a.mT @ q, 1)
+        flags.append(f)
+        q, f = orth(a @ z, 2 if i == power_iters - 1 else 1)
+        flags.append(f)
+    b = a.mT @ q  # (q_dim, k)
+    _w, v = torch.linalg.eigh(b.mT @ b)  # ascending eigenvalues of Qᵀ A Aᵀ Q
+    return q @ v[:, -rank:].flip(-1), flags
+
+
+def randomized_basis(
+    a: torch.Tensor,
+    rank: int,
+    *,
+    oversample: int = 8,
+    power_iters: int = 2,
+    generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Approximate top-``rank`` left singular vectors ``(p, rank)`` of fp32 ``a`` (``p x q``),
+    orthonormal, ordered by decreasing singular value.
+
+    Range finder + power iterations with CholeskyQR, then Rayleigh-Ritz through ``eigh`` of the
+    ``k x k`` matrix ``Qᵀ A Aᵀ Q``. ``start`` (``(p, r0)``, orthonormal: the previous basis)
+    seeds the first ``r0`` sketch columns with ``Aᵀ start`` (warm start). One host sync checks
+    the result; on a failed Cholesky (rank-deficient ``a``) or a non-orthonormal basis the solve
+    is redone with Householder QR from the same sketch. Each vector's sign is fixed (largest
+    entry positive), so the result does not depend on the LAPACK build or thread count.
+    """
+    state = generator.get_state() if generator is not None else None
+    kw = {
+        "oversample": oversample,
+        "power_iters": power_iters,
+        "generator": generator,
+        "start": start,
+    }
+    try:
+        u, flags = _range_basis(a, rank, orth=_cholqr, **kw)
+        eye = torch.eye(u.shape[1], device=u.device, dtype=u.dtype)
+        err = (u.mT @ u - eye).abs().amax()
+        bad = sum(flags[1:], flags[0])
+        ok = bool((err <= 1e-4) & (bad == 0))  # the one host sync
+    except torch.linalg.LinAlgError:  # eigh on non-finite values from a failed Cholesky
+        ok = False
+    if not ok:
+        if state is not None:
+            generator.set_state(state)
+        u = _range_basis(a, rank, orth=_householder, **kw)[0]
+    return _fix_signs(u)
+
+
+def _fix_signs(u: torch.Tensor) -> torch.Tensor:
+    """Flip each column so its largest-magnitude entry is positive. ``eigh`` returns
+    eigenvectors with an arbitrary sign that can change with the LAPACK build or the thread
+    count; the projected moments are kept across refreshes, so the sign must not depend on
+    them (same basis on every DDP rank and in a single process). No host sync."""
+    idx = u.abs().argmax(dim=0, keepdim=True)
+    return u * torch.where(u.gather(0, idx) < 0, -1.0, 1.0).to(u.dtype)
+
+
 def randomized_svd(
     g: torch.Tensor,
     rank: int,
@@ -122,18 +225,22 @@ def compute_basis(
         u, vh = u[:, :rank], vh[:rank, :]
     elif solver in ("randomized", "warm"):
         gen = torch.Generator(device=g.device).manual_seed(_seed_for(seed, index, step))
-        start = None
-        if solver == "warm":
-            if prev_right is not None:
-                start = (
-                    prev_right.float().T
-                )  # (n, r): sketch G Qᵀ spans the old left subspace image
-            elif prev_left is not None:
-                start = g.T @ prev_left.float()  # (n, r): a half power step from the old basis
-        iters = power_iters if start is None else max(power_iters - 1, 0)
-        u, vh = randomized_svd(
-            g, rank, oversample=oversample, power_iters=iters, generator=gen, start=start
-        )
+        u = vh = None
+        # Solve only for the stored side(s): the left basis of G, the left basis of Gᵀ.
+        for which, a, prev in (("left", g, prev_left), ("right", g.mT, prev_right)):
+            if side not in (which, "full"):
+                continue
+            start = None
+            if solver == "warm" and prev is not None:
+                start = prev.float() if which == "left" else prev.float().mT
+            iters = power_iters if start is None else max(power_iters - 1, 0)
+            basis = randomized_basis(
+                a, rank, oversample=oversample, power_iters=iters, generator=gen, start=start
+            )
+            if which == "left":
+                u = basis
+            else:
+                vh = basis.mT
     else:
         raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
     # Fresh contiguous copies: a slice of the SVD factors would keep the whole (n, n) or (m, m)
