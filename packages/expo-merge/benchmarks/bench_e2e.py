@@ -1,12 +1,15 @@
 """End to end on the CPU: a synthetic >=1B-parameter bf16 pair as sharded HF directories.
 
-Measured in one run, on the same files, with a warm page cache for all of them:
+Measured in one run, on the same files, once with a warm page cache (every input read just
+before) and once cold (``evict_page_cache`` on both inputs before every timed command):
 
 - the I/O floor: read every SFT shard, copy every ALIGNED shard (shutil.copyfile + fsync);
 - ``expo-merge SFT ALIGNED --alpha 0.3`` (subprocess; time and peak anonymous RSS);
 - mergekit's task_arithmetic recipe (base = SFT, ALIGNED weight 1 + alpha), installed in its own
   environment (``--mergekit`` path to its ``mergekit-yaml``), same files; its output is compared
   with ours tensor by tensor.
+
+Every row records the 1-minute load average before the command (other jobs share the cores).
 
     python packages/expo-merge/benchmarks/bench_e2e.py --mergekit /tmp/mk/bin/mergekit-yaml
 """
@@ -20,11 +23,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from tensor_utils.bench import PeakMemory, write_csv
+from tensor_utils.bench import PeakMemory, evict_page_cache, write_csv
 from tensor_utils.checkpoint import SafetensorsWriter, TensorSpec, open_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
@@ -108,7 +112,6 @@ def sync_dir(path: Path) -> None:
 
 
 def io_floor(sft: Path, aligned: Path, out: Path) -> float:
-    shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     buf = bytearray(16 << 20)
     for f in sorted(sft.glob("*.safetensors")):
@@ -144,6 +147,26 @@ def compare(a: Path, b: Path) -> tuple[int, int]:
     return differ, total
 
 
+def prepare(cache: str, inputs: Sequence[Path], out: Path) -> float:
+    """Remove ``out``; for a cold run drop the inputs from the page cache. Returns the load."""
+    if out.exists():
+        shutil.rmtree(out)
+    if cache == "cold":
+        evict_page_cache(*inputs)
+    else:
+        io_floor_read(inputs)
+    return os.getloadavg()[0]
+
+
+def io_floor_read(inputs: Sequence[Path]) -> None:
+    buf = bytearray(16 << 20)
+    for d in inputs:
+        for f in sorted(d.iterdir()):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/expo-bench")
@@ -152,6 +175,7 @@ def main() -> None:
     )
     parser.add_argument("--shard-size", default="1GB")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache", choices=["warm", "cold", "both"], default="both")
     parser.add_argument("--out", default=RESULTS / "e2e_cpu.csv")
     parser.add_argument("--device", default="cpu", help="expo-merge --device (cuda: fused kernel)")
     args = parser.parse_args()
@@ -167,6 +191,7 @@ def main() -> None:
         f"merge_method: task_arithmetic\nbase_model: {sft}\nmodels:\n  - model: {aligned}\n"
         f"    parameters:\n      weight: {1 + ALPHA}\ndtype: float32\nout_dtype: bfloat16\n"
     )
+    out_expo, out_mk, out_copy = root / "out-expo", root / "out-mergekit", root / "out-copy"
     ours_cmd = [
         sys.executable,
         "-m",
@@ -176,7 +201,7 @@ def main() -> None:
         "--alpha",
         str(ALPHA),
         "-o",
-        str(root / "out-expo"),
+        str(out_expo),
         "--force",
         "--no-progress",
         "--json",
@@ -186,72 +211,87 @@ def main() -> None:
     mk_cmd = [
         args.mergekit,
         str(yml),
-        str(root / "out-mergekit"),
+        str(out_mk),
         "--out-shard-size",
         "1B",
         "--allow-crimes",
     ]
-
-    results: dict[str, list[tuple[float, int]]] = {"io_floor": [], "expo_merge": [], "mergekit": []}
-    # Warm the page cache for every input once, so no tool pays for cold reads alone.
-    io_floor(sft, aligned, root / "out-copy")
-    for rep in range(args.repeats):
-        results["io_floor"].append((io_floor(sft, aligned, root / "out-copy"), 0))
-        seconds, anon, _ = run_measured(ours_cmd)
-        results["expo_merge"].append((seconds, anon))
-        if Path(args.mergekit).exists() and rep == 0:
-            shutil.rmtree(root / "out-mergekit", ignore_errors=True)
-            seconds, anon, _ = run_measured(mk_cmd)
-            results["mergekit"].append((seconds, anon))
-        for k, v in results.items():
-            if v:
-                print(
-                    f"rep {rep}: {k:10s} {v[-1][0]:7.1f} s  anon peak {v[-1][1] / 1e9:.2f} GB",
-                    flush=True,
-                )
-
-    floor = min(s for s, _ in results["io_floor"])
-    ours = min(s for s, _ in results["expo_merge"])
-    ours_mem = max(m for _, m in results["expo_merge"])
-    rows = []
-    mk = min((s for s, _ in results["mergekit"]), default=None)
-    mk_mem = max((m for _, m in results["mergekit"]), default=None)
-    same = None
-    if mk is not None:
-        differ, total = compare(root / "out-expo", root / "out-mergekit")
-        same = differ / total
-        print(f"mergekit vs expo-merge outputs: {differ} of {total} elements differ ({same:.2e})")
-    for tool, runs in results.items():
-        for i, (seconds, anon) in enumerate(runs):
-            rows.append(
-                {
-                    "bench": f"e2e_{args.device}",
-                    "tool": tool,
-                    "repeat": i,
-                    "params": params,
-                    "model_bytes": nbytes,
-                    "seconds": round(seconds, 2),
-                    "gb_per_s": round(io_bytes / seconds / 1e9, 3),
-                    "anon_peak_bytes": anon if tool != "io_floor" else "",
-                }
+    have_mk = Path(args.mergekit).exists()
+    caches = ["warm", "cold"] if args.cache == "both" else [args.cache]
+    rows, summaries = [], []
+    for cache in caches:
+        runs: dict[str, list[tuple[float, int, float]]] = {
+            "io_floor": [],
+            "expo_merge": [],
+            "mergekit": [],
+        }
+        for rep in range(args.repeats):
+            load = prepare(cache, (sft, aligned), out_copy)
+            runs["io_floor"].append((io_floor(sft, aligned, out_copy), 0, load))
+            shutil.rmtree(out_copy)
+            load = prepare(cache, (sft, aligned), out_expo)
+            seconds, anon, _ = run_measured(ours_cmd)
+            runs["expo_merge"].append((seconds, anon, load))
+            if have_mk and rep == 0:  # mergekit takes ~10x longer: one run per cache state
+                load = prepare(cache, (sft, aligned), out_mk)
+                seconds, anon, _ = run_measured(mk_cmd)
+                runs["mergekit"].append((seconds, anon, load))
+            for k, v in runs.items():
+                if len(v) == rep + 1:  # printed once, in the repeat that ran it
+                    print(
+                        f"{cache} rep {rep}: {k:10s} {v[-1][0]:7.2f} s  anon peak "
+                        f"{v[-1][1] / 1e9:.3f} GB  load {v[-1][2]:.2f}",
+                        flush=True,
+                    )
+        same = None
+        if runs["mergekit"]:
+            differ, total = compare(out_expo, out_mk)
+            same = differ / total
+            print(
+                f"mergekit vs expo-merge outputs: {differ} of {total} elements differ ({same:.2e})"
             )
-    summary = {
-        "bench": f"e2e_{args.device}_summary",
-        "params": params,
-        "model_bytes": nbytes,
-        "io_floor_s": round(floor, 2),
-        "expo_merge_s": round(ours, 2),
-        "ratio_to_io_floor": round(ours / floor, 3),
-        "expo_merge_anon_peak_bytes": ours_mem,
-        "mergekit_s": round(mk, 2) if mk else "",
-        "mergekit_anon_peak_bytes": mk_mem or "",
-        "speedup_vs_mergekit": round(mk / ours, 2) if mk else "",
-        "memory_fraction_of_mergekit": round(ours_mem / mk_mem, 3) if mk_mem else "",
-        "fraction_elements_differing_from_mergekit": same if same is not None else "",
-    }
-    rows.append(summary)
+        for tool, measured in runs.items():
+            for i, (seconds, anon, load) in enumerate(measured):
+                rows.append(
+                    {
+                        "bench": f"e2e_{args.device}",
+                        "tool": tool,
+                        "repeat": i,
+                        "cache": cache,
+                        "load_avg_1m": round(load, 2),
+                        "params": params,
+                        "model_bytes": nbytes,
+                        "seconds": round(seconds, 2),
+                        "gb_per_s": round(io_bytes / seconds / 1e9, 3),
+                        "anon_peak_bytes": anon if tool != "io_floor" else "",
+                    }
+                )
+        floor = min(s for s, _, _ in runs["io_floor"])
+        ours = min(s for s, _, _ in runs["expo_merge"])
+        ours_mem = max(m for _, m, _ in runs["expo_merge"])
+        mk = min((s for s, _, _ in runs["mergekit"]), default=None)
+        mk_mem = max((m for _, m, _ in runs["mergekit"]), default=None)
+        summaries.append(
+            {
+                "bench": f"e2e_{args.device}_summary",
+                "cache": cache,
+                "load_avg_1m": round(max(x[2] for v in runs.values() for x in v), 2),
+                "params": params,
+                "model_bytes": nbytes,
+                "io_floor_s": round(floor, 2),
+                "expo_merge_s": round(ours, 2),
+                "ratio_to_io_floor": round(ours / floor, 3),
+                "expo_merge_anon_peak_bytes": ours_mem,
+                "mergekit_s": round(mk, 2) if mk else "",
+                "mergekit_anon_peak_bytes": mk_mem or "",
+                "speedup_vs_mergekit": round(mk / ours, 2) if mk else "",
+                "memory_fraction_of_mergekit": round(ours_mem / mk_mem, 3) if mk_mem else "",
+                "fraction_elements_differing_from_mergekit": same if same is not None else "",
+            }
+        )
+    rows += summaries
     write_csv(args.out, rows)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summaries, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from expo_merge import (
     extrapolate_checkpoints,
     extrapolate_state_dict,
 )
+from expo_merge.stream import ChunkReader
 
 from tensor_utils.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from tensor_utils.testing import assert_matches_float64
@@ -113,13 +114,25 @@ def test_tied_pt_against_untied_safetensors(tmp_path):
 def test_several_alphas_read_each_tensor_once(tmp_path, monkeypatch):
     s, a, sft, aligned = make(tmp_path, "dir-sharded", "dir")
     reads = []
-    original = Checkpoint.get
-    monkeypatch.setattr(
-        Checkpoint, "get", lambda self, name: reads.append(name) or original(self, name)
+    original = ChunkReader.read
+
+    def read(self, name, begin, count, buf):
+        reads.append((self.ckpt.path.name, name, begin, count))
+        return original(self, name, begin, count, buf)
+
+    monkeypatch.setattr(ChunkReader, "read", read)
+    report = extrapolate_checkpoints(
+        s, a, [0.1, 0.3, 2.5], tmp_path / "sweep", dtype="fp32", chunk_elements=1000
     )
-    report = extrapolate_checkpoints(s, a, [0.1, 0.3, 2.5], tmp_path / "sweep", dtype="fp32")
     floats = [k for k, v in aligned.items() if v.is_floating_point()]
-    assert len(reads) == len(aligned) + len(floats)  # ALIGNED once, SFT once per float tensor
+    # Every element of ALIGNED read once, of SFT once per float tensor, whatever the alphas.
+    assert len(set(reads)) == len(reads)
+    for side, names in (("aligned", list(aligned)), ("sft", floats)):
+        for name in names:
+            got = sorted((b, n) for f, k, b, n in reads if f == side and k == name)
+            assert sum(n for _, n in got) == aligned[name].numel()
+            assert all(b == i * 1000 for i, (b, _) in enumerate(got))
+    assert {f for f, *_ in reads} == {"aligned", "sft"}
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [
         "alpha-0.1",
         "alpha-0.3",
@@ -362,3 +375,20 @@ def test_device_cuda_matches_cpu(tmp_path):
                 )
             else:
                 assert torch.equal(got[k], expected[k])
+
+
+@pytest.mark.parametrize("fmt", ["pt", "dir-sharded"])
+def test_small_chunks_many_workers_match_state_dict_api(tmp_path, fmt):
+    # Tensors split into many chunks across 3 threads (ordered writes, tied names, int buffers).
+    s, a, sft, aligned = make(tmp_path, fmt, fmt, tied=True)
+    out = tmp_path / ("o.pt" if fmt == "pt" else "o")
+    report = extrapolate_checkpoints(
+        s, a, [0.0, 0.7], out.parent / "sw", chunk_elements=97, workers=3
+    )
+    expected = extrapolate_state_dict(sft, aligned, 0.7)
+    for alpha, exp in ((0.0, aligned), (0.7, expected)):
+        name = f"alpha-{alpha:g}" + (".pt" if fmt == "pt" else "")
+        got, _ = load(out.parent / "sw" / name)
+        for k in got:
+            assert torch.equal(got[k], exp[k]), k
+    assert report.stats[1].total_elements == report.elements_extrapolated

@@ -94,3 +94,53 @@ def test_out_argument_and_errors():
         naive.extrapolate(sft, aligned[:4], 0.5)
     with pytest.raises(TypeError, match="float inputs only"):
         naive.extrapolate(sft.int(), aligned.int(), 0.5)
+
+
+# ---- the CPU engine's fast path: torch.lerp(sft, aligned, 1 + alpha) for same-dtype half I/O ----
+def _fast(sft, aligned, alpha):
+    from expo_merge.merge import _compute_chunk
+    from expo_merge.stats import StepStats
+
+    out = torch.empty_like(aligned)
+    (res,) = _compute_chunk(
+        sft, aligned, [alpha], aligned.dtype, [StepStats(alpha)], None, [out], []
+    )
+    return res
+
+
+def _with_zeros(sft, aligned):
+    # Signed zeros on either side and equal pairs (zero step) must behave like the reference.
+    n = aligned.numel()
+    if n >= 4:
+        aligned[0], sft[0] = -0.0, 0.0
+        aligned[1], sft[1] = 0.0, -0.0
+        aligned[2], sft[2] = -0.0, -0.0
+        sft[3] = aligned[3]
+    return sft, aligned
+
+
+@given(n=st.integers(1, 3000), dtype=st.sampled_from([torch.bfloat16, torch.float16]), seed=seeds())
+def test_fast_path_alpha_zero_and_minus_one(n, dtype, seed):
+    sft, aligned = _with_zeros(*pair((n,), dtype, seed))
+    zero = _fast(sft, aligned, 0.0)
+    assert torch.equal(zero.view(torch.int16), aligned.view(torch.int16))  # bit for bit, -0.0 too
+    back = _fast(sft, aligned, -1.0)
+    ref = extrapolate(sft, aligned, -1.0, backend="reference")
+    assert torch.equal(back, sft) and torch.equal(back, ref)  # values (+0.0 == -0.0), as reference
+
+
+@given(
+    n=st.integers(1, 3000),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16]),
+    seed=seeds(),
+    alpha=alphas,
+    sigma=st.sampled_from([1e-4, 1e-3, 0.05, 1.0]),
+)
+def test_fast_path_within_one_rounding_of_float64(n, dtype, seed, alpha, sigma):
+    sft, aligned = _with_zeros(*pair((n,), dtype, seed, sigma=sigma))
+    out = _fast(sft, aligned, alpha)
+    assert out.dtype == dtype
+    assert_matches_float64(out, exact, sft, aligned, alpha, dtype=dtype, roundings=1.0)
+    ref = extrapolate(sft, aligned, alpha, backend="reference")
+    # lerp and the reference differ only where a float32 intermediate lands on a rounding tie.
+    assert (out != ref).float().mean().item() <= 0.01

@@ -14,7 +14,16 @@ from .errors import (
     QuantizedCheckpointError,
     VocabSizeMismatchError,
 )
-from .merge import MergeReport, extrapolate_checkpoints, extrapolate_state_dict
+
+
+def __getattr__(name):
+    # The torch-based API loads on first use, so the CLI can start reading inputs first.
+    if name in ("MergeReport", "extrapolate_checkpoints", "extrapolate_state_dict"):
+        from . import merge
+
+        return getattr(merge, name)
+    raise AttributeError(f"module 'expo_merge' has no attribute {name!r}")
+
 
 __all__ = [
     "ExpoMergeError",

@@ -10,10 +10,9 @@ import argparse
 import json
 import sys
 
-from tensor_utils.checkpoint import CheckpointError
+from . import __version__, prefetch
 
-from . import __version__
-from .merge import extrapolate_checkpoints
+# torch (via .merge and tensor_utils) is imported in main(), after the input prefetch started.
 
 PROG = "expo-merge"
 
@@ -106,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count changed elements over every element (default on the CPU: the first 64K elements of every 16M-element slice)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU worker threads (default: one per core, at most 4)",
+    )
+    p.add_argument(
+        "--prefetch-mb",
+        type=int,
+        default=prefetch.PER_INPUT >> 20,
+        metavar="MB",
+        help="ask the kernel to start reading this much of each input while torch loads "
+        "(page cache only, at most 1/8 of available memory; 0: off; default %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
@@ -114,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     alphas = [a for group in args.alpha for a in group]
+    if not args.dry_run and args.prefetch_mb > 0:
+        prefetch.start([args.sft, args.aligned], per_input=args.prefetch_mb << 20)
+    from tensor_utils.checkpoint import CheckpointError
+
+    from .merge import extrapolate_checkpoints
+
     try:
         report = extrapolate_checkpoints(
             args.sft,
@@ -130,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             allow_unsafe_pickle=args.allow_unsafe_pickle,
             progress=False if args.no_progress else None,
             exact_stats=args.exact_stats,
+            workers=args.threads,
         )
     except KeyboardInterrupt:
         return _fail("interrupted; no output was written", args.json, code=130)

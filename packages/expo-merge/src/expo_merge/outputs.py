@@ -68,6 +68,10 @@ class SafetensorsSink:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self.writer.write(name, tensor)
 
+    def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
+        """Append the next flattened elements of ``name`` (see ``SafetensorsWriter.write_chunk``)."""
+        self.writer.write_chunk(name, chunk)
+
     def commit(self) -> None:
         self.writer.commit()
 
@@ -93,6 +97,7 @@ class TorchFileSink:
             self.slots[p.name] = (cursor, p.out_nbytes)
             cursor += -(-p.out_nbytes // _ALIGN) * _ALIGN
         self.tensors: dict[str, torch.Tensor] = {}
+        self.progress: dict[str, int] = {}  # elements written so far, for chunked writes
         self._mm = None
         try:
             if cursor:
@@ -119,6 +124,24 @@ class TorchFileSink:
             self.abort()
             raise OutputError(f"{self.path}: writing {name!r} failed ({err})") from None
         self.tensors[name] = slot
+
+    def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
+        """Append the next flattened elements of ``name``; it counts as written when complete."""
+        plan = self.by_name.get(name)
+        if plan is None or name in self.tensors:
+            raise OutputError(f"{self.path}: tensor {name!r} not declared or written twice")
+        done = self.progress.get(name, 0)
+        if done + chunk.numel() > plan.numel:
+            raise OutputError(f"{self.path}: chunks of {name!r} exceed its {plan.numel} elements")
+        slot = self._slot(plan)
+        try:
+            slot.reshape(-1)[done : done + chunk.numel()].copy_(chunk.reshape(-1))
+        except RuntimeError as err:
+            self.abort()
+            raise OutputError(f"{self.path}: writing {name!r} failed ({err})") from None
+        self.progress[name] = done + chunk.numel()
+        if self.progress[name] == plan.numel:
+            self.tensors[name] = slot
 
     def commit(self) -> None:
         missing = [p.name for p in self.plans if p.name not in self.tensors]
