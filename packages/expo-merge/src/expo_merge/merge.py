@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tensor_utils.checkpoint import Checkpoint, open_checkpoint, parse_size
+from tensor_utils.checkpoint.reader import SAFETENSORS_INDEX, TORCH_INDEX, TORCH_SUFFIXES
 
 from . import __version__
 from .errors import ExpoMergeError, OutputError, QuantizedCheckpointError
@@ -37,9 +38,6 @@ from .stream import ChunkReader, make_jobs, run_pipeline, sample_ranges
 DEFAULT_CHUNK_ELEMENTS = 1 << 20  # the CPU engine streams 1M-element chunks (2 MB in bf16)
 MAX_WORKERS = 4  # CPU engine threads (at most one per core)
 HALF = (torch.float16, torch.bfloat16)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-TORCH_INDEX = "pytorch_model.bin.index.json"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 # --------------------------------------------------------------------------------------------
