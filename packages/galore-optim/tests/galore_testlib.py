@@ -95,3 +95,69 @@ def ddp_worker(
             )
     finally:
         dist.destroy_process_group()
+
+
+def fsdp_optimizer(name: str, model: nn.Module):
+    """The optimizers the FSDP2 test runs, by name (picklable for ``mp.spawn``)."""
+    from galore_optim import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit
+
+    if name in ("adamw-exact", "adamw-randomized"):
+        solver = name.split("-")[1]
+        return GaLoreAdamW(
+            galore_groups(model, update_proj_gap=2, solver=solver), lr=1e-2, weight_decay=0.1
+        )
+    if name == "adamw8bit":
+        return GaLoreAdamW8bit(galore_groups(model, update_proj_gap=2), lr=1e-2, min_8bit_size=0)
+    if name == "adafactor":
+        return GaLoreAdafactor(galore_groups(model, update_proj_gap=2), beta1=0.9)
+    raise ValueError(name)
+
+
+def fsdp_worker(rank: int, world: int, init_file: str, out_dir: str, names: tuple[str, ...]):
+    """One FSDP2 rank (gloo, CPU): ``fully_shard`` the tiny model, train 5 steps on this rank's
+    half of each batch, then resume from the step-3 checkpoint and redo steps 4-5."""
+    import io
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for name in names:
+            model = tiny_model()
+            for module in (model.embed, model.attn, model.mlp_up, model.mlp_down, model.lm_head):
+                fully_shard(module)
+            fully_shard(model)
+            opt = fsdp_optimizer(name, model)
+            data = batches(5, batch=8)
+
+            def run(opt, data, model=model):
+                for ids in data:
+                    opt.zero_grad()
+                    lm_loss(model, ids.chunk(world)[rank]).backward()
+                    opt.step()
+
+            run(opt, data[:3])
+            saved_params = [p.to_local().clone() for p in model.parameters()]
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            run(opt, data[3:])
+            final = [p.full_tensor() for p in model.parameters()]
+            with torch.no_grad():
+                for p, s in zip(model.parameters(), saved_params, strict=True):
+                    p.to_local().copy_(s)
+            resumed = fsdp_optimizer(name, model)
+            buf.seek(0)
+            resumed.load_state_dict(torch.load(buf, weights_only=True))
+            run(resumed, data[3:])
+            torch.save(
+                {
+                    "params": final,
+                    "resumed": [p.full_tensor() for p in model.parameters()],
+                    "state": opt.state_dict(),
+                },
+                f"{out_dir}/{name}-rank{rank}.pt",
+            )
+    finally:
+        dist.destroy_process_group()

@@ -19,6 +19,9 @@ from .projector import project_back
 class GaLoreAdafactor(GaLoreOptimizer):
     """Adafactor with GaLore projection for groups with a ``rank``.
 
+    Under FSDP2 every DTensor parameter (GaLore or not) is updated from its gathered full
+    gradient and weight: the factored statistics and the RMS clipping are not elementwise.
+
     Args are transformers' ``Adafactor``'s. Use ``scale_parameter=False, relative_step=False,
     warmup_init=False, lr=...`` for an external learning-rate schedule.
     """
@@ -59,6 +62,8 @@ class GaLoreAdafactor(GaLoreOptimizer):
         }
         super().__init__(params, defaults, backend=backend)
 
+    _elementwise_plain = False
+
     @staticmethod
     def _get_lr(group: dict, state: dict) -> float:
         rel_step_sz = group["lr"]
@@ -93,10 +98,13 @@ class GaLoreAdafactor(GaLoreOptimizer):
                 grad = self._checked_grad(p, group)
                 if grad.dtype in (torch.float16, torch.bfloat16):
                     grad = grad.float()
-                self._update_param(p, group, self.project_grad(p, group, grad))
+                self._step_param(p, group, grad)
         return loss
 
-    def _update_param(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
+    def _update_param(
+        self, p: torch.Tensor, group: dict, grad: torch.Tensor, data: torch.Tensor | None = None
+    ) -> None:
+        data = p.data if data is None else data
         state = self.state[p]
         state.setdefault("step", 0)
         shape = grad.shape
@@ -116,7 +124,7 @@ class GaLoreAdafactor(GaLoreOptimizer):
                 state["exp_avg_sq"] = torch.zeros_like(grad)
             state["RMS"] = torch.zeros((), dtype=torch.float32, device=grad.device)
 
-        p32 = p.data.float() if p.dtype in (torch.float16, torch.bfloat16) else p.data
+        p32 = data.float() if data.dtype in (torch.float16, torch.bfloat16) else data
         state["step"] += 1
         state["RMS"] = self._rms(p32).float()
         lr = self._get_lr(group, state)
@@ -151,5 +159,5 @@ class GaLoreAdafactor(GaLoreOptimizer):
         if group["weight_decay"] != 0:
             p32.add_(p32, alpha=-group["weight_decay"] * lr)
         p32.add_(-update)
-        if p.dtype in (torch.float16, torch.bfloat16):
-            p.data.copy_(p32)
+        if data.dtype in (torch.float16, torch.bfloat16):
+            data.copy_(p32)

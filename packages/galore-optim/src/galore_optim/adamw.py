@@ -70,7 +70,10 @@ class GaLoreAdamW(GaLoreOptimizer):
         }
         super().__init__(params, defaults, backend=backend)
 
-    def _update_param(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
+    def _update_param(
+        self, p: torch.Tensor, group: dict, grad: torch.Tensor, data: torch.Tensor | None = None
+    ) -> None:
+        data = p.data if data is None else data
         state = self.state[p]
         state.setdefault("step", 0)
         if "exp_avg" not in state:
@@ -83,7 +86,7 @@ class GaLoreAdamW(GaLoreOptimizer):
         decay = group["lr"] * group["weight_decay"] if group["weight_decay"] > 0.0 else 0.0
         grad = grad.contiguous()
         projected_adam_step(
-            p.data,
+            data,
             grad,
             state["exp_avg"],
             state["exp_avg_sq"],
@@ -96,5 +99,5 @@ class GaLoreAdamW(GaLoreOptimizer):
             adam_step_size(group, state["step"]),
             group["scale"] if galore else 1.0,
             decay,
-            backend=self._backend_for(p.data, grad, state["exp_avg"], state["exp_avg_sq"]),
+            backend=self._backend_for(data, grad, state["exp_avg"], state["exp_avg_sq"]),
         )

@@ -70,7 +70,10 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
                 grad, dtype=torch.float32, memory_format=torch.contiguous_format
             )
 
-    def _update_param(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
+    def _update_param(
+        self, p: torch.Tensor, group: dict, grad: torch.Tensor, data: torch.Tensor | None = None
+    ) -> None:
+        data = p.data if data is None else data
         state = self.state[p]
         state.setdefault("step", 0)
         if "exp_avg" not in state:
@@ -86,7 +89,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         grad = grad.contiguous()
         if "exp_avg_absmax" not in state:  # small tensor: fp32 moments
             self._fp32_step(
-                p,
+                data,
                 grad,
                 state,
                 left,
@@ -100,7 +103,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
                 decay,
             )
             return
-        backend = self._backend_for(p.data, grad)
+        backend = self._backend_for(data, grad)
         norm = adam8bit_moments(
             grad,
             state["exp_avg"],
@@ -113,11 +116,11 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
             backend=backend,
         )
         basis = left if left is not None else right
-        norm = norm.to(basis.dtype if basis is not None else p.dtype)
-        apply_update(p.data, norm, left, right, side, step_size, scale, decay, backend=backend)
+        norm = norm.to(basis.dtype if basis is not None else data.dtype)
+        apply_update(data, norm, left, right, side, step_size, scale, decay, backend=backend)
 
     def _fp32_step(
-        self, p, grad, state, left, right, side, beta1, beta2, eps, step_size, scale, decay
+        self, data, grad, state, left, right, side, beta1, beta2, eps, step_size, scale, decay
     ):
         g = grad.float()
         m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -125,9 +128,9 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         norm = m / (v.sqrt() + eps)
         basis = left if left is not None else right
-        norm = norm.to(basis.dtype if basis is not None else p.dtype)
+        norm = norm.to(basis.dtype if basis is not None else data.dtype)
         apply_update(
-            p.data,
+            data,
             norm,
             left,
             right,
@@ -135,5 +138,5 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
             step_size,
             scale,
             decay,
-            backend=self._backend_for(p.data, norm),
+            backend=self._backend_for(data, norm),
         )

@@ -1,6 +1,7 @@
 """What every GaLore optimizer here shares: param-group keys and their validation, projector
 state (plain tensors, ints and strings, so ``torch.load(weights_only=True)`` reads it), the
-refresh schedule, DDP projector sync, and a dtype-preserving ``load_state_dict``.
+refresh schedule, DDP projector sync, the FSDP2 (DTensor) step, and a dtype-preserving
+``load_state_dict``.
 
 A param group is a GaLore group when it has a ``rank`` that is not ``None`` (galore-torch's rule);
 every other group is optimized by the plain (full-rank) variant of the same optimizer.
@@ -66,6 +67,10 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     except ImportError:  # pragma: no cover - torch without distributed
         return False
     return isinstance(t, DTensor)
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"a DTensor with placements {tuple(t.placements)}" if _is_dtensor(t) else "a tensor"
 
 
 class GaLoreOptimizer(Optimizer):
@@ -148,10 +153,13 @@ class GaLoreOptimizer(Optimizer):
             raise RuntimeError(
                 f"gradient shape {tuple(grad.shape)} != parameter shape {tuple(p.shape)}"
             )
-        if is_galore_group(group) and _is_dtensor(p):
-            raise NotImplementedError(
-                "DTensor (FSDP2 / tensor-parallel) parameters in a GaLore group are not supported "
-                "yet; put them in a group without 'rank' (see the README's 'Distributed' section)"
+        if _is_dtensor(p) != _is_dtensor(grad) or (
+            _is_dtensor(p) and tuple(grad.placements) != tuple(p.placements)
+        ):
+            raise RuntimeError(
+                f"{type(self).__name__}: parameter of shape {tuple(p.shape)} is "
+                f"{_describe(p)} but its gradient is {_describe(grad)}; a DTensor (FSDP2) "
+                f"parameter needs a DTensor gradient with the same placements"
             )
         for key, value in self.state[p].items():
             if isinstance(value, torch.Tensor) and value.device != p.device:
@@ -236,8 +244,35 @@ class GaLoreOptimizer(Optimizer):
         return self.backend
 
     # -- the step -----------------------------------------------------------------------------
-    def _update_param(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
+    # Whether the plain (non-GaLore) update is elementwise, so a DTensor shard can be updated
+    # from its local gradient shard alone (AdamW, 8-bit AdamW: yes; Adafactor: no).
+    _elementwise_plain = True
+
+    def _update_param(
+        self, p: torch.Tensor, group: dict, grad: torch.Tensor, data: torch.Tensor | None = None
+    ) -> None:
+        """Update ``data`` (``p.data`` when ``None``) with ``grad``, using ``self.state[p]``."""
         raise NotImplementedError
+
+    def _step_param(self, p: torch.Tensor, group: dict, grad: torch.Tensor) -> None:
+        """One parameter's update. DTensor (FSDP2) parameters: GaLore params (and, for
+        optimizers whose plain update is not elementwise, every param) gather the full gradient
+        and weight, compute the projection and update redundantly on every rank, and write back
+        only the local shard; plain params of elementwise optimizers update the local shard
+        from the local gradient shard."""
+        if not _is_dtensor(p):
+            self._update_param(p, group, self.project_grad(p, group, grad))
+            return
+        local = p.to_local()
+        if not is_galore_group(group) and self._elementwise_plain:
+            self._update_param(p, group, grad.to_local(), data=local)
+            return
+        from torch.distributed.tensor import distribute_tensor
+
+        full = p.data.full_tensor()
+        self._update_param(p, group, self.project_grad(p, group, grad.full_tensor()), data=full)
+        shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+        local.copy_(shard.to_local())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -249,8 +284,7 @@ class GaLoreOptimizer(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = self._checked_grad(p, group)
-                self._update_param(p, group, self.project_grad(p, group, grad))
+                self._step_param(p, group, self._checked_grad(p, group))
         return loss
 
     # -- checkpoints --------------------------------------------------------------------------
