@@ -125,15 +125,11 @@ class TensorPlan:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * _itemsize(self.dtype)
+        return self.numel * self.dtype.itemsize
 
     @property
     def out_nbytes(self) -> int:
-        return self.numel * _itemsize(self.out_dtype)
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+        return self.numel * self.out_dtype.itemsize
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

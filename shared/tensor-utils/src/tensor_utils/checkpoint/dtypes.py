@@ -49,7 +49,3 @@ def safetensors_dtype(dtype: torch.dtype, *, where: str = "") -> str:
         raise UnsupportedDtypeError(
             f"{prefix}dtype {dtype} cannot be stored in safetensors"
         ) from None
-
-
-def element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .dtypes import element_size, torch_dtype
+from .dtypes import torch_dtype
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, DuplicateTensorError
 
 # safetensors itself refuses headers above 100 MB; a larger one is corruption, not a model.
@@ -45,7 +45,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * element_size(self.dtype)
+        return self.numel * self.dtype.itemsize
 
 
 def _reject_duplicate_keys(path: Path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .dtypes import element_size, safetensors_dtype
+from .dtypes import safetensors_dtype
 from .errors import CheckpointError, CheckpointWriteError
 from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
@@ -51,10 +52,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * element_size(self.dtype)
+        return math.prod(self.shape) * self.dtype.itemsize
 
     @classmethod
     def of(cls, name: str, tensor: torch.Tensor) -> TensorSpec:
@@ -278,12 +276,12 @@ class SafetensorsWriter:
                 f"{self.out}: chunk of {name!r} is {chunk.dtype}, declared {spec.dtype}"
             )
         done = self._progress.get(name, 0)
-        total = spec.nbytes // element_size(spec.dtype)
+        total = math.prod(spec.shape)
         if done + chunk.numel() > total:
             raise CheckpointError(
                 f"{self.out}: chunks of {name!r} exceed its {total} elements ({done + chunk.numel()})"
             )
-        self._write_bytes(name, chunk, done * element_size(spec.dtype))
+        self._write_bytes(name, chunk, done * spec.dtype.itemsize)
         self._progress[name] = done + chunk.numel()
         if self._progress[name] == total:
             self._written.add(name)
