@@ -18,6 +18,7 @@ LLAMA = {
     "130m": (768, 2048, 12),
     "350m": (1024, 2736, 24),
     "1b": (2048, 5461, 24),
+    "tiny": (64, 172, 2),  # CPU smoke tests of the scripts only
 }
 
 

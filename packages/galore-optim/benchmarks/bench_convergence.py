@@ -1,59 +1,95 @@
 """Small LLaMA pre-training on real text for a fixed token budget: AdamW vs galore-torch vs
 galore-optim (exact and randomized subspace solvers).
 
-Model: GaLore's LLaMA-60M transformer body (d_model 512, ffn 1376, 8 layers, 8 heads) with a
-byte-level vocabulary (256 tokens: no tokenizer download is possible offline). Corpus: the
-Python standard library's source files of the running interpreter (docstrings, comments and
-code; real text shipped with every Python), sorted by path; the last 5% of bytes are held out.
+Model: GaLore's LLaMA-60M (d_model 512, ffn 1376, 8 layers, 8 heads, vocab 32000, untied
+embeddings: 58.1M parameters). Corpus: the token stream written by ``make_corpus.py`` (real
+English technical text tokenized with the SmolLM2 tokenizer, ids remapped to the 31999 most
+frequent plus one <unk>; validation documents held out). One process per optimizer (they may run
+concurrently on one GPU); every run sees the same initialization and the same batches.
 GaLore hyperparameters follow GaLore's 60M recipe: rank 128, T 200, scale 0.25, lr 0.01;
 AdamW uses lr 1e-3. Linear warm-up (10%) then cosine decay to 10%, bf16 autocast, fp32 weights.
 
-    python benchmarks/bench_convergence.py --steps 1000 --batch 64 --seq 256
+    python benchmarks/bench_convergence.py --steps 1000 --runs adamw --out conv_adamw.csv
+    python benchmarks/bench_convergence.py --summarize conv_*.csv --out convergence.csv
+
+``GALORE_BENCH_TINY=1`` shrinks the model (d 64, 2 layers, rank 16, T 20) for a CPU smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import math
-import sysconfig
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from _common import RESULTS, galore_torch_classes
 
 from tensor_utils.bench import write_csv
 
-
-def corpus_bytes(limit: int) -> torch.Tensor:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    chunks, total = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or "test" in path.parts:
-            continue
-        data = path.read_bytes()
-        chunks.append(data)
-        total += len(data)
-        if total >= limit:
-            break
-    return torch.frombuffer(bytearray(b"\n".join(chunks)), dtype=torch.uint8).long()
+DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / ".carry-galore/corpus_smollm2_v32000.npz"
 
 
-def make_model(seed: int):
+def load_corpus(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(train_ids, val_ids, info)`` from ``make_corpus.py``'s file (uint16 ids < 32000)."""
+    with np.load(path) as z:
+        train = torch.from_numpy(z["train"].astype(np.int64))
+        val = torch.from_numpy(z["val"].astype(np.int64))
+        info = json.loads(str(z["info"]))
+    return train, val, info
+
+
+def make_model(seed: int, vocab: int, *, tiny: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    d, ffn, layers, heads = (64, 172, 2, 2) if tiny else (512, 1376, 8, 8)
     cfg = LlamaConfig(
-        vocab_size=256,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
+        vocab_size=vocab,
+        hidden_size=d,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)
+
+
+def summarize(paths: list[str], out: str) -> None:
+    """Merge per-run CSVs (one process each) into ``out`` and print final perplexities."""
+    rows = []
+    for p in paths:
+        if Path(p).exists():
+            with open(p, newline="") as f:
+                rows += list(csv.DictReader(f))
+    if not rows:
+        print("no rows")
+        return
+    with open(out, "w", newline="") as f:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    last = {}
+    for r in rows:
+        if r["split"] == "val":
+            last[r["run"]] = r
+    ppl = {n: float(r["ppl"]) for n, r in last.items()}
+    steps = {n: int(r["step"]) + 1 for n, r in last.items()}
+    for n, r in last.items():
+        rel_a = ppl[n] / ppl["adamw"] - 1 if "adamw" in ppl else float("nan")
+        rel_g = ppl[n] / ppl["galore_torch"] - 1 if "galore_torch" in ppl else float("nan")
+        print(
+            f"FINAL {n:26s} step {steps[n]:5d}/{r['steps']} val loss {float(r['loss']):.4f} "
+            f"ppl {ppl[n]:.3f}  vs adamw {100 * rel_a:+.2f}%  "
+            f"vs galore_torch {100 * rel_g:+.2f}%  wall {r.get('wall_s', '?')} s"
+        )
 
 
 def main() -> None:
@@ -63,32 +99,46 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-batches", type=int, default=16)
+    ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     ap.add_argument(
         "--runs",
         nargs="*",
         default=["adamw", "galore_torch", "galore_optim_exact", "galore_optim_randomized"],
     )
+    ap.add_argument("--summarize", nargs="*", help="merge these per-run CSVs into --out")
     ap.add_argument("--out", default=str(RESULTS / "convergence.csv"))
     args = ap.parse_args()
+    if args.summarize is not None:
+        summarize(args.summarize, args.out)
+        return
+    tiny = os.environ.get("GALORE_BENCH_TINY") == "1"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    data = corpus_bytes(64 << 20)
-    split = int(len(data) * 0.95)
-    train_data, val_data = data[:split], data[split:]
+    train_data, val_data, info = load_corpus(args.corpus)
+    vocab = info["vocab"]
     tokens_per_step = args.batch * args.seq
     print(
-        f"corpus {len(data) / 1e6:.1f}M bytes; {args.steps} steps x {tokens_per_step} tokens "
-        f"= {args.steps * tokens_per_step / 1e6:.1f}M tokens",
+        f"corpus {len(train_data) / 1e6:.2f}M train / {len(val_data) / 1e6:.2f}M val tokens "
+        f"(vocab {vocab}, unk {100 * info['train_unk_fraction']:.2f}%); {args.steps} steps x "
+        f"{tokens_per_step} tokens = {args.steps * tokens_per_step / 1e6:.1f}M tokens "
+        f"({args.steps * tokens_per_step / len(train_data):.2f} epochs)",
         flush=True,
     )
 
     from galore_optim import GaLoreAdamW, galore_param_groups
 
     RefAdamW, _ = galore_torch_classes()
-    galore_hp = {"rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
+    galore_hp = {
+        "rank": 16 if tiny else 128,
+        "update_proj_gap": 20 if tiny else 200,
+        "scale": 0.25,
+        "proj_type": "std",
+    }
 
     def optimizer_for(name, model):
-        if name == "adamw":
-            return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        if name.startswith("adamw"):
+            # "adamw" is GaLore's baseline (lr 1e-3); "adamw_lr4e-3" etc. for the lr sweep
+            lr = float(name.removeprefix("adamw_lr")) if name != "adamw" else 1e-3
+            return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         groups = galore_param_groups(model, ["self_attn", "mlp"], **galore_hp)
         if name == "galore_torch":
             return RefAdamW(groups, lr=1e-2, no_deprecation_warning=True)
@@ -98,14 +148,16 @@ def main() -> None:
                 g["solver"] = solver
         return GaLoreAdamW(groups, lr=1e-2)
 
-    def batch_at(source, i, gen):
+    def batch_at(source, gen):
         starts = torch.randint(0, len(source) - args.seq - 1, (args.batch,), generator=gen)
         x = torch.stack([source[s : s + args.seq + 1] for s in starts.tolist()])
         return x.to(device, non_blocking=True)
 
-    rows, summary = [], []
+    summary = []
     for name in args.runs:
-        model = make_model(0).to(device)
+        model = make_model(0, vocab, tiny=tiny).to(device)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{name}: {n_params / 1e6:.2f}M parameters", flush=True)
         opt = optimizer_for(name, model)
         warmup = max(1, args.steps // 10)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -119,21 +171,30 @@ def main() -> None:
 
         def evaluate(model):
             model.eval()
-            vgen = torch.Generator().manual_seed(99)
+            vgen = torch.Generator().manual_seed(99)  # same held-out batches every time
             losses = []
             with (
                 torch.no_grad(),
                 torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"),
             ):
                 for _ in range(args.eval_batches):
-                    x = batch_at(val_data, 0, vgen)
+                    x = batch_at(val_data, vgen)
                     losses.append(model(input_ids=x[:, :-1], labels=x[:, :-1]).loss.float().item())
             model.train()
             return sum(losses) / len(losses)
 
+        common = {
+            "batch": args.batch,
+            "seq": args.seq,
+            "steps": args.steps,
+            "params": n_params,
+            "vocab": vocab,
+            "train_tokens_corpus": len(train_data),
+        }
+        rows = []
         t0 = time.perf_counter()
         for step in range(args.steps):
-            x = batch_at(train_data, step, gen)
+            x = batch_at(train_data, gen)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
                 loss = model(input_ids=x[:, :-1], labels=x[:, :-1]).loss
             loss.backward()
@@ -152,6 +213,7 @@ def main() -> None:
                 )
             if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
                 val = evaluate(model)
+                wall = time.perf_counter() - t0
                 rows.append(
                     {
                         "run": name,
@@ -162,34 +224,21 @@ def main() -> None:
                         "ppl": math.exp(val),
                     }
                 )
+                for r in rows:
+                    r.update(common, wall_s=round(wall, 1))
+                write_csv(args.out, rows)  # appends: a run cut short keeps its curve so far
+                rows = []
                 print(
                     f"{name:26s} step {step + 1:5d} train {loss.item():.4f} val {val:.4f} "
-                    f"ppl {math.exp(val):.3f} ({time.perf_counter() - t0:.0f} s)",
+                    f"ppl {math.exp(val):.3f} ({wall:.0f} s)",
                     flush=True,
                 )
         if device == "cuda":
             torch.cuda.synchronize()
         summary.append((name, math.exp(val), time.perf_counter() - t0))
         del model, opt
-        for r in rows:
-            r.update(
-                {
-                    "batch": args.batch,
-                    "seq": args.seq,
-                    "steps": args.steps,
-                    "wall_s": round(summary[-1][2], 1),
-                }
-            )
-        write_csv(args.out, rows)  # appends: each finished run is kept
-        rows = []
-    base = dict((n, p) for n, p, _ in summary)
     for n, p, secs in summary:
-        rel_adamw = p / base["adamw"] - 1 if "adamw" in base else float("nan")
-        rel_ref = p / base["galore_torch"] - 1 if "galore_torch" in base else float("nan")
-        print(
-            f"FINAL {n:26s} val ppl {p:.4f}  vs adamw {100 * rel_adamw:+.2f}%  "
-            f"vs galore_torch {100 * rel_ref:+.2f}%  wall {secs:.0f} s"
-        )
+        print(f"DONE {n:26s} val ppl {p:.4f}  wall {secs:.0f} s")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import traceback
 
 import torch
 from _common import (
@@ -120,12 +121,31 @@ def main() -> None:
         "galore_optim_8bit_randomized": lambda ps: GaLoreAdamW8bit(
             [{"params": ps, **hp, "solver": "randomized"}], lr=1e-3, weight_decay=0.0
         ),
+        # Same solver as galore-torch's 8-bit (exact SVD), for a like-for-like step time.
+        "galore_optim_8bit_exact": lambda ps: GaLoreAdamW8bit(
+            [{"params": ps, **hp, "solver": "exact"}], lr=1e-3, weight_decay=0.0
+        ),
     }
+    try:  # galore-torch's 8-bit class needs bitsandbytes
+        from galore_torch.adamw8bit import AdamW8bit as RefAdamW8bit
+
+        candidates["galore_torch_8bit"] = lambda ps: RefAdamW8bit(
+            [{"params": ps, **hp}], lr=1e-3, weight_decay=0.0
+        )
+    except ImportError as e:
+        print(f"galore_torch_8bit skipped: {e}", flush=True)
     rows = []
     for name, make in candidates.items():
         if name in args.skip:
             continue
-        row = run_one(name, make, shapes, grads_src, steps=args.steps, gap=args.gap, device=device)
+        try:
+            row = run_one(
+                name, make, shapes, grads_src, steps=args.steps, gap=args.gap, device=device
+            )
+        except Exception as e:  # one broken peer must not lose the other rows
+            print(f"{name} failed: {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc()
+            continue
         row.update(
             {
                 "model": args.model,
@@ -146,16 +166,22 @@ def main() -> None:
             flush=True,
         )
     write_csv(args.out, rows)
-    ref = next((r for r in rows if r["optimizer"] == "galore_torch"), None)
-    if ref:
-        for r in rows:
-            if r["optimizer"].startswith("galore_optim"):
-                print(
-                    f"{r['optimizer']:32s} amortized/galore_torch {r['amortized_step_ms'] / ref['amortized_step_ms']:.3f}  "
-                    f"refresh speed-up {ref['refresh_ms'] / max(r['refresh_ms'], 1e-9):7.1f}x  "
-                    f"state/galore_torch {r['state_bytes'] / ref['state_bytes']:.3f}  "
-                    f"state/analytic {r['state_bytes'] / r['analytic_state_bytes']:.3f}"
+    by_name = {r["optimizer"]: r for r in rows}
+    for r in rows:
+        ref = by_name.get("galore_torch_8bit" if "8bit" in r["optimizer"] else "galore_torch")
+        if ref and r["optimizer"].startswith("galore_optim"):
+            print(
+                f"{r['optimizer']:32s} vs {ref['optimizer']}: amortized "
+                f"{r['amortized_step_ms'] / ref['amortized_step_ms']:.3f}  "
+                f"refresh speed-up {ref['refresh_ms'] / max(r['refresh_ms'], 1e-9):7.1f}x  "
+                f"state {r['state_bytes'] / ref['state_bytes']:.3f}  "
+                + (
+                    f"held {r['state_bytes_allocated'] / ref['state_bytes_allocated']:.3f}  "
+                    if "state_bytes_allocated" in r
+                    else ""
                 )
+                + f"state/analytic {r['state_bytes'] / r['analytic_state_bytes']:.3f}"
+            )
 
 
 if __name__ == "__main__":
