@@ -1,8 +1,12 @@
 """MoE-MLP layer at JetMoE-8B shapes (d 2048, D_ffn 5632 SwiGLU, 8 experts, top-2, bf16):
 forward and forward+backward time of the whole layer (router, sort, experts, combine) for the
-loop, torch._grouped_mm, our Triton kernels and transformers' JetMoeMoE, against a dense GEMM pair
-with the same FLOPs (the roofline). Routing uniform (random router) or skewed (a shared input
-direction that the router favours). CSV: benchmarks/results/moe_layer.csv.
+loop, torch._grouped_mm, our Triton kernels, transformers' JetMoeMoE and (when importable)
+ScatterMoE's GLUMLP with the same weights and router, against a dense GEMM pair with the same
+FLOPs (the roofline). Forward runs under ``torch.no_grad()`` (inference), forward+backward with
+autograd. At <= 16 tokens the sync-free backends are also timed as a CUDA-graph replay
+(``fwd_graph``: the loop and transformers read the routing on the host and cannot be captured).
+Routing uniform (random router) or skewed (a shared input direction that the router favours).
+``max_err`` = max |out - loop out| of the forward (bf16). CSV: benchmarks/results/moe_layer.csv.
 
     python packages/jetmoe-model/benchmarks/bench_moe_layer.py [--tokens 1,16,1024] [--quick]
 """
@@ -55,7 +59,45 @@ def make_layers(skew: bool):
         )
     )
     theirs.load_state_dict(ours.state_dict())
-    return ours, theirs.cuda().bfloat16()
+    return ours, theirs.cuda().bfloat16(), make_scattermoe(ours)
+
+
+def make_scattermoe(ours):
+    """ScatterMoE's GLUMLP with our weights, or None when scattermoe is not importable.
+    ScatterMoE applies the activation to the *second* half of W_in's output: swap the halves."""
+    try:
+        from scattermoe.mlp import GLUMLP
+    except ImportError:
+        return None
+    mlp = GLUMLP(D, F, E, K).cuda().bfloat16()
+    with torch.no_grad():
+        w_in = ours.input_linear.weight
+        mlp.experts.weight.copy_(torch.cat([w_in[:, F:], w_in[:, :F]], dim=1))
+        mlp.output_experts.weight.copy_(ours.output_linear.weight)
+
+    def layer(x):
+        flat = x.view(-1, D)
+        logits = ours.router.layer(flat).float()
+        top, idx = logits.topk(K, dim=-1)
+        gates = torch.softmax(top, dim=-1).to(flat.dtype)
+        return (mlp(flat, gates, idx) + ours.bias).view(x.shape)
+
+    layer.params = [*mlp.parameters(), ours.bias, ours.router.layer.weight]
+    return layer
+
+
+def graph_replay(fn):
+    """Capture ``fn`` (already warm) in a CUDA graph; return the replay callable."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def make_input(tokens: int, skew: bool):
@@ -66,7 +108,7 @@ def make_input(tokens: int, skew: bool):
     return x.bfloat16()
 
 
-def bench_size(ours, theirs, tokens: int, skew: bool, rep: int) -> list[dict]:
+def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int) -> list[dict]:
     x = make_input(tokens, skew)
     x_req = x.clone().requires_grad_()
     with torch.no_grad():
@@ -79,10 +121,17 @@ def bench_size(ours, theirs, tokens: int, skew: bool, rep: int) -> list[dict]:
     w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
     ours_params, their_params = list(ours.parameters()), list(theirs.parameters())
 
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+
+        return run
+
     def ours_fn(backend, backward):
         ours.input_linear.config.expert_backend = backend
         if not backward:
-            return lambda: ours(x)[0]
+            return no_grad(lambda: ours(x)[0])
         return lambda: torch.autograd.grad(ours(x_req)[0], [x_req, *ours_params], g)
 
     def theirs_call(inp):
@@ -91,13 +140,18 @@ def bench_size(ours, theirs, tokens: int, skew: bool, rep: int) -> list[dict]:
 
     def theirs_fn(backward):
         if not backward:
-            return lambda: theirs_call(x)
+            return no_grad(lambda: theirs_call(x))
         return lambda: torch.autograd.grad(theirs_call(x_req), [x_req, *their_params], g)
+
+    def smoe_fn(backward):
+        if not backward:
+            return no_grad(lambda: smoe(x))
+        return lambda: torch.autograd.grad(smoe(x_req), [x_req, *smoe.params], g)
 
     def dense_fn(backward):
         a_, w1_, w2_ = (t.detach().requires_grad_(backward) for t in (a, w1, w2))
         if not backward:
-            return lambda: (a_ @ w1_)[:, :F] @ w2_
+            return no_grad(lambda: (a_ @ w1_)[:, :F] @ w2_)
         return lambda: torch.autograd.grad((a_ @ w1_)[:, :F] @ w2_, [a_, w1_, w2_], ga)
 
     impls = {
@@ -107,30 +161,47 @@ def bench_size(ours, theirs, tokens: int, skew: bool, rep: int) -> list[dict]:
         "transformers": theirs_fn,
         "dense_roofline": dense_fn,
     }
+    if smoe is not None:
+        impls["scattermoe"] = smoe_fn
+    modes = ["fwd", "fwd+bwd"] + (["fwd_graph"] if tokens <= 16 else [])
+    graphable = ("grouped_mm", "triton", "dense_roofline")
+    reference_out = None
     rows = []
     for name, make in impls.items():
-        for mode in ("fwd", "fwd+bwd"):
+        for mode in modes:
+            if mode == "fwd_graph" and name not in graphable:
+                continue
             fn = make(mode == "fwd+bwd")
+            err = float("nan")
             try:
-                fn()
+                out = fn()
+                if mode == "fwd" and name != "dense_roofline":
+                    if reference_out is None:
+                        reference_out = out.float()
+                    err = (out.float() - reference_out).abs().max().item()
+                if mode == "fwd_graph":
+                    fn = graph_replay(fn)
                 with PeakMemory() as mem:
                     fn()
                 t = time_fn(fn, warmup=10, rep=rep)
             except torch.OutOfMemoryError:
                 print(f"{name} {tokens} {mode}: out of memory")
                 continue
-            flops = FLOP_PER_PAIR * tokens * K * (1 if mode == "fwd" else 3)
+            except Exception as exc:  # a peer failing (e.g. ScatterMoE on this Triton) is a row
+                print(f"{name} {tokens} {mode}: failed: {type(exc).__name__}: {exc}"[:300])
+                continue
+            flops = FLOP_PER_PAIR * tokens * K * (3 if mode == "fwd+bwd" else 1)
             row = dict(
                 bench="moe_layer", impl=name, mode=mode, tokens=tokens,
                 routing="skewed" if skew else "uniform", top_expert_share=round(top_share, 4),
                 median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms,
                 tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                peak_increase_mb=mem.cuda_increase_bytes / 2**20,
+                peak_increase_mb=mem.cuda_increase_bytes / 2**20, max_err=err,
             )  # fmt: skip
             rows.append(row)
             print(
-                f"{row['routing']:7s} T={tokens:6d} {name:14s} {mode:8s} "
-                f"{t.median_ms:8.3f} ms {row['tflops']:6.1f} TFLOP/s",
+                f"{row['routing']:7s} T={tokens:6d} {name:14s} {mode:9s} "
+                f"{t.median_ms:8.3f} ms {row['tflops']:6.1f} TFLOP/s  err {err:.3g}",
                 flush=True,
             )
     return rows
@@ -141,6 +212,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", default="1,16,256,1024,4096,8192,32768")
     parser.add_argument("--out", default=str(HERE / "results" / "moe_layer.csv"))
     parser.add_argument("--rep", type=int, default=40)
+    parser.add_argument("--routings", default="uniform,skewed")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_moe_layer: needs CUDA (H100 numbers); nothing measured")
@@ -148,12 +220,14 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     rows = []
     sizes = [int(t) for t in args.tokens.split(",")]
-    for skew in (False, True):
-        ours, theirs = make_layers(skew)
+    for routing in args.routings.split(","):
+        skew = routing == "skewed"
+        ours, theirs, smoe = make_layers(skew)
         for tokens in sizes:
-            rows += bench_size(ours, theirs, tokens, skew, args.rep)
+            size_rows = bench_size(ours, theirs, smoe, tokens, skew, args.rep)
+            write_csv(args.out, size_rows)  # progressively: a timeout keeps what was measured
+            rows += size_rows
             torch.cuda.empty_cache()
-    write_csv(args.out, rows)
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0
 

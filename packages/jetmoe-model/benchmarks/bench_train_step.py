@@ -100,6 +100,7 @@ def main(argv=None) -> int:
             peak_gb=mem.cuda_bytes / 2**30, loss=float(loss),
         )  # fmt: skip
         rows.append(row)
+        write_csv(args.out, [row])  # per backend: a timeout keeps what was measured
         print(
             f"{impl:12s} {params / 1e6:7.1f}M params  {median * 1e3:8.1f} ms/step  "
             f"{tokens / median:9.0f} tok/s  peak {row['peak_gb']:.1f} GiB",
@@ -107,7 +108,6 @@ def main(argv=None) -> int:
         )
         del model, step
         torch.cuda.empty_cache()
-    write_csv(args.out, rows)
     return 0
 
 

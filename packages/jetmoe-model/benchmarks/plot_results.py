@@ -1,5 +1,6 @@
 """Plots for docs/benchmarks/jetmoe-model.md from the CSVs in results/ (needs matplotlib, the
-`bench` dependency group). Uses the newest run per (impl, mode, tokens, routing).
+`bench` dependency group). Uses the newest measurement session (rows within 30 minutes of the
+newest row), the newest row per (impl, mode, tokens, routing) in it.
 
     python packages/jetmoe-model/benchmarks/plot_results.py
 """
@@ -16,14 +17,25 @@ COLORS = {
     "grouped_mm": "tab:blue",
     "triton": "tab:red",
     "transformers": "tab:green",
+    "scattermoe": "tab:purple",
     "dense_roofline": "black",
 }
 
 
-def latest(rows, key):
+def latest(rows, key, window_min: float = 30.0):
+    """The newest row per key, from the newest measurement session only (rows within
+    ``window_min`` minutes of the newest), so one plot never mixes machines or code versions."""
+    from datetime import datetime, timedelta
+
+    rows = sorted(rows, key=lambda r: r.get("timestamp", ""))
+    if not rows:
+        return []
+    newest = datetime.fromisoformat(rows[-1]["timestamp"])
+    start = newest - timedelta(minutes=window_min)
     out = {}
-    for row in sorted(rows, key=lambda r: r.get("timestamp", "")):
-        out[key(row)] = row
+    for row in rows:
+        if datetime.fromisoformat(row["timestamp"]) >= start:
+            out[key(row)] = row
     return list(out.values())
 
 
@@ -63,6 +75,33 @@ def main() -> int:
         fig.tight_layout()
         fig.savefig(DOCS / "jetmoe-model-moe-layer.png", dpi=110)
         print(f"wrote {DOCS / 'jetmoe-model-moe-layer.png'}")
+        decode = [
+            (impl, mode)
+            for impl in ("loop", "transformers", "scattermoe", "grouped_mm", "triton")
+            for mode in ("fwd", "fwd_graph")
+        ]
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        width = 0.8 / len(decode)
+        for i, (impl, mode) in enumerate(decode):
+            pts = {
+                int(r["tokens"]): float(r["median_ms"])
+                for r in rows
+                if r["impl"] == impl and r["mode"] == mode and r["routing"] == "uniform"
+            }
+            if not pts.get(1):
+                continue
+            xs = [j + i * width for j in range(2)]
+            label = impl + (" (CUDA graph)" if mode == "fwd_graph" else " (eager)")
+            hatch = "//" if mode == "fwd_graph" else None
+            ax.bar(xs, [pts.get(1, 0), pts.get(16, 0)], width, label=label,
+                   color=COLORS[impl], hatch=hatch, edgecolor="white")  # fmt: skip
+        ax.set_xticks([0.4 - width / 2, 1.4 - width / 2], ["1 token", "16 tokens"])
+        ax.set_ylabel("ms per layer forward (median)")
+        ax.set_title("Decode-size MoE layer forward (no_grad), uniform routing, H100")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(DOCS / "jetmoe-model-decode.png", dpi=110)
+        print(f"wrote {DOCS / 'jetmoe-model-decode.png'}")
     path = RESULTS / "train_step.csv"
     if path.exists():
         rows = latest(list(csv.DictReader(path.open())), lambda r: r["impl"])

@@ -7,7 +7,9 @@ import pytest
 import torch
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 from jetmoe_model.modeling import JetMoEMoE
+from jetmoe_model.ops.expert_mlp import expert_mlp
 from jetmoe_model.ops.experts import expert_linear, naive
+from jetmoe_model.ops.experts import triton as kernels
 from jetmoe_model.routing import top_k_route
 from jetmoe_testlib import TINY, randomize_, transformers_twin
 
@@ -52,6 +54,67 @@ def test_bf16_kernels_against_fp32_loop(tokens, input_order):
             atol=2e-2 * max(1.0, (tokens / 64) ** 0.5),
             rtol=2e-2,
         )
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tokens", [5, 4099])  # small and large tile configs
+@pytest.mark.parametrize(
+    ("d", "f", "tma"), [(264, 200, True), (264, 200, False), (130, 75, True)]
+)  # TMA descriptors, pointer loads forced, pointer loads because rows are not 16-byte aligned
+def test_bf16_fused_swiglu_mlp_against_fp32_loop(tokens, d, f, tma, monkeypatch):
+    monkeypatch.setattr(kernels, "USE_TMA", tma)
+    torch.manual_seed(tokens + d)
+    experts, top_k = 8, 2
+    logits = torch.randn(tokens, experts, device="cuda")
+    logits[:, 0] += 2.0  # skewed: some experts often empty at small sizes
+    route = top_k_route(logits, top_k, torch.bfloat16).routing
+    x = torch.randn(tokens, d, device="cuda", dtype=torch.bfloat16)
+    w_in = (torch.randn(experts, 2 * f, d, device="cuda") / d**0.5).bfloat16()
+    w_out = (torch.randn(experts, d, f, device="cuda") / f**0.5).bfloat16()
+    g = torch.randn(tokens * top_k, d, device="cuda", dtype=torch.bfloat16)
+    args = (route.sorted_pair, route.expert_offsets)
+    ref_in = [t.float().requires_grad_() for t in (x, w_in, w_out)]
+    ref = expert_mlp(*ref_in, *args, backend="reference")
+    ref_grads = torch.autograd.grad(ref, ref_in, g.float())
+    ins = [t.clone().requires_grad_() for t in (x, w_in, w_out)]
+    with poison_allocations():
+        y = expert_mlp(*ins, *args, backend="triton")
+        grads = torch.autograd.grad(y, ins, g)
+    assert_close(y, ref, dtype=torch.bfloat16, atol=2e-2, rtol=2e-2)
+    # dW sums dh x over an expert's rows, and dh is rounded to bf16 once (as autograd's bf16
+    # SwiGLU backward rounds it): the absolute error grows like sqrt(rows) * |dh x|, so the
+    # elementwise bound scales with sqrt(rows per expert) and the norm error stays ~bf16
+    rows = max(1.0, tokens * top_k / experts)
+    for name, got, want in zip(("dx", "dw_in", "dw_out"), grads, ref_grads, strict=True):
+        scale = rows**0.5 if name != "dx" else 1.0
+        assert_close(got, want, dtype=torch.bfloat16, atol=4e-2 * scale, rtol=3e-2, msg=name)
+        rel = (got.float() - want).norm() / want.norm().clamp_min(1e-12)
+        assert rel < 1e-2, f"{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("tokens", [1, 4, 16, 32])
+def test_small_batch_layer_matches_reference_and_captures_in_a_graph(tokens):
+    cfg = JetMoEConfig(**{**TINY, "hidden_size": 256, "intermediate_size": 192})
+    layer = randomize_(JetMoEMoE(cfg), scale=0.05).cuda().bfloat16()
+    x = torch.randn(1, tokens, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.input_linear.config.expert_backend = "reference"
+        ref, ref_route = layer(x)
+        layer.input_linear.config.expert_backend = "triton"
+        out, route = layer(x)
+        assert route.routing is None  # the small-batch path ran
+        assert_close(out, ref, dtype=torch.bfloat16, atol=2e-2, rtol=2e-2)
+        assert torch.equal(
+            route.expert_index.sort(-1).values, ref_route.expert_index.sort(-1).values
+        )
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured, _ = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        fresh, _ = layer(x)
+        assert torch.equal(captured, fresh)
 
 
 @pytest.mark.triton

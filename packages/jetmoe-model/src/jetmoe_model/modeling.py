@@ -40,7 +40,9 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import ModelOutput
 
 from .configuration import JetMoEConfig
-from .ops.experts import expert_linear
+from .ops.expert_mlp import expert_mlp
+from .ops.expert_mlp import triton_kernels as expert_mlp_kernels
+from .ops.experts import expert_linear, resolve_backend
 from .routing import TopKRouting, load_balancing_loss, router_z_loss, top_k_route
 
 
@@ -138,20 +140,48 @@ class JetMoEMoE(nn.Module):
         d, f, e = config.hidden_size, config.intermediate_size, config.num_local_experts
         self.input_size, self.hidden_size = d, f
         self.activation = ACT2FN[config.activation_function]
+        # SiLU gates run through the expert-MLP op (fused SwiGLU on the Triton backend)
+        self.swiglu = config.activation_function == "silu"
         self.bias = nn.Parameter(torch.empty(d))
         self.input_linear = ParallelExperts(e, d, 2 * f, config)
         self.output_linear = ParallelExperts(e, f, d, config)
         self.router = JetMoETopKGating(d, e, config.num_experts_per_tok)
 
+    def _triton_inference(self, flat: torch.Tensor, backend: str) -> bool:
+        """Triton backend, SiLU experts and no autograd: the few-launch inference kernels."""
+        if backend != "triton" or not self.swiglu:
+            return False
+        return not (torch.is_grad_enabled() and (flat.requires_grad or self.bias.requires_grad))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
+        w_in, w_out = self.input_linear.weight, self.output_linear.weight
+        backend = resolve_backend(flat, self.input_linear.config.expert_backend)
+        inference = self._triton_inference(flat, backend)
+        kernels = expert_mlp_kernels() if inference else None
+        pairs = flat.shape[0] * self.router.top_k
+        if inference and 0 < pairs <= kernels.SMALL_BATCH_MAX_PAIRS:
+            # decode sizes: routing, sort, both GEMMs and the combine in 4 launches
+            logits = self.router.layer(flat).float()
+            out, gates, index = kernels.small_batch_moe(
+                flat, logits, w_in, w_out, self.bias, self.router.top_k
+            )
+            return out.view(shape), TopKRouting(logits, gates, index, None)
         route = self.router(flat)
-        h = self.input_linear(flat, route.routing, "token", "sorted")
-        gate, up = h.chunk(2, dim=-1)
-        h = self.activation(gate) * up
-        y = self.output_linear(h, route.routing, "sorted", "pair")
-        out = combine(y, route.gates) + self.bias
+        routing = route.routing
+        if self.swiglu:
+            y = expert_mlp(
+                flat, w_in, w_out, routing.sorted_pair, routing.expert_offsets, backend=backend
+            )
+        else:
+            h = self.input_linear(flat, routing, "token", "sorted")
+            gate, up = h.chunk(2, dim=-1)
+            y = self.output_linear(self.activation(gate) * up, routing, "sorted", "pair")
+        if backend == "triton":  # one pass (and one backward pass) for multiply, sum, bias
+            out = expert_mlp_kernels().combine(y, route.gates, self.bias)
+        else:
+            out = combine(y, route.gates) + self.bias
         return out.view(shape), route
 
 

@@ -54,7 +54,7 @@ class TopKRouting(NamedTuple):
     logits: torch.Tensor  # [T, E] float32
     gates: torch.Tensor  # [T, k] in the input dtype, each row sums to 1
     expert_index: torch.Tensor  # [T, k] int64
-    routing: Routing
+    routing: Routing | None  # None from the small-batch inference path (it sorts in-kernel)
 
 
 def top_k_route(logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> TopKRouting:

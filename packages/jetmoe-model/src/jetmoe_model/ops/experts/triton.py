@@ -1,6 +1,6 @@
-"""Padding-free Triton kernels for the expert linear (forward and backward).
+"""Padding-free Triton kernels for the expert linear and the fused SwiGLU expert MLP.
 
-Three kernels, all reading the int32 ``expert_offsets`` on the device (no host sync):
+All kernels read the int32 ``expert_offsets`` on the device (no host sync):
 
 - ``_gather_gemm_scatter``: ``y[dst(p)] = x[src(p)] @ W[e(p)]^T`` over the expert-sorted pairs.
   The grid is an upper bound on row tiles, ``cdiv(P, BLOCK_M) + E``; each program finds its
@@ -8,10 +8,20 @@ Three kernels, all reading the int32 ``expert_offsets`` on the device (no host s
   so a tile never straddles two experts and no row is padded or copied. Gather (the token row of
   each pair) happens on the A-tile load and scatter (back to pair order) on the store.
   The same kernel with W's strides swapped gives the input gradient ``dX = dY @ W``.
+  Epilogues: ``plain``; ``glu`` (two accumulators, the gate rows ``[0, N)`` and up rows
+  ``[N, 2N)`` of ``W``, writes ``silu(g) * u`` and optionally the pre-activation ``h = [g, u]``
+  for backward), so the SwiGLU never makes its own memory pass; ``glu_bwd`` (the gradient of
+  the activation input: reads ``h`` and writes ``dh = [dg, du]`` straight from ``d(act)``).
+  Hopper TMA: where the operand is contiguous and 16-byte aligned, the weight tile (and the
+  A tile when ``x`` is already in sorted order) is loaded through a host-side tensor descriptor
+  instead of pointer arithmetic; rows of a neighbouring expert that a descriptor tile picks up
+  only feed output rows/columns that the masked store drops.
 - ``_grouped_xty``: the weight gradient ``dW[e] = dY_e^T X_e``, one program per (expert, N tile,
-  K tile) looping over that expert's rows; gathers on both operands; empty experts get zeros.
+  K tile) looping over that expert's rows; gathers on both operands, or, when both are already
+  in sorted order, TMA loads for the whole row blocks and one masked tail; empty experts get
+  zeros.
 - ``_gemv``: the small-batch (decode) path, one program per (pair, N tile), a plain dot product
-  per output without tensor-core tiles, for a handful of pairs.
+  per output without tensor-core tiles, for a handful of pairs (``glu`` epilogue too).
 
 Accumulation is fp32; fp32 inputs use IEEE products (exact enough for tight tests).
 """
@@ -26,9 +36,16 @@ from tensor_utils.dispatch import triton_interpreting
 
 from .naive import check_args
 
+try:  # host-side TMA descriptors (Triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer loads only
+    TensorDescriptor = None
+
 # Pairs at or below this count take the GEMV decode path in the forward pass.
 DECODE_MAX_PAIRS = 8
-# Overrides for tuning sweeps: {"gemm": {...}, "xty": {...}, "gemv": {...}}.
+# Load contiguous operands through TMA descriptors where possible (False: pointer loads only).
+USE_TMA = True
+# Overrides for tuning sweeps, by kernel kind: "gemm", "gemm_t", "glu", "glu_bwd", "xty", "gemv".
 CONFIG_OVERRIDES: dict[str, dict[str, int]] = {}
 
 
@@ -53,12 +70,14 @@ def _gather_gemm_scatter(
     x_ptr,
     w_ptr,
     y_ptr,
+    h_ptr,
     offs_ptr,
     src_ptr,
     dst_ptr,
     N,
     K,
     E,
+    W_ROWS,
     SRC_DIV,
     num_m_tiles,
     stride_xm,
@@ -68,6 +87,8 @@ def _gather_gemm_scatter(
     stride_wk,
     stride_ym,
     stride_yn,
+    stride_hm,
+    stride_hn,
     HAS_SRC: tl.constexpr,
     HAS_DST: tl.constexpr,
     E_P2: tl.constexpr,
@@ -76,6 +97,11 @@ def _gather_gemm_scatter(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
+    EPILOGUE: tl.constexpr,  # 0 plain, 1 glu forward, 2 glu backward
+    SAVE_H: tl.constexpr,
+    X_DESC: tl.constexpr,
+    W_DESC: tl.constexpr,
+    W_T: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -93,40 +119,102 @@ def _gather_gemm_scatter(
         src = tl.load(src_ptr + rows, mask=row_mask, other=0) // SRC_DIV
     else:
         src = rows
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + src.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = (
-        w_ptr
-        + expert.to(tl.int64) * stride_we
-        + offs_n[None, :] * stride_wn
-        + offs_k[:, None] * stride_wk
-    )
+    if not X_DESC:
+        x_ptrs = x_ptr + src.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    if not W_DESC:
+        w_ptrs = (
+            w_ptr
+            + expert.to(tl.int64) * stride_we
+            + offs_n[None, :] * stride_wn
+            + offs_k[:, None] * stride_wk
+        )
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if EPILOGUE == 1:
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n_k = tl.where(expert < E, tl.cdiv(K, BLOCK_K), 0)
+    w_row = expert * W_ROWS  # first row of this expert in the [E * rows, cols] descriptor view
     for kk in range(0, n_k):
-        k_left = K - kk * BLOCK_K
-        a = tl.load(x_ptrs, mask=row_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
+        k0 = kk * BLOCK_K
+        k_left = K - k0
+        if X_DESC:
+            a = x_ptr.load([row_start, k0])
+        else:
+            a = tl.load(x_ptrs, mask=row_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        if W_DESC:
+            if W_T:  # noqa: SIM108 (constexpr branch) weight [E, K, N]: tile is [BLOCK_K, BLOCK_N]
+                b = w_ptr.load([w_row + k0, n0])
+            else:  # weight [E, N, K]: load [BLOCK_N, BLOCK_K], feed its transpose
+                b = w_ptr.load([w_row + n0, k0]).T
+        else:
+            b = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
+        if EPILOGUE == 1:  # up rows N.. of the same expert
+            if W_DESC:
+                b_up = w_ptr.load([w_row + N + n0, k0]).T
+            else:
+                b_up = tl.load(
+                    w_ptrs + N * stride_wn,
+                    mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N),
+                    other=0.0,
+                )
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+        if not X_DESC:
+            x_ptrs += BLOCK_K * stride_xk
+        if not W_DESC:
+            w_ptrs += BLOCK_K * stride_wk
     if HAS_DST:  # noqa: SIM108 (constexpr branch)
         dst = tl.load(dst_ptr + rows, mask=row_mask, other=0)
     else:
         dst = rows
-    y_ptrs = y_ptr + dst.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(
-        y_ptrs,
-        acc.to(y_ptr.dtype.element_ty),
-        mask=row_mask[:, None] & (offs_n[None, :] < N),
+    dst64 = dst.to(tl.int64)[:, None]
+    mask = row_mask[:, None] & (offs_n[None, :] < N)
+    y_ptrs = y_ptr + dst64 * stride_ym + offs_n[None, :] * stride_yn
+    if EPILOGUE == 0:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    elif EPILOGUE == 1:
+        act = acc * tl.sigmoid(acc) * acc_up
+        tl.store(y_ptrs, act.to(y_ptr.dtype.element_ty), mask=mask)
+        if SAVE_H:
+            h_ptrs = h_ptr + dst64 * stride_hm + offs_n[None, :] * stride_hn
+            tl.store(h_ptrs, acc.to(h_ptr.dtype.element_ty), mask=mask)
+            tl.store(h_ptrs + N * stride_hn, acc_up.to(h_ptr.dtype.element_ty), mask=mask)
+    else:  # acc = d(act); h = [g, u] at the same rows; y = dh = [dg, du]
+        h_ptrs = h_ptr + dst64 * stride_hm + offs_n[None, :] * stride_hn
+        g = tl.load(h_ptrs, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(h_ptrs + N * stride_hn, mask=mask, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(g)
+        dg = acc * u * sig * (1.0 + g * (1.0 - sig))
+        du = acc * g * sig
+        tl.store(y_ptrs, dg.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptrs + N * stride_yn, du.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _xty_step(acc, x_ptr, dy_ptr, xs, ds, r_mask, offs_n, offs_k, n_mask, k_mask,
+              stride_xm, stride_xk, stride_dm, stride_dn, PRECISION: tl.constexpr):  # fmt: skip
+    """One masked row block of ``acc += dy[ds]^T x[xs]`` with pointer loads."""
+    dy_t = tl.load(
+        dy_ptr + ds.to(tl.int64)[None, :] * stride_dm + offs_n[:, None] * stride_dn,
+        mask=r_mask[None, :] & n_mask[:, None],
+        other=0.0,
     )
+    xt = tl.load(
+        x_ptr + xs.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+        mask=r_mask[:, None] & k_mask[None, :],
+        other=0.0,
+    )
+    return tl.dot(dy_t, xt, acc, input_precision=PRECISION)
 
 
 @triton.jit
 def _grouped_xty(
     x_ptr,
     dy_ptr,
+    x_desc,
+    dy_desc,
     dw_ptr,
     offs_ptr,
     xsrc_ptr,
@@ -143,6 +231,7 @@ def _grouped_xty(
     stride_wk,
     HAS_XSRC: tl.constexpr,
     HAS_DYSRC: tl.constexpr,
+    DESC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -160,28 +249,34 @@ def _grouped_xty(
     n_mask = offs_n < N
     k_mask = offs_k < K
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for m in range(start, end, BLOCK_M):
-        rows = m + tl.arange(0, BLOCK_M)
-        r_mask = rows < end
-        if HAS_XSRC:  # noqa: SIM108 (constexpr branch)
-            xs = tl.load(xsrc_ptr + rows, mask=r_mask, other=0) // X_DIV
-        else:
-            xs = rows
-        if HAS_DYSRC:  # noqa: SIM108 (constexpr branch)
-            ds = tl.load(dysrc_ptr + rows, mask=r_mask, other=0)
-        else:
-            ds = rows
-        dy_t = tl.load(
-            dy_ptr + ds.to(tl.int64)[None, :] * stride_dm + offs_n[:, None] * stride_dn,
-            mask=r_mask[None, :] & n_mask[:, None],
-            other=0.0,
-        )
-        xt = tl.load(
-            x_ptr + xs.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=r_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(dy_t, xt, acc, input_precision=PRECISION)
+    if DESC:
+        # both operands in sorted order: whole row blocks through TMA, then one masked tail
+        # (a descriptor tile past `end` would read the next expert's rows into the sum)
+        n_full = (end - start) // BLOCK_M
+        for i in range(0, n_full):
+            m = start + i * BLOCK_M
+            dy_t = dy_desc.load([m, pid_n * BLOCK_N]).T
+            xt = x_desc.load([m, pid_k * BLOCK_K])
+            acc = tl.dot(dy_t, xt, acc, input_precision=PRECISION)
+        rows = start + n_full * BLOCK_M + tl.arange(0, BLOCK_M)
+        if start + n_full * BLOCK_M < end:
+            acc = _xty_step(acc, x_ptr, dy_ptr, rows, rows, rows < end, offs_n, offs_k,
+                            n_mask, k_mask, stride_xm, stride_xk, stride_dm, stride_dn,
+                            PRECISION)  # fmt: skip
+    else:
+        for m in range(start, end, BLOCK_M):
+            rows = m + tl.arange(0, BLOCK_M)
+            r_mask = rows < end
+            if HAS_XSRC:  # noqa: SIM108 (constexpr branch)
+                xs = tl.load(xsrc_ptr + rows, mask=r_mask, other=0) // X_DIV
+            else:
+                xs = rows
+            if HAS_DYSRC:  # noqa: SIM108 (constexpr branch)
+                ds = tl.load(dysrc_ptr + rows, mask=r_mask, other=0)
+            else:
+                ds = rows
+            acc = _xty_step(acc, x_ptr, dy_ptr, xs, ds, r_mask, offs_n, offs_k, n_mask, k_mask,
+                            stride_xm, stride_xk, stride_dm, stride_dn, PRECISION)  # fmt: skip
     dw_ptrs = (
         dw_ptr
         + expert.to(tl.int64) * stride_we
@@ -215,6 +310,7 @@ def _gemv(
     E_P2: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GLU: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -232,6 +328,9 @@ def _gemv(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if GLU:
+        acc_up = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    w_base = w_ptr + expert.to(tl.int64) * stride_we + offs_n[:, None] * stride_wn
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
@@ -239,16 +338,17 @@ def _gemv(
             x_ptr + src.to(tl.int64) * stride_xm + offs_k * stride_xk,
             mask=k_mask,
             other=0.0,
-        )
-        wt = tl.load(
-            w_ptr
-            + expert.to(tl.int64) * stride_we
-            + offs_n[:, None] * stride_wn
-            + offs_k[None, :] * stride_wk,
-            mask=n_mask[:, None] & k_mask[None, :],
-            other=0.0,
-        )
-        acc += tl.sum(wt.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
+        ).to(tl.float32)
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        wt = tl.load(w_base + offs_k[None, :] * stride_wk, mask=w_mask, other=0.0)
+        acc += tl.sum(wt.to(tl.float32) * xv[None, :], axis=1)
+        if GLU:
+            wu = tl.load(
+                w_base + N * stride_wn + offs_k[None, :] * stride_wk, mask=w_mask, other=0.0
+            )
+            acc_up += tl.sum(wu.to(tl.float32) * xv[None, :], axis=1)
+    if GLU:
+        acc = acc * tl.sigmoid(acc) * acc_up
     tl.store(
         y_ptr + dst.to(tl.int64) * stride_ym + offs_n * stride_yn,
         acc.to(y_ptr.dtype.element_ty),
@@ -260,17 +360,24 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _gemm_config(pairs: int, experts: int, n: int, k: int) -> dict[str, int]:
+def _gemm_config(pairs: int, epilogue: str, transpose: bool) -> dict[str, int]:
+    """Tiles per kernel kind (override keys ``glu``, ``glu_bwd``, ``gemm_t``, ``gemm``); ``glu``
+    has two accumulators, so its BLOCK_N is half the output-column footprint."""
+    key = {"glu": "glu", "glu_bwd": "glu_bwd"}.get(epilogue, "gemm_t" if transpose else "gemm")
     if triton_interpreting():
         cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=1, num_stages=1)
-    elif pairs <= 4096:  # H100 sweep (kernel_sweep.csv): faster up to ~2k tokens at top-2
+    elif pairs <= 4096:  # small batches: more, smaller tiles fill the 132 SMs (H100 sweep)
         cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
-    else:
-        cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
-    return {**cfg, **CONFIG_OVERRIDES.get("gemm", {})}
+        if key in ("glu", "glu_bwd"):
+            cfg["BLOCK_N"] = 64
+    else:  # H100 sweep (kernel_sweep.csv): 128x256 output footprint, 8 warps, 3 stages
+        cfg = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+        if key in ("glu", "glu_bwd"):  # glu_bwd: the epilogue also holds two h tiles
+            cfg["BLOCK_N"] = 128
+    return {**cfg, **CONFIG_OVERRIDES.get(key, {})}
 
 
-def _xty_config(pairs: int, experts: int, n: int, k: int) -> dict[str, int]:
+def _xty_config(pairs: int) -> dict[str, int]:
     if triton_interpreting():
         cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
     elif pairs <= 4096:
@@ -288,6 +395,21 @@ def _gemv_config() -> dict[str, int]:
     return {**cfg, **CONFIG_OVERRIDES.get("gemv", {})}
 
 
+def _tma_ok(t: torch.Tensor) -> bool:
+    """A TMA descriptor needs a dense row-major tensor with 16-byte aligned base and rows."""
+    return (
+        USE_TMA
+        and TensorDescriptor is not None
+        and t.is_contiguous()
+        and t.data_ptr() % 16 == 0
+        and (t.shape[-1] * t.element_size()) % 16 == 0
+        and (
+            triton_interpreting()
+            or (t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9)
+        )
+    )
+
+
 def gather_gemm_scatter(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -299,8 +421,17 @@ def gather_gemm_scatter(
     *,
     transpose_weight: bool = False,
     allow_gemv: bool = True,
-) -> torch.Tensor:
-    """``y[dst[p]] = x[src[p] // src_div] @ W_e(p)^T`` (``W_e`` when ``transpose_weight``)."""
+    epilogue: str = "plain",
+    h: torch.Tensor | None = None,
+    save_h: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``y[dst[p]] = x[src[p] // src_div] @ W_e(p)^T`` (``W_e`` when ``transpose_weight``).
+
+    ``epilogue="glu"``: ``W_e``'s rows are ``[gate; up]``, ``y = silu(x W_g^T) * (x W_u^T)``
+    (and ``h = [x W_g^T, x W_u^T]`` returned when ``save_h``); ``"glu_bwd"``: ``x W`` is
+    ``d(act)`` and ``y = dh`` from the saved pre-activation ``h`` (rows in ``dst`` order).
+    Returns ``(y, h)`` (``h`` None unless saved).
+    """
     experts = weight.shape[0]
     if transpose_weight:
         n, k = weight.shape[2], weight.shape[1]
@@ -308,14 +439,22 @@ def gather_gemm_scatter(
     else:
         n, k = weight.shape[1], weight.shape[2]
         s_wn, s_wk = weight.stride(1), weight.stride(2)
-    y = torch.empty(pairs, n, device=x.device, dtype=x.dtype)
+    glu = epilogue == "glu"
+    if glu:
+        n //= 2
+    width = 2 * n if epilogue == "glu_bwd" else n
+    y = torch.empty(pairs, width, device=x.device, dtype=x.dtype)
+    h_out = torch.empty(pairs, 2 * n, device=x.device, dtype=x.dtype) if glu and save_h else None
     if pairs == 0 or n == 0:
-        return y
+        return y, h_out
     if k == 0:
-        return y.zero_()
+        y.zero_()
+        if h_out is not None:
+            h_out.zero_()
+        return y, h_out
     e_p2 = triton.next_power_of_2(experts)
     dummy = offsets
-    if allow_gemv and pairs <= DECODE_MAX_PAIRS:
+    if allow_gemv and pairs <= DECODE_MAX_PAIRS and epilogue != "glu_bwd" and h_out is None:
         cfg = _gemv_config()
         grid = (pairs, triton.cdiv(n, cfg["BLOCK_N"]))
         _gemv[grid](
@@ -324,23 +463,37 @@ def gather_gemm_scatter(
             n, k, experts, src_div,
             x.stride(0), x.stride(1), weight.stride(0), s_wn, s_wk, y.stride(0), y.stride(1),
             HAS_SRC=src is not None, HAS_DST=dst is not None, E_P2=e_p2,
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GLU=glu, num_warps=cfg["num_warps"],
         )  # fmt: skip
-        return y
-    cfg = _gemm_config(pairs, experts, n, k)
-    num_m_tiles = triton.cdiv(pairs, cfg["BLOCK_M"]) + experts
-    grid = (num_m_tiles * triton.cdiv(n, cfg["BLOCK_N"]),)
+        return y, h_out
+    cfg = _gemm_config(pairs, epilogue, transpose_weight)
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    # W through TMA: the [E * rows, cols] view; a transposed tile walks rows along K, so K must
+    # split into whole tiles (no reads into the next expert's rows).
+    w_desc = _tma_ok(weight) and (not transpose_weight or k % bk == 0)
+    x_desc = src is None and _tma_ok(x)
+    w_arg = weight
+    if w_desc:
+        rows, cols = weight.shape[1], weight.shape[2]
+        block = [bk, bn] if transpose_weight else [bn, bk]
+        w_arg = TensorDescriptor(weight, [experts * rows, cols], [cols, 1], block)
+    x_arg = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if x_desc else x
+    h_arg = h if h is not None else h_out
+    num_m_tiles = triton.cdiv(pairs, bm) + experts
+    grid = (num_m_tiles * triton.cdiv(n, bn),)
     _gather_gemm_scatter[grid](
-        x, weight, y, offsets,
+        x_arg, w_arg, y, dummy if h_arg is None else h_arg, offsets,
         dummy if src is None else src, dummy if dst is None else dst,
-        n, k, experts, src_div, num_m_tiles,
+        n, k, experts, weight.shape[1], src_div, num_m_tiles,
         x.stride(0), x.stride(1), weight.stride(0), s_wn, s_wk, y.stride(0), y.stride(1),
+        0 if h_arg is None else h_arg.stride(0), 0 if h_arg is None else h_arg.stride(1),
         HAS_SRC=src is not None, HAS_DST=dst is not None, E_P2=e_p2,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], PRECISION=_precision(x.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], PRECISION=_precision(x.dtype),
+        EPILOGUE={"plain": 0, "glu": 1, "glu_bwd": 2}[epilogue], SAVE_H=h_out is not None,
+        X_DESC=x_desc, W_DESC=w_desc, W_T=transpose_weight,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return y
+    return y, h_out
 
 
 def grouped_xty(
@@ -360,16 +513,20 @@ def grouped_xty(
         return dw
     if pairs == 0:
         return dw.zero_()
-    cfg = _xty_config(pairs, experts, n, k)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), experts)
+    cfg = _xty_config(pairs)
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    desc = x_src is None and dy_src is None and _tma_ok(x) and _tma_ok(dy)
+    x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if desc else x
+    dy_desc = TensorDescriptor(dy, list(dy.shape), list(dy.stride()), [bm, bn]) if desc else dy
+    grid = (triton.cdiv(n, bn) * triton.cdiv(k, bk), experts)
     _grouped_xty[grid](
-        x, dy, dw, offsets,
+        x, dy, x_desc, dy_desc, dw, offsets,
         offsets if x_src is None else x_src, offsets if dy_src is None else dy_src,
         n, k, x_div,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
         dw.stride(0), dw.stride(1), dw.stride(2),
-        HAS_XSRC=x_src is not None, HAS_DYSRC=dy_src is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        HAS_XSRC=x_src is not None, HAS_DYSRC=dy_src is not None, DESC=desc,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         PRECISION=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return dw
@@ -382,7 +539,7 @@ class _ExpertLinear(torch.autograd.Function):
         src = None if input_order == "sorted" else sorted_pair
         src_div = k if input_order == "token" else 1
         dst = sorted_pair if output_order == "pair" else None
-        y = gather_gemm_scatter(x, weight, offsets, src, src_div, dst, pairs)
+        y, _ = gather_gemm_scatter(x, weight, offsets, src, src_div, dst, pairs)
         ctx.save_for_backward(x, weight, sorted_pair, offsets)
         ctx.orders = (input_order, output_order, k)
         return y
@@ -396,16 +553,8 @@ class _ExpertLinear(torch.autograd.Function):
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dst = None if input_order == "sorted" else sorted_pair
-            dx = gather_gemm_scatter(
-                dy,
-                weight,
-                offsets,
-                dy_src,
-                1,
-                dst,
-                pairs,
-                transpose_weight=True,
-                allow_gemv=False,
+            dx, _ = gather_gemm_scatter(
+                dy, weight, offsets, dy_src, 1, dst, pairs, transpose_weight=True, allow_gemv=False
             )
             if input_order == "token" and k > 1:
                 dx = dx.view(x.shape[0], k, x.shape[1]).sum(1)
@@ -432,6 +581,7 @@ def expert_linear(
 __all__ = [
     "CONFIG_OVERRIDES",
     "DECODE_MAX_PAIRS",
+    "USE_TMA",
     "expert_linear",
     "gather_gemm_scatter",
     "grouped_xty",

@@ -1,0 +1,226 @@
+"""The fused SwiGLU expert MLP (Triton) and the small-batch layer path against the loop
+reference: values, all three gradients, NaN-poisoned outputs, odd sizes, empty experts, TMA
+descriptors on and off, and which load path the dispatch picks.
+
+On the CPU these run in Triton's interpreter (TRITON_INTERPRET=1): tiny shapes, fp32/fp16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jetmoe_model import JetMoEConfig
+from jetmoe_model.modeling import JetMoEMoE
+from jetmoe_model.ops.expert_mlp import expert_mlp
+from jetmoe_model.ops.experts import triton as kernels
+from jetmoe_model.routing import sort_by_expert
+from jetmoe_testlib import TINY, random_expert_index, randomize_
+
+from tensor_utils.testing import assert_close, poison_allocations
+from tensor_utils.testing.strategies import random_tensor, seeds
+
+pytestmark = pytest.mark.triton
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_mlp(tokens, experts, top_k, d, f, dtype, seed):
+    device = _device()
+    routing = sort_by_expert(random_expert_index(tokens, experts, top_k, seed).to(device), experts)
+    x = random_tensor((tokens, d), dtype, seed + 1, device=device)
+    w_in = random_tensor((experts, 2 * f, d), dtype, seed + 2, scale=0.5, device=device)
+    w_out = random_tensor((experts, d, f), dtype, seed + 3, scale=0.5, device=device)
+    g = random_tensor((tokens * top_k, d), dtype, seed + 4, device=device)
+    results = {}
+    for backend in ("reference", "triton"):
+        ins = [t.clone().requires_grad_() for t in (x, w_in, w_out)]
+        with poison_allocations():
+            y = expert_mlp(*ins, routing.sorted_pair, routing.expert_offsets, backend=backend)
+            grads = torch.autograd.grad(y, ins, g)
+        results[backend] = (y, *grads)
+    ref_dtype = dtype if device == "cuda" or dtype != torch.float16 else torch.float32
+    # two chained matmuls; the fused SwiGLU (and its backward) rounds once where autograd rounds
+    # per op: a few fp32 ulps of the largest sums
+    tol = 1e-4 if dtype == torch.float32 else 8e-3
+    for name, got, want in zip(
+        ("y", "dx", "dw_in", "dw_out"), results["triton"], results["reference"], strict=True
+    ):
+        assert got.dtype == want.dtype
+        assert_close(got, want, dtype=ref_dtype, atol=tol, rtol=tol, msg=f"{name}: ")
+
+
+@settings(deadline=None, max_examples=8)
+@given(
+    tokens=st.integers(0, 11),
+    experts=st.integers(1, 5),
+    top_k=st.integers(1, 3),
+    d=st.integers(1, 21),
+    f=st.integers(1, 19),
+    dtype=st.sampled_from([torch.float32, torch.float16]),
+    seed=seeds(),
+)
+def test_fused_mlp_equals_loop_for_random_routings(tokens, experts, top_k, d, f, dtype, seed):
+    check_mlp(tokens, experts, min(top_k, experts), d, f, dtype, seed)
+
+
+@pytest.mark.parametrize("tma", [True, False])
+def test_fused_mlp_tma_and_pointer_paths(tma, monkeypatch):
+    # d, f multiples of 4 (fp32): the TMA descriptors are eligible; 40 tokens straddle tiles
+    monkeypatch.setattr(kernels, "USE_TMA", tma)
+    check_mlp(40, 6, 2, 32, 24, torch.float32, seed=5)
+
+
+def test_dispatch_picks_tma_only_for_aligned_contiguous_operands(monkeypatch):
+    monkeypatch.setattr(kernels, "USE_TMA", True)
+    device = _device()
+    aligned = torch.zeros(4, 24, 32, device=device)
+    assert kernels._tma_ok(aligned) == (
+        device == "cpu" or torch.cuda.get_device_capability()[0] >= 9
+    )
+    assert not kernels._tma_ok(torch.zeros(4, 24, 33, device=device))  # 132-byte rows
+    assert not kernels._tma_ok(aligned.transpose(1, 2))  # not row-major
+    monkeypatch.setattr(kernels, "USE_TMA", False)
+    assert not kernels._tma_ok(aligned)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 13, 40])  # GEMV, tiled small batch, sorted path
+def test_triton_inference_layer_paths(tokens):
+    device = _device()
+    cfg = JetMoEConfig(**{**TINY, "expert_backend": "reference"})
+    layer = randomize_(JetMoEMoE(cfg)).to(device)
+    x = torch.randn(2, tokens, TINY["hidden_size"], device=device)
+    with torch.no_grad():
+        ref, ref_route = layer(x)
+        layer.input_linear.config.expert_backend = "triton"
+        with poison_allocations():
+            out, route = layer(x)
+    # <= 64 pairs: the small-batch kernels; above: the sorted path with the one-pass combine
+    assert (route.routing is None) == (2 * tokens * 2 <= 64)
+    assert_close(out, ref)
+    assert_close(route.gates, ref_route.gates)
+    assert torch.equal(route.expert_index, ref_route.expert_index)
+    assert_close(route.logits, ref_route.logits)
+
+
+def test_small_batch_routing_sort_matches_sort_by_expert():
+    from jetmoe_model.ops.expert_mlp.triton import route_small
+    from jetmoe_model.routing import top_k_route
+
+    device = _device()
+    logits = torch.randn(21, 6, device=device)
+    logits[:, 2] += 3.0  # crowd one expert, leave others empty
+    gates, index, sorted_pair, offsets = route_small(logits, 3, torch.float32)
+    want = top_k_route(logits, 3, torch.float32)
+    assert torch.equal(index, want.expert_index)
+    assert_close(gates, want.gates)
+    assert torch.equal(sorted_pair, want.routing.sorted_pair)
+    assert torch.equal(offsets, want.routing.expert_offsets)
+
+
+def test_training_forward_keeps_the_sorted_path():
+    cfg = JetMoEConfig(**{**TINY, "expert_backend": "triton"})
+    layer = randomize_(JetMoEMoE(cfg)).to(_device())
+    x = torch.randn(1, 2, TINY["hidden_size"], device=_device(), requires_grad=True)
+    _, route = layer(x)
+    assert route.routing is not None  # autograd needs the differentiable path
+
+
+def test_inference_forward_keeps_no_pre_activation(monkeypatch):
+    # under no_grad the GLU GEMM must not write h (a wasted [P, 2F] store); x alone needing a
+    # gradient must still save it
+    calls = []
+    real = kernels.gather_gemm_scatter
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("save_h", False))
+        return real(*args, **kwargs)
+
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
+    monkeypatch.setattr(mlp_kernels, "gather_gemm_scatter", spy)
+    device = _device()
+    routing = sort_by_expert(random_expert_index(12, 4, 2, 0).to(device), 4)
+    x = torch.randn(12, 8, device=device)
+    w_in = torch.randn(4, 10, 8, device=device, requires_grad=True)
+    w_out = torch.randn(4, 8, 5, device=device, requires_grad=True)
+    args = (routing.sorted_pair, routing.expert_offsets)
+    with torch.no_grad():
+        expert_mlp(x, w_in, w_out, *args, backend="triton")
+    assert calls[0] is False
+    calls.clear()
+    xg = x.clone().requires_grad_()
+    y = expert_mlp(xg, w_in.detach(), w_out.detach(), *args, backend="triton")
+    assert calls[0] is True
+    (dx,) = torch.autograd.grad(y, [xg], torch.ones_like(y))
+    ref = expert_mlp(xg, w_in.detach(), w_out.detach(), *args, backend="reference")
+    (dx_ref,) = torch.autograd.grad(ref, [xg], torch.ones_like(ref))
+    assert_close(dx, dx_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_combine_and_its_gradients(dtype):
+    from jetmoe_model.modeling import combine as torch_combine
+    from jetmoe_model.ops.expert_mlp.triton import combine
+
+    device = _device()
+    y = random_tensor((7 * 3, 20), dtype, 1, device=device)
+    gates = random_tensor((7, 3), dtype, 2, device=device).softmax(-1)
+    bias = random_tensor((20,), dtype, 3, device=device)
+    dout = random_tensor((7, 20), dtype, 4, device=device)
+    results = []
+    for fn in (lambda a, b, c: torch_combine(a, b) + c, combine):
+        ins = [t.clone().requires_grad_() for t in (y, gates, bias)]
+        with poison_allocations():
+            out = fn(*ins)
+            grads = torch.autograd.grad(out, ins, dout)
+        results.append((out, *grads))
+    ref_dtype = dtype if device == "cuda" or dtype != torch.float16 else torch.float32
+    tol = None if dtype == torch.float32 else 4e-3
+    for name, got, want in zip(
+        ("out", "dy", "dgates", "dbias"), results[1], results[0], strict=True
+    ):
+        assert got.dtype == want.dtype
+        assert_close(got, want, dtype=ref_dtype, atol=tol, rtol=tol, msg=f"{name}: ")
+
+
+@pytest.mark.parametrize("tma", [True, False])
+def test_xty_tma_path_with_partial_row_blocks(tma, monkeypatch):
+    # sorted operands, 16-row blocks: experts of 0, 5, 16, 23 rows (tails and whole blocks)
+    monkeypatch.setattr(kernels, "USE_TMA", tma)
+    device = _device()
+    counts = [0, 5, 16, 23]
+    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
+    pairs = sum(counts)
+    x = torch.randn(pairs, 32, device=device)
+    dy = torch.randn(pairs, 24, device=device)
+    with poison_allocations():
+        dw = kernels.grouped_xty(x, dy, offsets, None, 1, None, torch.Size([4, 24, 32]), pairs)
+    start = 0
+    for e, c in enumerate(counts):
+        want = dy[start : start + c].T @ x[start : start + c]
+        assert_close(dw[e], want, atol=1e-4, rtol=1e-4)
+        start += c
+
+
+@pytest.mark.parametrize("tokens", [5, 40])
+def test_moe_layer_training_gradients_match_reference(tokens):
+    # the whole layer: router + sort, fused MLP, Triton combine; every parameter's gradient
+    device = _device()
+    cfg = JetMoEConfig(**{**TINY, "expert_backend": "reference"})
+    layer = randomize_(JetMoEMoE(cfg)).to(device)
+    x = torch.randn(1, tokens, TINY["hidden_size"], device=device, requires_grad=True)
+    g = torch.randn(1, tokens, TINY["hidden_size"], device=device)
+    results = {}
+    for backend in ("reference", "triton"):
+        layer.input_linear.config.expert_backend = backend
+        with poison_allocations():
+            out, _ = layer(x)
+            grads = torch.autograd.grad(out, [x, *layer.parameters()], g)
+        results[backend] = (out, *grads)
+    names = ["out", "x", *(n for n, _ in layer.named_parameters())]
+    for name, got, want in zip(names, results["triton"], results["reference"], strict=True):
+        assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"{name}: ")
