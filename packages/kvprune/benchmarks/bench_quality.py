@@ -9,8 +9,9 @@ Text is real English documentation shipped with Python (``pydoc_data.topics``).
 (a) ``ppl``: the first ``ctx`` tokens of a document are the prompt (compressed by the method);
     the next 32 tokens are fed one at a time through the cache (decoding-time eviction runs)
     and their perplexity is measured (teacher forcing).
-(b) ``needle``: a passcode sentence is inserted at a depth of a haystack of ``ctx`` tokens, the
-    chat prompt asks for it, 8 tokens are decoded greedily; success = the passcode appears.
+(b) ``needle``: a passcode sentence is inserted at a depth of a haystack of ``ctx`` tokens
+    (512 and 1024; depths 0.1 .. 0.9), the chat prompt asks for it, 16 tokens are decoded
+    greedily; success = the passcode appears.
 (c) ``agree``: greedy decoding of 32 tokens from the ppl prompts; the share of tokens before
     the first disagreement with the full cache.
 
@@ -37,6 +38,19 @@ MATCH_T = 0.95
 CONT = 32
 AGREE = 32
 NEEDLE_TOKENS = 16
+
+
+def sweep_plan(quick: bool = False) -> dict:
+    """What is measured (shared with bench_kvpress.py so both run the same prompts)."""
+    if quick:
+        return dict(docs=1, ppl_context=512, needle_contexts=[512], depths=[0.5])
+    return dict(
+        docs=2, ppl_context=512, needle_contexts=[512, 1024], depths=[0.1, 0.3, 0.5, 0.7, 0.9]
+    )
+
+
+def needle_code(i: int, ctx: int) -> str:
+    return str(4000 + 1237 * (i + 1) + ctx % 997)
 
 
 def documents(tokenizer, ctx: int, count: int) -> list[list[int]]:
@@ -69,6 +83,32 @@ def haystack(tokenizer, ctx: int, depth: float, code: str) -> str:
         }
     ]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def model_dir(path: str | None = None) -> Path:
+    """The SmolLM2 safetensors directory: ``path``, else ``tensor_utils.models.smollm2_dir()``,
+    else an already converted copy in tensor-utils' cache (when the carrier wheel is absent)."""
+    from tensor_utils.models import ModelUnavailableError, cache_root, smollm2_dir
+
+    if path:
+        return Path(path)
+    try:
+        return smollm2_dir()
+    except ModelUnavailableError:
+        done = sorted(
+            (cache_root() / "models").glob("SmolLM2-135M-Instruct-*/conversion-complete.json")
+        )
+        if not done:
+            raise
+        return done[-1].parent
+
+
+def load_model(path: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = model_dir(path)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(d)
 
 
 def make_cache(model, tokenizer, method: str, fraction: float | None):
@@ -132,7 +172,8 @@ def run_greedy(model, kw, cache, prompt_ids: torch.Tensor, new: int):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="one needle depth")
+    parser.add_argument("--quick", action="store_true", help="one document, one needle")
+    parser.add_argument("--model-dir", default=None, help="SmolLM2 safetensors directory")
     parser.add_argument(
         "--benches", default="ppl,needle", help="comma list of ppl (with agree), needle"
     )
@@ -140,9 +181,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from kvprune.generate import cache_kwarg
 
-    from tensor_utils.models import load_smollm2
-
-    model, tokenizer = load_smollm2()
+    model, tokenizer = load_model(args.model_dir)
+    plan = sweep_plan(args.quick)
     kw = cache_kwarg(model)
     fast = [f"fastgen_{t}" for t in T_VALUES]
     baselines = ["streamingllm", "h2o", "snapkv", "tova"]
@@ -159,8 +199,8 @@ def main(argv=None) -> int:
             results.append((b, match[0], *runner(b, match[-2])))
         return results
 
-    ctx_ppl = 512
-    n_docs = 1
+    ctx_ppl = plan["ppl_context"]
+    n_docs = plan["docs"]
     t0 = time.perf_counter()
     docs = documents(tokenizer, ctx_ppl, n_docs) if "ppl" in args.benches else []
     for d, ids in enumerate(docs):
@@ -214,11 +254,21 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
-    contexts = [512] if "needle" in args.benches else []
-    depths = [0.5] if args.quick else [0.1, 0.5, 0.9]
+    out = RESULTS / ("quality_cpu_quick.csv" if args.quick else "quality_cpu.csv")
+    written = 0
+
+    def save():
+        # write_csv appends: hand it only the rows not written yet
+        nonlocal written
+        if len(rows) > written:
+            write_csv(out, rows[written:])
+            written = len(rows)
+
+    save()
+    contexts = plan["needle_contexts"] if "needle" in args.benches else []
     for ctx in contexts:
-        for i, depth in enumerate(depths):
-            code = str(4000 + 1237 * (i + 1) + ctx % 997)
+        for i, depth in enumerate(plan["depths"]):
+            code = needle_code(i, ctx)
             text = haystack(tokenizer, ctx, depth, code)
             prompt = tokenizer(text, return_tensors="pt")["input_ids"]
 
@@ -247,9 +297,9 @@ def main(argv=None) -> int:
                     f"{'hit' if code in answer else 'miss'} {answer!r}",
                     flush=True,
                 )
+        save()  # after each context: a cut-short run keeps what it measured
     print(f"done in {time.perf_counter() - t0:.0f} s")
-    name = "quality_cpu_quick.csv" if args.quick else "quality_cpu.csv"
-    write_csv(RESULTS / name, rows)
+    save()
     return 0
 
 

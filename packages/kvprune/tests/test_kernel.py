@@ -79,34 +79,70 @@ def test_pruning_equals_masking_dense_attention(backend, case, device):
     assert bool((weights[free] == 0).all())
 
 
+def _on(device, args):
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+
+
 @pytest.mark.triton
 @settings(max_examples=25, deadline=None)
-@given(case=CASES["kvprune_ragged_decode_attention"], splits=st.sampled_from([None, 1, 2, 4]))
-def test_kernel_matches_reference_with_poisoned_outputs(case, splits):
+@given(
+    case=CASES["kvprune_ragged_decode_attention"],
+    splits=st.sampled_from([None, 1, 2, 4]),
+    need_weights=st.booleans(),
+    fused=st.booleans(),
+)
+def test_kernel_matches_reference_with_poisoned_outputs(case, splits, need_weights, fused, device):
     args, kwargs = case
     expected = naive.ragged_decode_attention(*args, **kwargs)
     with poison_allocations():
         out, weights = triton_mod.ragged_decode_attention(
-            *args, **kwargs, num_splits=splits, block_n=16
+            *_on(device, args),
+            **kwargs,
+            need_weights=need_weights,
+            fused=fused,
+            num_splits=splits,
+            block_n=16,
         )
-    assert out.dtype == args[0].dtype and weights.dtype == torch.float32
-    assert_close(out, expected[0])
-    assert_close(weights, expected[1])
+    assert out.dtype == args[0].dtype
+    assert_close(out.cpu(), expected[0])
+    if need_weights:
+        assert weights.dtype == torch.float32
+        assert_close(weights.cpu(), expected[1])
+    else:
+        assert weights is None
 
 
 @pytest.mark.triton
-def test_kernel_many_splits_and_tiles_odd_sizes():
+def test_kernel_many_splits_and_tiles_odd_sizes(device):
     q, k, v, o, lens = random_ragged_case(
         3, [97, 1, 0, 64, 33], [2, 0, 5, 1, 0], 5, 17, torch.float32
     )
     expected = naive.ragged_decode_attention(q, k, v, o, lens, 0.3)
     for splits in (1, 2, 8):
-        with poison_allocations():
-            out, weights = triton_mod.ragged_decode_attention(
-                q, k, v, o, lens, 0.3, num_splits=splits, block_n=16
-            )
-        assert_close(out, expected[0])
-        assert_close(weights, expected[1])
+        for need_weights, fused in ((True, False), (False, False), (False, True)):
+            with poison_allocations():
+                out, weights = triton_mod.ragged_decode_attention(
+                    *_on(device, (q, k, v, o, lens)),
+                    0.3,
+                    need_weights=need_weights,
+                    fused=fused,
+                    num_splits=splits,
+                    block_n=16,
+                )
+            assert_close(out.cpu(), expected[0])
+            if need_weights:
+                assert_close(weights.cpu(), expected[1])
+            else:
+                assert weights is None
+
+
+def test_reference_without_weights_gives_same_output():
+    q, k, v, o, lens = random_ragged_case(5, [9, 0, 4], [1, 2, 0], 3, 8, torch.float32)
+    out, weights = naive.ragged_decode_attention(q, k, v, o, lens, 0.5)
+    out2, none = naive.ragged_decode_attention(q, k, v, o, lens, 0.5, need_weights=False)
+    assert none is None
+    assert torch.equal(out, out2)
+    assert weights.shape == (k.shape[0], 3)
 
 
 def test_bad_arguments_raise():
@@ -123,6 +159,8 @@ def test_bad_arguments_raise():
 def test_generation_with_kernel_matches_reference_backend():
     model = tiny_model("llama", layers=2)
     ids = torch.randint(3, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+    if torch.cuda.is_available():  # the kernel runs compiled on the GPU, not interpreted
+        model, ids = model.cuda(), ids.cuda()
     outs = []
     for backend in ("reference", "triton"):
         cache = KVPruneCache(
@@ -145,7 +183,7 @@ def test_generation_with_kernel_matches_reference_backend():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("lengths", [[4096, 1, 0, 2049], [32768, 16000]])
+@pytest.mark.parametrize("lengths", [[4096, 1, 0, 2049], [32768, 16000], [5000, 97, 12000, 3]])
 def test_kernel_on_cuda_long_segments(dtype, lengths):
     q, k, v, o, lens = random_ragged_case(0, lengths, [7] * len(lengths), 4, 128, dtype, "cuda")
     expected = naive.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)
@@ -153,6 +191,29 @@ def test_kernel_on_cuda_long_segments(dtype, lengths):
         out, weights = triton_mod.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)
     assert_close(out, expected[0])
     assert_close(weights, expected[1], atol=1e-6, rtol=1e-3)
+    with poison_allocations():  # the fast paths (no weights) and forced tile/split choices
+        for splits, block_n, fused in (
+            (None, None, False),
+            (None, None, True),
+            (None, None, True),  # again: the fused path's counters must be back at zero
+            (1, 64, False),
+            (128, 128, True),
+            (16, 32, False),
+        ):
+            fast, none = triton_mod.ragged_decode_attention(
+                q,
+                k,
+                v,
+                o,
+                lens,
+                128**-0.5,
+                need_weights=False,
+                fused=fused,
+                num_splits=splits,
+                block_n=block_n,
+            )
+            assert none is None
+            assert_close(fast, expected[0])
 
 
 @pytest.mark.gpu

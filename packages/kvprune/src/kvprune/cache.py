@@ -195,6 +195,10 @@ class RaggedLayer(CacheLayerMixin):
         self.slot_cls[dest] = cls.unsqueeze(1).expand(b, h, n)[keep]
         self.slot_score[dest] = plan.score[keep].float()
         self.params = {k: v.reshape(-1).clone() for k, v in plan.params.items()}
+        # Scores only decide evictions when a segment keeps some but not all of its
+        # unprotected tokens (0 < k_f < unbounded); otherwise the kernel may skip the weights.
+        k_f = self.params["k_f"]
+        self.needs_scores = bool(((k_f > 0) & (k_f < rules.UNBOUNDED)).any())
         self.policy = plan.policy.reshape(-1).clone()
         self.policy_names = plan.names
         self.recovery = plan.recovery.reshape(-1).clone()
@@ -261,17 +265,19 @@ class RaggedLayer(CacheLayerMixin):
             self.lengths,
             scale,
             self.max_cap,
+            self.needs_scores,
             backend=self.owner.backend,
         )
         self.after_decode(weights)
         return out.reshape(b, hq, d).unsqueeze(1).to(query.dtype)
 
-    def after_decode(self, weights: torch.Tensor) -> None:
-        step = weights.sum(-1)
-        if self.owner.policy.score_mode == "last":
-            self.slot_score.copy_(step)
-        else:
-            self.slot_score += step
+    def after_decode(self, weights: torch.Tensor | None) -> None:
+        if weights is not None:  # None: no segment's eviction depends on scores
+            step = weights.sum(-1)
+            if self.owner.policy.score_mode == "last":
+                self.slot_score.copy_(step)
+            else:
+                self.slot_score += step
         self._evict(self.next_pos)
         self.next_pos = self.next_pos + 1
 

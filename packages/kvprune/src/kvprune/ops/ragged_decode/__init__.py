@@ -1,6 +1,7 @@
 """Decode attention over the ragged per-(batch, KV head) cache, returning attention weights.
 
-``ragged_decode_attention(q, k_pool, v_pool, offsets, lengths, scale, max_len=None)`` runs the
+``ragged_decode_attention(q, k_pool, v_pool, offsets, lengths, scale, max_len=None,
+need_weights=True)`` runs the
 Triton split-K kernel for CUDA tensors (when triton imports) and the PyTorch reference
 otherwise; ``backend="reference"|"triton"`` or ``TENSOR_UTILS_BACKEND`` override. See
 ``naive.py`` for the layout and the exact contract.

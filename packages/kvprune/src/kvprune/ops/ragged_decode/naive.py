@@ -14,8 +14,10 @@ attention; ``G = 1`` for multi-head attention). For each segment and query head:
     weights[offsets[s] + j, g] = p[j]           # float32, the attention each cached key got
 
 ``weights`` is ``[N, G]`` float32 and is zero on rows outside every segment: it is what
-heavy-hitter policies (FastGen's frequent tokens, H2O, TOVA) accumulate. An empty segment gives
-a zero output. Softmax is computed in float32.
+heavy-hitter policies (FastGen's frequent tokens, H2O, TOVA) accumulate. With
+``need_weights=False`` it is not computed and ``None`` is returned in its place (the kernel then
+skips writing and normalising per-key weights: the fast path when no policy needs scores). An
+empty segment gives a zero output. Softmax is computed in float32.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def ragged_decode_attention(
     lengths: torch.Tensor,
     scale: float,
     max_len: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out [S, G, D] in q.dtype, weights [N, G] float32)``; see the module docstring.
+    need_weights: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out [S, G, D] in q.dtype, weights [N, G] float32 or None)``; see the module docstring.
 
     ``max_len`` (an upper bound of ``lengths``) only saves a device sync; it never changes the
     result.
@@ -68,6 +71,8 @@ def ragged_decode_attention(
     check_args(q, k_pool, v_pool, offsets, lengths)
     n_seg, group, _dim = q.shape
     weights = torch.zeros(k_pool.shape[0], group, dtype=torch.float32, device=q.device)
+    if not need_weights:
+        weights = None
     if n_seg == 0:
         return q.new_zeros(q.shape), weights
     longest = int(lengths.max()) if lengths.numel() else 0
@@ -83,6 +88,8 @@ def ragged_decode_attention(
     probs = torch.softmax(logits, dim=-1)
     probs = torch.where(valid[:, None, :], probs, torch.zeros_like(probs))  # empty rows: 0, not NaN
     out = torch.einsum("sgl,sld->sgd", probs, vals)
+    if weights is None:
+        return out.to(q.dtype), None
     flat_rows = idx[valid]  # [nnz]
     weights[flat_rows] = probs.permute(0, 2, 1)[valid]
     return out.to(q.dtype), weights

@@ -1,23 +1,37 @@
 """Split-K (flash-decoding) Triton kernel for decode attention over the ragged per-head cache.
 
-Grid ``(segments, splits)``: a program loads the ``G`` query heads of one KV group (padded to a
-16-row tile so ``tl.dot`` can use tensor cores), walks its share of the segment's rows
-``offsets[s] + [start, end)`` in ``BLOCK_N`` tiles with an online softmax, writes the raw scaled
-logits of every row it reads into ``weights`` and its partial ``(m, l, acc)``. A second kernel,
-same grid, merges the partials of a segment into the output (split 0 writes it) and turns each
-split's logits into probabilities ``exp(logit - lse)``. Keys are read once; the weights cost
-``G`` float32 per cached row, small next to the ``2 * D`` key/value elements.
+Pass 1, grid ``(segments, splits)``: a program owns one KV group (all ``G`` query heads that
+share the segment, padded to a 16-row tile so ``tl.dot`` runs on tensor cores), so each cached
+key/value row is read from memory exactly once per step. It walks its share
+``[split * CHUNK, (split + 1) * CHUNK)`` of the segment's rows in ``BLOCK_N`` tiles with an
+online softmax (base 2: the scale is folded with ``log2 e``) and writes a partial
+``(m, l, acc)`` of only the ``G`` real rows. With ``WEIGHTS`` it also writes each row's raw
+logits into ``weights``.
+
+Pass 2, grid ``(segments, G [+ splits])``: programs ``0 .. G-1`` merge the partials of one query
+head into the output; with weights, programs ``G ..`` turn one split's logits into
+probabilities ``exp(logit - lse)``. Only splits that hold rows are read (empty ones are masked).
+
+``fused`` (no weights only) skips pass 2: after storing its partial, each program bumps a
+per-segment counter and the last one to arrive merges the segment's partials (one launch).
+
+The split count comes from the longest segment and the SM count (enough programs to keep every
+SM streaming, never a split without a tile of rows); ``num_splits``/``block_n`` override it.
 
 Same contract as ``naive.ragged_decode_attention``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .naive import check_args
+
+LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -31,7 +45,9 @@ def _split_kernel(
     m_ptr,
     l_ptr,
     acc_ptr,
-    scale,
+    out_ptr,
+    cnt_ptr,
+    qk_scale,
     G,
     D,
     stride_k,
@@ -41,6 +57,10 @@ def _split_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    WEIGHTS: tl.constexpr,
+    FUSED: tl.constexpr,
+    GROUP: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     seg = tl.program_id(0)
@@ -61,33 +81,69 @@ def _split_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    k_base = k_ptr + off * stride_k
+    v_base = v_ptr + off * stride_v
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         nmask = n < end
-        rows = off + n.to(tl.int64)
-        k = tl.load(
-            k_ptr + rows[:, None] * stride_k + d[None, :],
-            mask=nmask[:, None] & dmask[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        if EVEN_D:  # noqa: SIM108 (a constexpr if: Triton compiles only the taken branch)
+            kv_mask = nmask[:, None]
+        else:
+            kv_mask = nmask[:, None] & dmask[None, :]
+        k = tl.load(k_base + n[:, None] * stride_k + d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 units
         s = tl.where(nmask[None, :], s, float("-inf"))
-        tl.store(w_ptr + rows[None, :] * G + g[:, None], s, mask=gmask[:, None] & nmask[None, :])
+        if WEIGHTS:
+            tl.store(
+                w_ptr + (off + n[None, :]) * G + g[:, None], s, mask=gmask[:, None] & nmask[None, :]
+            )
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds at least one row
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_ptr + rows[:, None] * stride_v + d[None, :],
-            mask=nmask[:, None] & dmask[None, :],
-            other=0.0,
-        )
+        v = tl.load(v_base + n[:, None] * stride_v + d[None, :], mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     part = seg.to(tl.int64) * NUM_SPLITS + split
     tl.store(m_ptr + part * BLOCK_G + g, m_i)
     tl.store(l_ptr + part * BLOCK_G + g, l_i)
-    tl.store(acc_ptr + (part * BLOCK_G + g[:, None]) * BLOCK_D + d[None, :], acc)
+    if start < end:  # empty splits leave acc unwritten; the merge masks them out
+        tl.store(
+            acc_ptr + (part * G + g[:, None]) * D + d[None, :],
+            acc,
+            mask=gmask[:, None] & dmask[None, :],
+        )
+    if FUSED:
+        # One launch: the last program of the segment to finish merges (threadfence-reduction
+        # pattern). The barrier orders every thread's stores before the release; the counter
+        # is reset so the buffer is ready for the next call (and CUDA-graph replays).
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr + seg, 1, sem="acq_rel", scope="gpu")
+        if arrived == NUM_SPLITS - 1:
+            tl.debug_barrier()
+            sp = tl.arange(0, NUM_SPLITS)
+            base = seg.to(tl.int64) * NUM_SPLITS + sp
+            for gi in tl.static_range(GROUP):
+                m_all = tl.load(m_ptr + base * BLOCK_G + gi, cache_modifier=".cg")
+                l_all = tl.load(l_ptr + base * BLOCK_G + gi, cache_modifier=".cg")
+                m_max = tl.max(m_all, 0)
+                has = m_all > float("-inf")
+                w_split = tl.where(has, tl.math.exp2(m_all - tl.where(has, m_max, 0.0)), 0.0)
+                total = tl.sum(l_all * w_split, 0)
+                safe_total = tl.where(total > 0, total, 1.0)
+                acc_all = tl.load(
+                    acc_ptr + (base[:, None] * G + gi) * D + d[None, :],
+                    mask=has[:, None] & dmask[None, :],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
+                o = tl.sum(acc_all * w_split[:, None], 0) / safe_total
+                tl.store(
+                    out_ptr + (seg.to(tl.int64) * G + gi) * D + d,
+                    o.to(out_ptr.dtype.element_ty),
+                    mask=dmask,
+                )
+            tl.atomic_xchg(cnt_ptr + seg, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -108,54 +164,99 @@ def _merge_kernel(
     BLOCK_N: tl.constexpr,
 ):
     seg = tl.program_id(0)
-    split = tl.program_id(1)
+    pid = tl.program_id(1)
     sp = tl.arange(0, NUM_SPLITS)
-    g = tl.arange(0, BLOCK_G)
-    d = tl.arange(0, BLOCK_D)
     base = seg.to(tl.int64) * NUM_SPLITS + sp
-    m_all = tl.load(m_ptr + base[:, None] * BLOCK_G + g[None, :])  # [SPLITS, BLOCK_G]
-    l_all = tl.load(l_ptr + base[:, None] * BLOCK_G + g[None, :])
-    m_max = tl.max(m_all, 0)
-    has = m_all > float("-inf")
-    w_split = tl.where(has, tl.exp(m_all - tl.where(has, m_max[None, :], 0.0)), 0.0)
-    total = tl.sum(l_all * w_split, 0)  # [BLOCK_G]; 0 only for an empty segment
-    safe_total = tl.where(total > 0, total, 1.0)
-    lse = m_max + tl.log(safe_total)
-    gmask = g < G
-    dmask = d < D
-    if split == 0:
+    # The two branches use distinct names: compiled Triton merges same-named values of an
+    # if/else and rejects differing shapes.
+    if pid < G:  # the output of query head `pid`
+        mo = tl.load(m_ptr + base * BLOCK_G + pid)  # [SPLITS]
+        lo = tl.load(l_ptr + base * BLOCK_G + pid)
+        mo_max = tl.max(mo, 0)
+        has_o = mo > float("-inf")
+        wo = tl.where(has_o, tl.math.exp2(mo - tl.where(has_o, mo_max, 0.0)), 0.0)
+        total_o = tl.sum(lo * wo, 0)  # 0 only for an empty segment
+        safe_o = tl.where(total_o > 0, total_o, 1.0)
+        d = tl.arange(0, BLOCK_D)
+        dmask = d < D
         acc_all = tl.load(
-            acc_ptr
-            + (base[:, None, None] * BLOCK_G + g[None, :, None]) * BLOCK_D
-            + d[None, None, :]
+            acc_ptr + (base[:, None] * G + pid) * D + d[None, :],
+            mask=has_o[:, None] & dmask[None, :],
+            other=0.0,
         )
-        out = tl.sum(acc_all * w_split[:, :, None], 0) / safe_total[:, None]
+        res = tl.sum(acc_all * wo[:, None], 0) / safe_o
         tl.store(
-            out_ptr + seg.to(tl.int64) * G * D + g[:, None] * D + d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=gmask[:, None] & dmask[None, :],
+            out_ptr + (seg.to(tl.int64) * G + pid) * D + d,
+            res.to(out_ptr.dtype.element_ty),
+            mask=dmask,
         )
-    off = tl.load(off_ptr + seg).to(tl.int64)
-    length = tl.load(len_ptr + seg).to(tl.int32)
-    start = split * CHUNK
-    end = tl.minimum(start + CHUNK, length)
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < end
-        rows = off + n.to(tl.int64)
-        ptrs = w_ptr + rows[None, :] * G + g[:, None]
-        wmask = gmask[:, None] & nmask[None, :]
-        logits = tl.load(ptrs, mask=wmask, other=0.0)
-        tl.store(ptrs, tl.exp(logits - lse[:, None]), mask=wmask)
+    else:  # logits -> probabilities for the rows of split `pid - G`
+        g = tl.arange(0, BLOCK_G)
+        mw = tl.load(m_ptr + base[:, None] * BLOCK_G + g[None, :])  # [SPLITS, BLOCK_G]
+        lw = tl.load(l_ptr + base[:, None] * BLOCK_G + g[None, :])
+        mw_max = tl.max(mw, 0)
+        has_w = mw > float("-inf")
+        ww = tl.where(has_w, tl.math.exp2(mw - tl.where(has_w, mw_max[None, :], 0.0)), 0.0)
+        total_w = tl.sum(lw * ww, 0)
+        lse = mw_max + tl.math.log2(tl.where(total_w > 0, total_w, 1.0))
+        gmask = g < G
+        off = tl.load(off_ptr + seg).to(tl.int64)
+        length = tl.load(len_ptr + seg).to(tl.int32)
+        start = (pid - G) * CHUNK
+        end = tl.minimum(start + CHUNK, length)
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            nmask = n < end
+            ptrs = w_ptr + (off + n[None, :]) * G + g[:, None]
+            wmask = gmask[:, None] & nmask[None, :]
+            logits = tl.load(ptrs, mask=wmask, other=0.0)
+            tl.store(ptrs, tl.math.exp2(logits - lse[:, None]), mask=wmask)
 
 
 def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def plan_splits(max_len: int, *, rows_per_split: int = 512, max_splits: int = 64) -> int:
-    """Power-of-two split count: about ``rows_per_split`` rows per program."""
-    return min(max_splits, _pow2(max(1, -(-max_len // rows_per_split))))
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(n: int, device: torch.device) -> torch.Tensor:
+    """Zeroed per-segment arrival counters for the fused path, kept per device (each fused
+    launch leaves them at zero again). Not safe for fused calls running concurrently on two
+    streams of one device."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+MAX_SPLITS = 128
+FUSED_DEFAULT = False
+SMEM_BUDGET = 160 << 10  # of the H100's 227 KiB per block
+
+
+def fit_stages(stages: int, block_n: int, block_d: int, elem: int) -> int:
+    """Pipeline depth that keeps the K/V tile buffers in shared memory: each extra stage holds
+    a K and a V tile. (float32, BLOCK_N=128, D=128 at the default 3 stages needs 278,528 bytes,
+    over the H100's limit, as compiled for sm_90.)"""
+    per_stage = 2 * block_n * block_d * elem
+    return max(1, min(stages, 1 + SMEM_BUDGET // per_stage))
+
+
+def plan_splits(
+    max_len: int, n_seg: int, block_n: int, sm_count: int, *, programs_per_sm: int = 4
+) -> int:
+    """Power-of-two split count: about ``programs_per_sm`` programs per SM in total (enough
+    loads in flight to stream memory), but no split shorter than one ``block_n`` tile."""
+    tiles = max(1, -(-max_len // block_n))
+    want = max(1, -(-programs_per_sm * sm_count // max(n_seg, 1)))
+    return max(1, min(_pow2(want), _pow2(tiles), MAX_SPLITS))
 
 
 def ragged_decode_attention(
@@ -166,14 +267,22 @@ def ragged_decode_attention(
     lengths: torch.Tensor,
     scale: float,
     max_len: int | None = None,
+    need_weights: bool = True,
     *,
+    fused: bool | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    programs_per_sm: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Triton version of ``naive.ragged_decode_attention`` (same arguments and results).
 
-    ``num_splits`` (a power of two) and ``block_n`` override the launch heuristics (tests use
-    them to exercise several splits and tiles on tiny inputs).
+    ``num_splits`` (a power of two), ``block_n``, ``num_warps``, ``num_stages`` and
+    ``programs_per_sm`` override the launch heuristics (tests use them to exercise several
+    splits and tiles on tiny inputs; the benchmark to compare variants). ``fused`` (only
+    without weights) merges the splits inside the first launch (the last program of each
+    segment to finish does it) instead of a second launch; default: ``FUSED_DEFAULT``.
     """
     check_args(q, k_pool, v_pool, offsets, lengths)
     n_seg, group, dim = q.shape
@@ -182,38 +291,54 @@ def ragged_decode_attention(
         k_pool = k_pool.contiguous()
     if v_pool.stride(1) != 1:
         v_pool = v_pool.contiguous()
-    offsets = offsets.to(torch.int64).contiguous()
-    lengths = lengths.to(torch.int32).contiguous()
+    if offsets.dtype != torch.int64:
+        offsets = offsets.to(torch.int64)
+    if lengths.dtype != torch.int32:
+        lengths = lengths.to(torch.int32)
     out = torch.empty_like(q)
-    weights = torch.zeros(k_pool.shape[0], group, dtype=torch.float32, device=q.device)
+    weights = None
+    if need_weights:
+        weights = torch.zeros(k_pool.shape[0], group, dtype=torch.float32, device=q.device)
     if n_seg == 0:
         return out, weights
     if max_len is None:
         max_len = int(lengths.max())
-    block_n = block_n or (16 if q.device.type == "cpu" else 64)
-    splits = num_splits or plan_splits(max_len)
-    if splits & (splits - 1):
+    on_cpu = q.device.type == "cpu"  # the interpreter: small tiles keep tests quick
+    block_n = block_n or (16 if on_cpu else 64)
+    if num_splits is None:
+        sms = 8 if on_cpu else _sm_count(q.device.index or 0)
+        num_splits = plan_splits(max_len, n_seg, block_n, sms, programs_per_sm=programs_per_sm)
+    splits = num_splits
+    if splits < 1 or splits & (splits - 1):
         raise ValueError(f"num_splits must be a power of two, got {splits}")
     chunk = max(block_n, -(-max(max_len, 1) // splits))
     chunk = -(-chunk // block_n) * block_n
     block_g = max(16, _pow2(group))
     block_d = max(16, _pow2(dim))
-    m = torch.empty(n_seg, splits, block_g, dtype=torch.float32, device=q.device)
-    ell = torch.empty_like(m)
-    acc = torch.empty(n_seg, splits, block_g, block_d, dtype=torch.float32, device=q.device)
+    work = torch.empty(2 * n_seg * splits * block_g, dtype=torch.float32, device=q.device)
+    m, ell = work.view(2, n_seg, splits, block_g).unbind(0)
+    acc = torch.empty(n_seg, splits, group, dim, dtype=torch.float32, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    grid = (n_seg, splits)
-    _split_kernel[grid](
+    if fused is None:
+        fused = FUSED_DEFAULT
+    fused = bool(fused) and not need_weights and splits > 1
+    counters = _counters(n_seg, q.device) if fused else lengths
+    launch = {"num_stages": fit_stages(num_stages or 3, block_n, block_d, q.element_size())}
+    if num_warps:
+        launch["num_warps"] = num_warps
+    _split_kernel[(n_seg, splits)](
         q,
         k_pool,
         v_pool,
         offsets,
         lengths,
-        weights,
+        weights if need_weights else out,  # unused without WEIGHTS
         m,
         ell,
         acc,
-        float(scale),
+        out,
+        counters,
+        float(scale) * LOG2E,
         group,
         dim,
         k_pool.stride(0),
@@ -223,13 +348,20 @@ def ragged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
+        EVEN_D=block_d == dim,
+        WEIGHTS=need_weights,
+        FUSED=fused,
+        GROUP=group if fused else 1,
         PRECISION=precision,
+        **launch,
     )
-    _merge_kernel[grid](
+    if fused:
+        return out, weights
+    _merge_kernel[(n_seg, group + (splits if need_weights else 0))](
         out,
         offsets,
         lengths,
-        weights,
+        weights if need_weights else out,
         m,
         ell,
         acc,
@@ -240,5 +372,6 @@ def ragged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
+        num_warps=8 if splits >= 64 else 4,  # a [splits, D] tile per program: spread it
     )
     return out, weights
