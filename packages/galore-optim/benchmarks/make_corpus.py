@@ -174,14 +174,9 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from tensor_utils.models import ModelUnavailableError, cache_root, smollm2_dir
+    from tensor_utils.models import smollm2_dir
 
-    tok_dir = args.tokenizer
-    if tok_dir is None:
-        try:
-            tok_dir = smollm2_dir()
-        except ModelUnavailableError:  # GGUF package absent: an earlier conversion will do
-            tok_dir = sorted(cache_root().glob("models/SmolLM2-135M-Instruct-*"))[-1]
+    tok_dir = args.tokenizer or smollm2_dir()
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     eos = tok.eos_token_id
     random.Random(0).shuffle(docs)

