@@ -1,4 +1,5 @@
-"""Shared helpers for the jetmoe-model tests: tiny configs and random routings."""
+"""Shared helpers for the jetmoe-model tests: tiny configs, random weights, transformers' twin
+(random routings: ``jetmoe_model.routing.random_expert_index``)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,6 @@ TINY = dict(
     num_experts_per_tok=2,
     rms_norm_eps=1e-5,
 )
-
-
-def random_expert_index(tokens: int, experts: int, top_k: int, seed: int, skew: float = 3.0):
-    """``[tokens, top_k]`` distinct expert ids per token from a skewed distribution (so some
-    experts often receive nothing)."""
-    gen = torch.Generator().manual_seed(seed)
-    if tokens == 0:
-        return torch.zeros(0, top_k, dtype=torch.int64)
-    weights = torch.rand(experts, generator=gen) ** skew + 1e-4
-    return torch.stack([torch.multinomial(weights, top_k, generator=gen) for _ in range(tokens)])
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:

@@ -15,8 +15,8 @@ from jetmoe_model import JetMoEConfig
 from jetmoe_model.modeling import JetMoEMoE
 from jetmoe_model.ops.expert_mlp import expert_mlp
 from jetmoe_model.ops.experts import triton as kernels
-from jetmoe_model.routing import sort_by_expert
-from jetmoe_testlib import TINY, random_expert_index, randomize_
+from jetmoe_model.routing import random_expert_index, sort_by_expert
+from jetmoe_testlib import TINY, randomize_
 
 from tensor_utils.testing import assert_close, poison_allocations
 from tensor_utils.testing.strategies import random_tensor, seeds

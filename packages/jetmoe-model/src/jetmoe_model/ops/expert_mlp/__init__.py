@@ -72,7 +72,7 @@ def _cases():
 
     from tensor_utils.testing.strategies import random_tensor, seeds
 
-    from ...routing import sort_by_expert
+    from ...routing import random_expert_index, sort_by_expert
 
     @st.composite
     def case(draw):
@@ -83,13 +83,7 @@ def _cases():
         f = draw(st.integers(1, 13))
         dtype = draw(st.sampled_from([torch.float32, torch.float16]))
         seed = draw(seeds())
-        gen = torch.Generator().manual_seed(seed)
-        weights = torch.rand(experts, generator=gen) ** 3 + 1e-3  # skewed: some experts empty
-        index = (
-            torch.stack([torch.multinomial(weights, top_k, generator=gen) for _ in range(tokens)])
-            if tokens
-            else torch.zeros(0, top_k, dtype=torch.int64)
-        )
+        index = random_expert_index(tokens, experts, top_k, seed)
         routing = sort_by_expert(index, experts)
         x = random_tensor((tokens, d), dtype, seed + 1)
         w_in = random_tensor((experts, 2 * f, d), dtype, seed + 2, scale=0.5)

@@ -91,7 +91,7 @@ def _cases():
 
     from tensor_utils.testing.strategies import random_tensor, seeds
 
-    from ...routing import sort_by_expert
+    from ...routing import random_expert_index, sort_by_expert
 
     @st.composite
     def case(draw):
@@ -104,14 +104,7 @@ def _cases():
         input_order = draw(st.sampled_from(naive.INPUT_ORDERS))
         output_order = draw(st.sampled_from(naive.OUTPUT_ORDERS))
         seed = draw(seeds())
-        gen = torch.Generator().manual_seed(seed)
-        # distinct experts per token, drawn from a skewed distribution so some stay empty
-        weights = torch.rand(experts, generator=gen) ** 3 + 1e-3
-        index = (
-            torch.stack([torch.multinomial(weights, top_k, generator=gen) for _ in range(tokens)])
-            if tokens
-            else torch.zeros(0, top_k, dtype=torch.int64)
-        )
+        index = random_expert_index(tokens, experts, top_k, seed)
         routing = sort_by_expert(index, experts)
         rows = tokens if input_order == "token" else tokens * top_k
         x = random_tensor((rows, n_in), dtype, seed + 1)
