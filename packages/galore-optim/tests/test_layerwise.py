@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from galore_optim import GaLoreAdamW, LayerwiseGaLore
+from galore_optim import GaLoreAdafactor, GaLoreAdamW, LayerwiseGaLore
 from galore_testlib import batches, galore_groups, lm_loss, max_param_diff, tiny_model, train
 
 
@@ -40,6 +40,22 @@ def test_accumulation_matches_one_big_batch(k, stagger):
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 / (1 + len(data)))
     for p in lw_model.parameters():
         assert p.grad is None
+
+
+def test_adafactor_bf16_layerwise_matches_regular_step():
+    """Adafactor upcasts half-precision gradients in layer-wise mode as in its regular step."""
+    data = batches(4, batch=8)
+    ref, lw_model = tiny_model().bfloat16(), tiny_model().bfloat16()
+    train(ref, GaLoreAdafactor(galore_groups(ref)), data)
+    opt = GaLoreAdafactor(galore_groups(lw_model))
+    _layerwise_train(lw_model, opt, data, 1)
+    assert max_param_diff(ref, lw_model) == 0
+    assert all(
+        v.dtype == torch.float32
+        for s in opt.state.values()
+        for v in s.values()
+        if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0
+    )
 
 
 def test_full_gradients_freed_between_micro_batches():

@@ -85,21 +85,11 @@ class GaLoreAdafactor(GaLoreOptimizer):
         c_factor = col.unsqueeze(-2).rsqrt()
         return torch.mul(r_factor, c_factor)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = self._checked_grad(p, group)
-                if grad.dtype in (torch.float16, torch.bfloat16):
-                    grad = grad.float()
-                self._step_param(p, group, grad)
-        return loss
+    def _checked_grad(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        # The factored statistics run in fp32 whatever the gradient dtype; the regular step and
+        # the layer-wise hook both read gradients through here.
+        grad = super()._checked_grad(p, group)
+        return grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
 
     def _update_param(
         self, p: torch.Tensor, group: dict, grad: torch.Tensor, data: torch.Tensor | None = None
