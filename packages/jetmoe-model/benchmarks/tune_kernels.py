@@ -74,6 +74,25 @@ XTY2 = [
     cfg(64, 256, 64, 8, 3),
     cfg(64, 128, 128, 4, 3),
 ]
+# kernel-level sweep (``--sweep kernels``): each kernel timed alone on the layer's operands
+KERNELS = {
+    "glu": [
+        cfg(128, 128, 64, 8, 3, 8),
+        cfg(128, 128, 64, 8, 4, 8),
+        cfg(128, 128, 64, 8, 3, 16),
+        cfg(128, 128, 128, 8, 2, 8),
+    ],
+    "gemm": [cfg(128, 256, 64, 8, 3, 8), cfg(128, 256, 64, 8, 4, 8), cfg(128, 256, 64, 8, 3, 16)],
+    "glu_bwd": [cfg(128, 128, 64, 8, 3, 8), cfg(128, 64, 64, 8, 4, 8), cfg(128, 128, 64, 8, 4, 8)],
+    "gemm_t": [cfg(128, 256, 64, 8, 3, 8), cfg(128, 256, 64, 8, 4, 8), cfg(128, 128, 64, 8, 4, 8)],
+    "xty": [
+        cfg(64, 128, 128, 8, 3),
+        cfg(64, 256, 128, 8, 3),
+        cfg(128, 128, 128, 8, 3),
+        cfg(128, 256, 64, 8, 3),
+        cfg(64, 256, 64, 8, 4),
+    ],
+}
 SWEEPS = {
     "fwd": (("glu", GLU, "fwd"), ("gemm", GEMM, "fwd"), ("xty", XTY, "fwd+bwd")),
     "bwd": (
@@ -85,57 +104,44 @@ SWEEPS = {
 
 
 def breakdown(ours, tokens: int) -> list[dict]:
-    """Each kernel / stage of the Triton layer timed alone (same routing as the layer)."""
-    from jetmoe_model.modeling import combine
+    """Each kernel / stage of the Triton layer timed alone (same routing as the layer), as the
+    layer runs them: Triton routing, x gathered to sorted order (above GATHER_X_MIN_PAIRS),
+    the combine's backward writing dy in sorted order, every backward GEMM on sorted rows."""
     from jetmoe_model.ops.expert_mlp import triton as mlp
+    from jetmoe_model.ops.routing import triton as route_kernels
+    from jetmoe_model.routing import top_k_route
 
-    x = make_input(tokens, False).view(-1, D)
-    w_in, w_out = ours.input_linear.weight.detach(), ours.output_linear.weight.detach()
-    with torch.no_grad():
-        route = ours.router(x)
-    sp, off = route.routing.sorted_pair, route.routing.expert_offsets
-    p = sp.numel()
+    o = layer_operands(ours, tokens)
+    x, x_s, w_in, w_out, logits = o["x"], o["x_s"], o["w_in"], o["w_out"], o["logits"]
+    sp, off, p, act, h, y, dout, dy_s, dh, bwd = (
+        o[k] for k in ("sp", "off", "p", "act", "h", "y", "dout", "dy_s", "dh", "bwd")
+    )
+    gates, pos = o["route"].gates, o["route"].routing.pair_position
     gg = kernels.gather_gemm_scatter
-    act, h = gg(x, w_in, off, sp, K, None, p, epilogue="glu", save_h=True)
-    y, _ = gg(act, w_out, off, None, 1, sp, p)
-    dy = torch.randn_like(y)
-    bwd = dict(transpose_weight=True, allow_gemv=False)
-    # the backward as ops/expert_mlp/triton.py runs it: dy and x gathered into sorted order once,
-    # then every backward GEMM reads contiguous rows (TMA); labels say "sorted" (rows recorded
-    # before this change, without it, timed the gathered-operand variants)
-    dy_s, x_s = dy.index_select(0, sp), x.index_select(0, sp // K)
-    dh, _ = gg(dy_s, w_out, off, None, 1, None, p, epilogue="glu_bwd", h=h, **bwd)
+    glu_flops, out_flops = 2 * p * D * 2 * F, 2 * p * F * D
     stages = {
-        "router+topk+sort": (lambda: ours.router(x), 0),
-        "glu gemm (fwd, no h)": (
-            lambda: gg(x, w_in, off, sp, K, None, p, epilogue="glu"),
-            2 * p * D * 2 * F,
-        ),
-        "glu gemm (fwd, saves h)": (
-            lambda: gg(x, w_in, off, sp, K, None, p, epilogue="glu", save_h=True),
-            2 * p * D * 2 * F,
-        ),
-        "gemm2+scatter (fwd)": (lambda: gg(act, w_out, off, None, 1, sp, p), 2 * p * F * D),
-        "combine (torch)": (lambda: combine(y, route.gates) + ours.bias, 0),
-        "combine (triton, inference)": (lambda: mlp.combine(y, route.gates, ours.bias), 0),
-        "gather dy and x to sorted order": (
-            lambda: (dy.index_select(0, sp), x.index_select(0, sp // K)),
-            0,
-        ),
+        "router matmul": (lambda: ours.router.layer(x).float(), 0),
+        "topk+sort (torch)": (lambda: top_k_route(logits, K, x.dtype), 0),
+        "topk+sort (triton)": (lambda: route_kernels.top_k_route(logits, K, x.dtype), 0),
+        "gather x to sorted": (lambda: x.index_select(0, sp // K), 0),
+        "glu gemm (gathered x, no h)": (
+            lambda: gg(x, w_in, off, sp, K, None, p, epilogue="glu"), glu_flops),
+        "glu gemm (sorted x, no h)": (
+            lambda: gg(x_s, w_in, off, None, 1, None, p, epilogue="glu"), glu_flops),
+        "glu gemm (sorted x, saves h)": (
+            lambda: gg(x_s, w_in, off, None, 1, None, p, epilogue="glu", save_h=True), glu_flops),
+        "gemm2+scatter (fwd)": (lambda: gg(act, w_out, off, None, 1, sp, p), out_flops),
+        "combine (triton)": (lambda: mlp.combine(y, gates, ours.bias), 0),
+        "combine bwd (dy sorted)": (lambda: mlp._combine_bwd_launch(dout, y, gates, pos), 0),
         "glu_bwd gemm (dh, sorted dy)": (
             lambda: gg(dy_s, w_out, off, None, 1, None, p, epilogue="glu_bwd", h=h, **bwd),
-            2 * p * D * F,
-        ),
+            out_flops),
         "xty dW_out (sorted)": (
-            lambda: kernels.grouped_xty(act, dy_s, off, None, 1, None, w_out.shape, p),
-            2 * p * D * F,
-        ),
-        "gemm_t dX (W_in^T)": (lambda: gg(dh, w_in, off, None, 1, sp, p, **bwd), 2 * p * 2 * F * D),
+            lambda: kernels.grouped_xty(act, dy_s, off, None, 1, None, w_out.shape, p), out_flops),
+        "gemm_t dX (W_in^T)": (lambda: gg(dh, w_in, off, None, 1, sp, p, **bwd), glu_flops),
         "xty dW_in (sorted)": (
-            lambda: kernels.grouped_xty(x_s, dh, off, None, 1, None, w_in.shape, p),
-            2 * p * 2 * F * D,
-        ),
-    }
+            lambda: kernels.grouped_xty(x_s, dh, off, None, 1, None, w_in.shape, p), glu_flops),
+    }  # fmt: skip
     rows = []
     for name, (fn, flops) in stages.items():
         with torch.no_grad():
@@ -146,12 +152,135 @@ def breakdown(ours, tokens: int) -> list[dict]:
     return rows
 
 
+def layer_operands(ours, tokens: int):
+    """The Triton layer's operands at ``tokens`` (routing, sorted x, h, act, y, sorted dy, dh)."""
+    from jetmoe_model.ops.expert_mlp import triton as mlp
+    from jetmoe_model.ops.routing import triton as route_kernels
+
+    x = make_input(tokens, False).view(-1, D)
+    w_in, w_out = ours.input_linear.weight.detach(), ours.output_linear.weight.detach()
+    with torch.no_grad():
+        logits = ours.router.layer(x).float()
+        route = route_kernels.top_k_route(logits, K, x.dtype)
+    r = route.routing
+    sp, off, p = r.sorted_pair, r.expert_offsets, r.num_pairs
+    gg = kernels.gather_gemm_scatter
+    x_s = x.index_select(0, sp // K)
+    act, h = gg(x_s, w_in, off, None, 1, None, p, epilogue="glu", save_h=True)
+    y, _ = gg(act, w_out, off, None, 1, sp, p)
+    dout = torch.randn_like(x)
+    dy_s, _ = mlp._combine_bwd_launch(dout, y, route.gates, r.pair_position)
+    bwd = dict(transpose_weight=True, allow_gemv=False)
+    dh, _ = gg(dy_s, w_out, off, None, 1, None, p, epilogue="glu_bwd", h=h, **bwd)
+    return dict(x=x, x_s=x_s, w_in=w_in, w_out=w_out, logits=logits, route=route, sp=sp,
+                off=off, p=p, act=act, h=h, y=y, dout=dout, dy_s=dy_s, dh=dh, bwd=bwd)  # fmt: skip
+
+
+def kernel_sweep(ours, tokens: int) -> list[dict]:
+    """Each config of ``KERNELS`` timed on the kernel alone (less noise than the whole layer)."""
+    o = layer_operands(ours, tokens)
+    gg, p, off, sp, bwd = kernels.gather_gemm_scatter, o["p"], o["off"], o["sp"], o["bwd"]
+    w_in, w_out = o["w_in"], o["w_out"]
+    glu_flops, out_flops = 2 * p * D * 2 * F, 2 * p * F * D
+    calls = {
+        "glu": (lambda: gg(o["x_s"], w_in, off, None, 1, None, p, epilogue="glu", save_h=True),
+                glu_flops),
+        "gemm": (lambda: gg(o["act"], w_out, off, None, 1, sp, p), out_flops),
+        "glu_bwd": (lambda: gg(o["dy_s"], w_out, off, None, 1, None, p, epilogue="glu_bwd",
+                               h=o["h"], **bwd), out_flops),
+        "gemm_t": (lambda: gg(o["dh"], w_in, off, None, 1, sp, p, **bwd), glu_flops),
+        "xty": (lambda: (kernels.grouped_xty(o["act"], o["dy_s"], off, None, 1, None,
+                                             w_out.shape, p),
+                         kernels.grouped_xty(o["x_s"], o["dh"], off, None, 1, None,
+                                             w_in.shape, p)), out_flops + glu_flops),
+    }  # fmt: skip
+    rows = []
+    for key, configs in KERNELS.items():
+        fn, flops = calls[key]
+        for i, c in enumerate(configs):
+            kernels.CONFIG_OVERRIDES[key] = c
+            try:
+                with torch.no_grad():
+                    t = time_fn(fn, warmup=10, rep=40).median_ms
+            except Exception as exc:  # a config that does not compile/fit is a printed miss
+                print(f"T={tokens} {key}{i}: failed {type(exc).__name__}: {exc}"[:300], flush=True)
+                continue
+            finally:
+                kernels.CONFIG_OVERRIDES.pop(key)
+            tf = flops / (t * 1e-3) / 1e12
+            rows.append(dict(bench="kernel_sweep", kernel=key, config=i, tokens=tokens,
+                             median_ms=t, tflops=tf, label=f"{key}{i}", sweep="kernels", **c))  # fmt: skip
+            print(f"T={tokens:6d} {key}{i} {c} {t:8.3f} ms {tf:6.1f} TFLOP/s", flush=True)
+    return rows
+
+
+def host_profile(ours, tokens: int, log) -> list[dict]:
+    """Where the time of one layer call goes at small sizes: host enqueue time per call (N calls
+    back to back, no sync in between) against the GPU time per call (all calls, synced), and a
+    torch.profiler summary (CPU ops, CUDA kernels) of one call."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    x = make_input(tokens, False).requires_grad_()
+    g = torch.randn_like(x)
+    params = list(ours.parameters())
+    rows = []
+    for backend in ("triton", "grouped_mm"):
+        ours.input_linear.config.expert_backend = backend
+        for mode in ("fwd", "fwd+bwd"):
+            if mode == "fwd":
+
+                def fn():
+                    with torch.no_grad():
+                        return ours(x)[0]
+            else:
+
+                def fn():
+                    return torch.autograd.grad(ours(x)[0], [x, *params], g)
+
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+            n = 30
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t1 = time.perf_counter()
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            ev = prof.key_averages()
+            gpu_us = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA")
+            kernels_n = sum(e.count for e in ev if e.device_type.name == "CUDA")
+            host_ms, total_ms = (t1 - t0) / n * 1e3, (t2 - t0) / n * 1e3
+            rows.append(dict(bench="host_profile", label=f"{backend} {mode}", tokens=tokens,
+                             mode=mode, median_ms=total_ms, host_ms=host_ms,
+                             gpu_ms=gpu_us / 1e3, kernels=kernels_n))  # fmt: skip
+            msg = (f"T={tokens} {backend:10s} {mode:8s} host enqueue {host_ms:.3f} ms/call, "
+                   f"wall {total_ms:.3f} ms/call, GPU kernels {gpu_us / 1e3:.3f} ms "
+                   f"({kernels_n} launches)")  # fmt: skip
+            print(msg, flush=True)
+            log.write(f"\n===== {msg}\n")
+            log.write(
+                ev.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
+            )
+            log.flush()
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", default="1024,8192,32768")
     parser.add_argument("--out", default=str(HERE / "results" / "kernel_sweep.csv"))
-    parser.add_argument("--sweep", default="fwd", choices=["fwd", "bwd", "none"])
+    parser.add_argument("--sweep", default="fwd", choices=["fwd", "bwd", "kernels", "none"])
     parser.add_argument("--breakdown", action="store_true", help="also time each kernel alone")
+    parser.add_argument("--profile", default="", help="host/GPU profile log path (at 1,024 tokens)")
+    parser.add_argument(
+        "--candidates", action="store_true", help="TMA / x-gather thresholds on and off"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_kernels: needs CUDA")
@@ -190,6 +319,11 @@ def main(argv=None) -> int:
         print(f"T={tokens:6d} {label:28s} {mode:8s} {t:8.3f} ms {rows[-1]['tflops']:6.1f} TFLOP/s",
               flush=True)  # fmt: skip
 
+    if args.profile:
+        with open(args.profile, "w") as log:
+            write_csv(args.out, host_profile(ours, 1024, log))
+    from jetmoe_model.ops.expert_mlp import triton as mlp
+
     for tokens in [int(t) for t in args.tokens.split(",")]:
         rows: list[dict] = []
         x = make_input(tokens, False).requires_grad_()
@@ -213,8 +347,25 @@ def main(argv=None) -> int:
         measure(rows, tokens, "triton no-TMA", "fwd", fwd(x))
         measure(rows, tokens, "triton no-TMA", "fwd+bwd", fwd_bwd(x, g))
         kernels.USE_TMA = True
+        if args.candidates:  # each threshold flipped against the defaults above
+            for name, mod, attr, value in (
+                ("TMA at every size", kernels, "TMA_MIN_PAIRS", 0),
+                ("x gathered in the GEMM", mlp, "GATHER_X_MIN_PAIRS", 1 << 40),
+                ("x gathered first", mlp, "GATHER_X_MIN_PAIRS", 0),
+            ):
+                old = getattr(mod, attr)
+                if (tokens * K > value) == (tokens * K > old):
+                    continue  # same behaviour as the default at this size
+                setattr(mod, attr, value)
+                measure(rows, tokens, f"triton {name}", "fwd", fwd(x))
+                measure(rows, tokens, f"triton {name}", "fwd+bwd", fwd_bwd(x, g))
+                setattr(mod, attr, old)
         if args.breakdown:
             rows += breakdown(ours, tokens)
+            write_csv(args.out, rows)
+            rows = []
+        if args.sweep == "kernels":
+            rows += kernel_sweep(ours, tokens)
         for key, configs, mode in SWEEPS.get(args.sweep, ()):
             for i, c in enumerate(configs):
                 kernels.CONFIG_OVERRIDES[key] = c

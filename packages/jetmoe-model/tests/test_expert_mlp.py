@@ -1,4 +1,4 @@
-"""The fused SwiGLU expert MLP (Triton) and the small-batch layer path against the loop
+"""The fused SwiGLU expert MLP (Triton) and the fused MoE layer path against the loop
 reference: values, all three gradients, NaN-poisoned outputs, odd sizes, empty experts, TMA
 descriptors on and off, and which load path the dispatch picks.
 
@@ -71,6 +71,7 @@ def test_fused_mlp_equals_loop_for_random_routings(tokens, experts, top_k, d, f,
 def test_fused_mlp_tma_and_pointer_paths(tma, monkeypatch):
     # d, f multiples of 4 (fp32): the TMA descriptors are eligible; 40 tokens straddle tiles
     monkeypatch.setattr(kernels, "USE_TMA", tma)
+    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # TMA at test sizes too
     check_mlp(40, 6, 2, 32, 24, torch.float32, seed=5)
 
 
@@ -83,11 +84,14 @@ def test_dispatch_picks_tma_only_for_aligned_contiguous_operands(monkeypatch):
     )
     assert not kernels._tma_ok(torch.zeros(4, 24, 33, device=device))  # 132-byte rows
     assert not kernels._tma_ok(aligned.transpose(1, 2))  # not row-major
+    # small batches keep pointer loads (descriptor encoding costs more than it saves there)
+    assert not kernels._tma_ok(aligned, kernels.TMA_MIN_PAIRS)
+    assert kernels._tma_ok(aligned, kernels.TMA_MIN_PAIRS + 1) == kernels._tma_ok(aligned)
     monkeypatch.setattr(kernels, "USE_TMA", False)
     assert not kernels._tma_ok(aligned)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 13, 40])  # GEMV, tiled small batch, sorted path
+@pytest.mark.parametrize("tokens", [1, 3, 13, 40])  # GEMV, tiled; one and several route blocks
 def test_triton_inference_layer_paths(tokens):
     device = _device()
     cfg = JetMoEConfig(**{**TINY, "expert_backend": "reference"})
@@ -98,35 +102,12 @@ def test_triton_inference_layer_paths(tokens):
         layer.input_linear.config.expert_backend = "triton"
         with poison_allocations():
             out, route = layer(x)
-    # <= 64 pairs: the small-batch kernels; above: the sorted path with the one-pass combine
-    assert (route.routing is None) == (2 * tokens * 2 <= 64)
+    assert route.routing.pair_position is not None  # the Triton routing ran
     assert_close(out, ref)
     assert_close(route.gates, ref_route.gates)
     assert torch.equal(route.expert_index, ref_route.expert_index)
+    assert torch.equal(route.routing.sorted_pair, ref_route.routing.sorted_pair)
     assert_close(route.logits, ref_route.logits)
-
-
-def test_small_batch_routing_sort_matches_sort_by_expert():
-    from jetmoe_model.ops.expert_mlp.triton import route_small
-    from jetmoe_model.routing import top_k_route
-
-    device = _device()
-    logits = torch.randn(21, 6, device=device)
-    logits[:, 2] += 3.0  # crowd one expert, leave others empty
-    gates, index, sorted_pair, offsets = route_small(logits, 3, torch.float32)
-    want = top_k_route(logits, 3, torch.float32)
-    assert torch.equal(index, want.expert_index)
-    assert_close(gates, want.gates)
-    assert torch.equal(sorted_pair, want.routing.sorted_pair)
-    assert torch.equal(offsets, want.routing.expert_offsets)
-
-
-def test_training_forward_keeps_the_sorted_path():
-    cfg = JetMoEConfig(**{**TINY, "expert_backend": "triton"})
-    layer = randomize_(JetMoEMoE(cfg)).to(_device())
-    x = torch.randn(1, 2, TINY["hidden_size"], device=_device(), requires_grad=True)
-    _, route = layer(x)
-    assert route.routing is not None  # autograd needs the differentiable path
 
 
 def test_inference_forward_keeps_no_pre_activation(monkeypatch):
@@ -191,6 +172,7 @@ def test_triton_combine_and_its_gradients(dtype):
 def test_xty_tma_path_with_partial_row_blocks(tma, monkeypatch):
     # sorted operands, 16-row blocks: experts of 0, 5, 16, 23 rows (tails and whole blocks)
     monkeypatch.setattr(kernels, "USE_TMA", tma)
+    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # TMA at test sizes too
     device = _device()
     counts = [0, 5, 16, 23]
     offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
@@ -206,9 +188,15 @@ def test_xty_tma_path_with_partial_row_blocks(tma, monkeypatch):
         start += c
 
 
+@pytest.mark.parametrize("gather_x", [True, False])
 @pytest.mark.parametrize("tokens", [5, 40])
-def test_moe_layer_training_gradients_match_reference(tokens):
-    # the whole layer: router + sort, fused MLP, Triton combine; every parameter's gradient
+def test_moe_layer_training_gradients_match_reference(tokens, gather_x, monkeypatch):
+    # the whole layer: Triton routing, fused MLP + combine node (x gathered into sorted order
+    # first or inside the GEMM); every parameter's gradient
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
+    monkeypatch.setattr(mlp_kernels, "GATHER_X_MIN_PAIRS", 0 if gather_x else 1 << 30)
+    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # sorted operands through TMA
     device = _device()
     cfg = JetMoEConfig(**{**TINY, "expert_backend": "reference"})
     layer = randomize_(JetMoEMoE(cfg)).to(device)

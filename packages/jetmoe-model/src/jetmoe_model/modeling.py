@@ -43,7 +43,8 @@ from .configuration import JetMoEConfig
 from .ops.expert_mlp import expert_mlp
 from .ops.expert_mlp import triton_kernels as expert_mlp_kernels
 from .ops.experts import expert_linear, resolve_backend
-from .routing import TopKRouting, load_balancing_loss, router_z_loss, top_k_route
+from .ops.routing import top_k_route
+from .routing import TopKRouting, load_balancing_loss, router_z_loss
 
 
 class JetMoERMSNorm(nn.Module):
@@ -122,8 +123,9 @@ class JetMoETopKGating(nn.Module):
         self.top_k = top_k
         self.layer = nn.Linear(input_size, num_experts, bias=False)
 
-    def forward(self, x: torch.Tensor) -> TopKRouting:
-        return top_k_route(self.layer(x).float(), self.top_k, x.dtype)
+    def forward(self, x: torch.Tensor, backend: str | None = None) -> TopKRouting:
+        # the Triton backend routes in 1-2 kernels (ops/routing), the others in PyTorch
+        return top_k_route(self.layer(x).float(), self.top_k, x.dtype, backend=backend)
 
 
 def combine(y_pairs: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -147,29 +149,19 @@ class JetMoEMoE(nn.Module):
         self.output_linear = ParallelExperts(e, f, d, config)
         self.router = JetMoETopKGating(d, e, config.num_experts_per_tok)
 
-    def _triton_inference(self, flat: torch.Tensor, backend: str) -> bool:
-        """Triton backend, SiLU experts and no autograd: the few-launch inference kernels."""
-        if backend != "triton" or not self.swiglu:
-            return False
-        return not (torch.is_grad_enabled() and (flat.requires_grad or self.bias.requires_grad))
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         w_in, w_out = self.input_linear.weight, self.output_linear.weight
         backend = resolve_backend(flat, self.input_linear.config.expert_backend)
-        inference = self._triton_inference(flat, backend)
-        kernels = expert_mlp_kernels() if inference else None
-        pairs = flat.shape[0] * self.router.top_k
-        if inference and 0 < pairs <= kernels.SMALL_BATCH_MAX_PAIRS:
-            # decode sizes: routing, sort, both GEMMs and the combine in 4 launches
-            logits = self.router.layer(flat).float()
-            out, gates, index = kernels.small_batch_moe(
-                flat, logits, w_in, w_out, self.bias, self.router.top_k
-            )
-            return out.view(shape), TopKRouting(logits, gates, index, None)
-        route = self.router(flat)
+        route = self.router(flat, backend)
         routing = route.routing
+        if backend == "triton" and self.swiglu:
+            # experts + combine as one node: 3 launches forward (decode too), fused backward
+            out = expert_mlp_kernels().swiglu_moe(
+                flat, w_in, w_out, route.gates, self.bias, routing
+            )
+            return out.view(shape), route
         if self.swiglu:
             y = expert_mlp(
                 flat, w_in, w_out, routing.sorted_pair, routing.expert_offsets, backend=backend
@@ -202,7 +194,7 @@ class JetMoEMoA(nn.Module):
     def map(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
         """``[B, S, D]`` -> queries ``[B * S * k, H_kv * d_head]`` in pair order."""
         flat = x.reshape(-1, x.shape[-1])
-        route = self.router(flat)
+        route = self.router(flat, resolve_backend(flat, self.input_linear.config.expert_backend))
         return self.input_linear(flat, route.routing, "token", "pair"), route
 
     def reduce(self, attn: torch.Tensor, route: TopKRouting) -> torch.Tensor:

@@ -28,6 +28,8 @@ class Routing(NamedTuple):
     expert_offsets: torch.Tensor  # [E] int32, cumulative ends
     top_k: int
     num_experts: int
+    # [P] int32, the sorted row of each pair (inverse of sorted_pair); Triton routing only
+    pair_position: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -54,7 +56,7 @@ class TopKRouting(NamedTuple):
     logits: torch.Tensor  # [T, E] float32
     gates: torch.Tensor  # [T, k] in the input dtype, each row sums to 1
     expert_index: torch.Tensor  # [T, k] int64
-    routing: Routing | None  # None from the small-batch inference path (it sorts in-kernel)
+    routing: Routing
 
 
 def random_expert_index(

@@ -1,5 +1,5 @@
 """Triton backend of the SwiGLU expert MLP, built on the expert-linear kernels
-(``ops/experts/triton.py``), plus the small-batch (decode) layer path:
+(``ops/experts/triton.py``), and the MoE layer after routing:
 
 - ``swiglu_mlp``: forward = one GEMM with the GLU epilogue (``silu(g) * u`` written in sorted
   order, the pre-activation ``h`` kept only when a gradient is needed) + one GEMM that scatters
@@ -8,10 +8,10 @@
   gathered into sorted order once so every backward GEMM reads contiguous rows (TMA).
 - ``combine``: the gate-weighted sum of each token's k expert outputs + bias in one pass, with
   its backward (``dy_pairs``, ``dgates``) in one more.
-- ``small_batch_moe``: a whole inference MoE layer for a handful of tokens in 4 launches after
-  the router matmul: ``_route_small`` (top-k softmax gates and the stable expert sort in one
-  program), the GLU GEMM (GEMV for a few pairs), the second GEMM, ``_combine`` (gate-weighted
-  sum + bias). No host sync, so it can be captured in a CUDA graph.
+- ``swiglu_moe``: the MoE layer after the Triton routing (``ops/routing``) as one autograd node:
+  GLU GEMM (GEMV for a handful of pairs), second GEMM, combine; its backward writes the
+  combine's gradient straight into sorted order. Inference: 3 launches after the router matmul
+  and the 1-launch routing (decode sizes), no host sync, so it captures in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -24,63 +24,6 @@ from tensor_utils.dispatch import triton_interpreting
 
 from ..experts.naive import check_args
 from ..experts.triton import gather_gemm_scatter, grouped_xty
-
-# Pairs at or below this count (no autograd) take the small-batch layer path.
-SMALL_BATCH_MAX_PAIRS = 64
-
-
-@triton.jit
-def _route_small(
-    logits_ptr,
-    gates_ptr,
-    index_ptr,
-    sorted_ptr,
-    offs_ptr,
-    T,
-    E,
-    K: tl.constexpr,
-    T_P2: tl.constexpr,
-    E_P2: tl.constexpr,
-    K_P2: tl.constexpr,
-):
-    """One program: top-k softmax gates per token and the stable sort of the T * K pairs by
-    expert (counting sort; a pair's rank in its expert = earlier pairs of that expert)."""
-    t = tl.arange(0, T_P2)
-    e = tl.arange(0, E_P2)
-    j = tl.arange(0, K_P2)
-    t_ok = t < T
-    lg = tl.load(
-        logits_ptr + t[:, None] * E + e[None, :],
-        mask=t_ok[:, None] & (e[None, :] < E),
-        other=float("-inf"),
-    )
-    top_v = tl.full((T_P2, K_P2), float("-inf"), tl.float32)
-    top_i = tl.zeros((T_P2, K_P2), tl.int32)
-    for s in tl.static_range(K):
-        best = tl.max(lg, axis=1)
-        # lowest expert id among the maxima (ties: like a stable sort)
-        idx = tl.min(tl.where(lg == best[:, None], e[None, :], E_P2), axis=1)
-        top_v = tl.where(j[None, :] == s, best[:, None], top_v)
-        top_i = tl.where(j[None, :] == s, idx[:, None], top_i)
-        lg = tl.where(e[None, :] == idx[:, None], float("-inf"), lg)
-    pair_ok = t_ok[:, None] & (j[None, :] < K)
-    top_v = tl.where(pair_ok, top_v, 0.0)  # padding rows/slots: no -inf - -inf
-    p = tl.where(pair_ok, tl.exp(top_v - tl.max(top_v, axis=1)[:, None]), 0.0)
-    gates = p / tl.maximum(tl.sum(p, axis=1), 1e-30)[:, None]  # padding rows: 0, not 0/0
-    pair = t[:, None] * K + j[None, :]
-    tl.store(gates_ptr + pair, gates.to(gates_ptr.dtype.element_ty), mask=pair_ok)
-    tl.store(index_ptr + pair, top_i.to(tl.int64), mask=pair_ok)
-    # flat pair lists: expert (E_P2 for padding) and pair id
-    pe = tl.reshape(tl.where(pair_ok, top_i, E_P2), (T_P2 * K_P2,))
-    pid = tl.reshape(pair, (T_P2 * K_P2,))
-    counts = tl.sum((pe[:, None] == e[None, :]).to(tl.int32), axis=0)
-    ends = tl.cumsum(counts, 0)
-    tl.store(offs_ptr + e, ends, mask=e < E)
-    starts = ends - counts
-    same = (pe[:, None] == pe[None, :]) & (pid[None, :] < pid[:, None])
-    rank = tl.sum(same.to(tl.int32), axis=1)
-    start = tl.sum(tl.where(pe[:, None] == e[None, :], starts[None, :], 0), axis=1)
-    tl.store(sorted_ptr + start + rank, pid.to(tl.int64), mask=pe < E)
 
 
 @triton.jit
@@ -112,12 +55,15 @@ def _combine_bwd(
     gates_ptr,
     dy_ptr,
     dgates_ptr,
+    pos_ptr,
     N,
     K: tl.constexpr,
     K_P2: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HAS_POS: tl.constexpr,
 ):
-    """``dy[t * K + j] = gates[t, j] * dout[t]``, ``dgates[t, j] = <dout[t], y[t * K + j]>``."""
+    """``dy[t * K + j] = gates[t, j] * dout[t]``, ``dgates[t, j] = <dout[t], y[t * K + j]>``;
+    with ``pos``, ``dy`` row ``pos[t * K + j]`` instead (the next GEMMs read sorted rows)."""
     t = tl.program_id(0)
     j = tl.arange(0, K_P2)
     dg = tl.zeros((K_P2,), dtype=tl.float32)
@@ -127,30 +73,15 @@ def _combine_bwd(
         d = tl.load(dout_ptr + t.to(tl.int64) * N + offs, mask=mask, other=0.0).to(tl.float32)
         for s in tl.static_range(K):
             row = (t * K + s).to(tl.int64) * N
+            if HAS_POS:  # noqa: SIM108 (constexpr branch)
+                out_row = tl.load(pos_ptr + t * K + s).to(tl.int64) * N
+            else:
+                out_row = row
             g = tl.load(gates_ptr + t * K + s).to(tl.float32)
             yv = tl.load(y_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
             dg += tl.where(j == s, tl.sum(d * yv, axis=0), 0.0)
-            tl.store(dy_ptr + row + offs, (g * d).to(dy_ptr.dtype.element_ty), mask=mask)
+            tl.store(dy_ptr + out_row + offs, (g * d).to(dy_ptr.dtype.element_ty), mask=mask)
     tl.store(dgates_ptr + t * K + j, dg, mask=j < K)
-
-
-def route_small(logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype):
-    """Decode-size routing in one launch: ``(gates [T, k], expert_index [T, k] int64,
-    sorted_pair [T * k] int64, expert_offsets [E] int32)``, as ``top_k_route`` +
-    ``sort_by_expert`` give them (stable sort: pairs of an expert in pair order)."""
-    tokens, experts = logits.shape
-    dev = logits.device
-    gates = torch.empty(tokens, top_k, device=dev, dtype=gate_dtype)
-    index = torch.empty(tokens, top_k, device=dev, dtype=torch.int64)
-    sorted_pair = torch.empty(tokens * top_k, device=dev, dtype=torch.int64)
-    offsets = torch.empty(experts, device=dev, dtype=torch.int32)
-    _route_small[(1,)](
-        logits.contiguous(), gates, index, sorted_pair, offsets, tokens, experts,
-        K=top_k, T_P2=triton.next_power_of_2(max(tokens, 1)),
-        E_P2=triton.next_power_of_2(experts), K_P2=triton.next_power_of_2(top_k),
-        num_warps=1 if triton_interpreting() else 4,
-    )  # fmt: skip
-    return gates, index, sorted_pair, offsets
 
 
 def _combine_fwd(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -167,6 +98,25 @@ def _combine_fwd(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor)
     return out
 
 
+def _combine_bwd_launch(dout, y_pairs, gates, pos):
+    """``(dy, dgates)`` of the combine; ``dy`` in sorted order when ``pos`` is given."""
+    tokens, top_k = gates.shape
+    n = y_pairs.shape[1]
+    dout = dout.contiguous()
+    dy = torch.empty_like(y_pairs)
+    dgates = torch.empty(tokens, top_k, device=gates.device, dtype=torch.float32)
+    if tokens and n:
+        block = 16 if triton_interpreting() else 1024
+        _combine_bwd[(tokens,)](
+            dout, y_pairs, gates, dy, dgates, gates if pos is None else pos, n, K=top_k,
+            K_P2=triton.next_power_of_2(top_k), BLOCK_N=block, HAS_POS=pos is not None,
+            num_warps=1 if triton_interpreting() else 4,
+        )  # fmt: skip
+    else:
+        dgates.zero_()
+    return dy, dgates.to(gates.dtype)
+
+
 class _Combine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y_pairs, gates, bias):
@@ -177,22 +127,9 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         y_pairs, gates = ctx.saved_tensors
-        tokens, top_k = gates.shape
-        n = y_pairs.shape[1]
-        dout = dout.contiguous()
-        dy = torch.empty_like(y_pairs)
-        dgates = torch.empty(tokens, top_k, device=gates.device, dtype=torch.float32)
-        if tokens and n:
-            block = 16 if triton_interpreting() else 1024
-            _combine_bwd[(tokens,)](
-                dout, y_pairs, gates, dy, dgates, n, K=top_k,
-                K_P2=triton.next_power_of_2(top_k), BLOCK_N=block,
-                num_warps=1 if triton_interpreting() else 4,
-            )  # fmt: skip
-        else:
-            dgates.zero_()
+        dy, dgates = _combine_bwd_launch(dout, y_pairs, gates, None)
         dbias = dout.sum(0) if ctx.needs_input_grad[2] else None
-        return dy, dgates.to(gates.dtype), dbias
+        return dy, dgates, dbias
 
 
 def combine(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -250,15 +187,85 @@ def swiglu_mlp(x, w_in, w_out, sorted_pair, expert_offsets):
     return _ExpertSwiGLUMLP.apply(x, w_in, w_out, sorted_pair, expert_offsets, k, need_h)
 
 
-def small_batch_moe(x, logits, w_in, w_out, bias, top_k):
-    """Inference MoE layer for a handful of tokens in 4 launches after the router matmul:
-    routing + sort, GLU GEMM (GEMV for <= DECODE_MAX_PAIRS pairs), GEMM + scatter, combine.
-    Returns ``(out [T, D], gates, expert_index)``."""
-    gates, index, sorted_pair, offsets = route_small(logits, top_k, x.dtype)
+# Above this many pairs the MoE layer gathers x into sorted order once before the GLU GEMM (so
+# its A tile loads through TMA too) and keeps that copy for dW_in (sweep: kernel_sweep.csv).
+GATHER_X_MIN_PAIRS = 4096
+
+
+def _moe_forward(x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, need_h):
+    """GLU GEMM (+ h when ``need_h``), second GEMM scattered to pair order, combine."""
     pairs = sorted_pair.numel()
-    act, _ = gather_gemm_scatter(x, w_in, offsets, sorted_pair, top_k, None, pairs, epilogue="glu")
+    if x_s is None:
+        act, h = gather_gemm_scatter(
+            x, w_in, offsets, sorted_pair, k, None, pairs, epilogue="glu", save_h=need_h
+        )
+    else:
+        act, h = gather_gemm_scatter(
+            x_s, w_in, offsets, None, 1, None, pairs, epilogue="glu", save_h=need_h
+        )
     y, _ = gather_gemm_scatter(act, w_out, offsets, None, 1, sorted_pair, pairs)
-    return _combine_fwd(y, gates.contiguous(), bias), gates, index
+    return act, h, y, _combine_fwd(y, gates, bias)
 
 
-__all__ = ["SMALL_BATCH_MAX_PAIRS", "combine", "route_small", "small_batch_moe", "swiglu_mlp"]
+def _sorted_x(x, sorted_pair, k):
+    return x.index_select(0, sorted_pair // k) if sorted_pair.numel() > GATHER_X_MIN_PAIRS else None
+
+
+class _SwiGLUMoE(torch.autograd.Function):
+    """The MoE layer after routing: ``out[t] = bias + sum_j gates[t, j] y[t * k + j]``, ``y`` =
+    the SwiGLU expert MLP. One autograd node, so its backward writes the combine's gradient
+    straight into sorted order (``pair_position``) for the dh / dW_out GEMMs."""
+
+    @staticmethod
+    def forward(ctx, x, w_in, w_out, gates, bias, sorted_pair, offsets, pos, k):
+        gates = gates.contiguous()
+        x_s = _sorted_x(x, sorted_pair, k)
+        act, h, y, out = _moe_forward(
+            x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, True
+        )
+        ctx.save_for_backward(x if x_s is None else x_s, w_in, w_out, h, act, y, gates,
+                              sorted_pair, offsets, pos)  # fmt: skip
+        ctx.k, ctx.x_sorted, ctx.x_shape = k, x_s is not None, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x_or_s, w_in, w_out, h, act, y, gates, sorted_pair, offsets, pos = ctx.saved_tensors
+        k, pairs = ctx.k, sorted_pair.numel()
+        need = ctx.needs_input_grad
+        dy_s, dgates = _combine_bwd_launch(dout, y, gates, pos)
+        dbias = dout.sum(0) if need[4] else None
+        bwd = dict(transpose_weight=True, allow_gemv=False)
+        dh, _ = gather_gemm_scatter(
+            dy_s, w_out, offsets, None, 1, None, pairs, epilogue="glu_bwd", h=h, **bwd
+        )
+        dx = dw_in = dw_out = None
+        if need[2]:
+            dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs)
+        if need[0]:
+            dx, _ = gather_gemm_scatter(dh, w_in, offsets, None, 1, sorted_pair, pairs, **bwd)
+            if k > 1:
+                dx = dx.view(ctx.x_shape[0], k, ctx.x_shape[1]).sum(1)
+        if need[1]:
+            x_s = x_or_s if ctx.x_sorted else x_or_s.index_select(0, sorted_pair // k)
+            dw_in = grouped_xty(x_s, dh, offsets, None, 1, None, w_in.shape, pairs)
+        return dx, dw_in, dw_out, dgates if need[3] else None, dbias, None, None, None, None
+
+
+def swiglu_moe(x, w_in, w_out, gates, bias, routing):
+    """MoE layer output ``[T, D]`` after routing (``routing.pair_position`` from the Triton
+    routing): fused SwiGLU experts + gate-weighted combine + bias, forward and backward.
+    Without autograd: the same kernels, no ``h``, no autograd node."""
+    k = check_args(x, w_in, routing.sorted_pair, routing.expert_offsets, "token", "sorted")
+    args = (routing.sorted_pair, routing.expert_offsets)
+    pos = routing.pair_position
+    if pos is None:  # a routing from the PyTorch spec: invert the sort here
+        pos = torch.empty_like(routing.sorted_pair, dtype=torch.int32)
+        pos[routing.sorted_pair] = torch.arange(pos.numel(), device=pos.device, dtype=pos.dtype)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_in, w_out, gates, bias)):
+        return _SwiGLUMoE.apply(x, w_in, w_out, gates, bias, *args, pos, k)
+    x_s = _sorted_x(x, routing.sorted_pair, k)
+    return _moe_forward(x, x_s, w_in, w_out, gates.contiguous(), bias, *args, k, False)[3]
+
+
+__all__ = ["GATHER_X_MIN_PAIRS", "combine", "swiglu_mlp", "swiglu_moe"]
