@@ -11,11 +11,12 @@ a floor = bytes it must read / bandwidth.
 ``sdpa_full`` = ``F.scaled_dot_product_attention`` of one query token over K/V
 ``[B, 8, n, 128]`` with ``enable_gqa`` (transformers' SDPA decode path); ``sdpa_half`` = the
 same over n/2 (what a uniform per-head compression would run); ``ours_full`` = the ragged
-kernel with every head keeping n rows (kernel parity); ``ours_half_twopass`` / ``ours_half_fused``
-= the ragged kernel over a pool where each KV head keeps its own 25..75% of n (mean 50%), no
-per-key weights (the target), with the split merge as a second launch or inside the first
-(last-arriving program); ``ours_half_w`` = the same returning per-key weights (heavy-hitter policies). Every
-method is timed three ways, all on the same inputs:
+kernel with every head keeping n rows (kernel parity); ``ours_half`` = the ragged kernel (its
+defaults: 128-row tiles, 2 launches) over a pool where each KV head keeps its own 25..75% of
+n (mean 50%), no per-key weights (the target); ``ours_half_pdl`` = the same with the merge
+launched with programmatic dependent launch; ``ours_half_prev`` = the previous defaults
+(64-row tiles, 3 stages); ``ours_half_w`` = the default returning per-key weights (heavy-hitter
+policies). Every method is timed three ways, all on the same inputs:
   - ``graph``: L layers (distinct K/V buffers, more bytes than the 50 MB L2) called back to
     back inside one captured CUDA graph, replayed; time per layer (how serving engines run
     decode; no launch overhead);
@@ -23,10 +24,10 @@ method is timed three ways, all on the same inputs:
     layer (includes the Python/launch cost when it exceeds the GPU time);
   - ``do_bench``: ``tensor_utils.bench.time_fn`` of one call (L2 flushed before each call; the
     flush hides the host launch cost), as the first session measured.
-Target: ``ours_half_*`` at least 1.6x faster than ``sdpa_full``.
+Target: ``ours_half`` at least 1.6x faster than ``sdpa_full``.
 
-``--sweep`` first times kernel variants (BLOCK_N, num_warps, num_stages, programs per SM) in
-graph mode on three sizes.
+``--sweep`` first times kernel variants (``SWEEP``: PDL or not, BLOCK_N, num_stages, programs
+per SM) in graph and eager-loop mode on all ten sizes.
 
 (2) Memory, per context: a 4-layer model with Llama-3-8B layer shapes (random fp16 weights)
 prefilled with n tokens then decoding 16 tokens, once with a DynamicCache and once with
@@ -139,6 +140,15 @@ def copy_bandwidth(device, smoke):
     return 2 * n / (t.median_ms * 1e-3)
 
 
+METHOD_KW = {  # kernel options per method name (the bare names use the defaults)
+    "ours_half_pdl": dict(pdl=True),  # the merge launched with PDL
+    "ours_half_nopdl": dict(pdl=False),  # 2026-11-27 run: PDL was then the default
+    # last session's default: 64-row tiles, 3 stages, no PDL
+    "ours_half_prev": dict(block_n=64, num_warps=4, num_stages=3, pdl=False),
+    "ours_half_fused": dict(fused=True),
+}
+
+
 class Case:
     """Inputs of one (batch, context, dtype) size: L layers of full and compressed caches."""
 
@@ -200,11 +210,7 @@ class Case:
                 full = method.startswith("ours_full")
                 k, v, off, lens = self.full_pool[i] if full else self.half[i]
                 max_len = self.n
-                kw = dict(kernel_kw)
-                if method.endswith("_fused"):
-                    kw["fused"] = True
-                elif method.endswith("_twopass"):
-                    kw["fused"] = False
+                kw = {**METHOD_KW.get(method, {}), **kernel_kw}
 
                 def call(q=self.qr[i], k=k, v=v, off=off, lens=lens, max_len=max_len, kw=kw):
                     return ragged(
@@ -233,6 +239,8 @@ def check_case(case, ragged, kernel_kw):
         case.qr[0].float(), k.float(), v.float(), off, lens, case.scale
     )
     err = float((out.float() - ref).norm() / ref.norm())
+    fast, _ = ragged(case.qr[0], k, v, off, lens, case.scale, case.n, False, **kernel_kw)
+    err = max(err, float((fast.float() - ref).norm() / ref.norm()))
     werr = float((w - ref_w).norm() / ref_w.norm())
     full_k, full_v = case.full[0]
     sd = F.scaled_dot_product_attention(case.q[0], full_k, full_v, enable_gqa=True)
@@ -251,7 +259,19 @@ def layers_for(b, n, smoke):
     return max(2, min(32, math.ceil(12 * L2_BYTES / per_layer)))
 
 
-def bench_kernel(sizes, device, smoke, bw, configs, methods, reps, modes, check=True, on_size=None):
+def bench_kernel(
+    sizes,
+    device,
+    smoke,
+    bw,
+    configs,
+    methods,
+    reps,
+    modes,
+    check=True,
+    on_size=None,
+    label="decode_attention",
+):
     """Time ``methods`` on every size; kernel methods once per launch config in ``configs``.
     ``on_size(rows)`` is called after each size (progressive CSV). A method that fails (e.g. a
     compile error) is logged and skipped so the other rows still get measured."""
@@ -272,8 +292,9 @@ def bench_kernel(sizes, device, smoke, bw, configs, methods, reps, modes, check=
             )
         else:
             err = ""
+        base = {}  # the sdpa timings of this size, shown next to every config
         for kernel_kw in configs:
-            res = {}
+            res = dict(base)
             for method in methods:
                 if method.startswith("sdpa") and kernel_kw is not configs[0]:
                     continue
@@ -292,10 +313,12 @@ def bench_kernel(sizes, device, smoke, bw, configs, methods, reps, modes, check=
                     continue
                 floor_ms = case.bytes(method) / bw * 1e3
                 res[method] = times
+                if method.startswith("sdpa"):
+                    base[method] = times
                 for mode, ms in times.items():
                     rows.append(
                         dict(
-                            bench="decode_attention",
+                            bench=label,
                             method=method,
                             mode=mode,
                             batch=b,
@@ -315,7 +338,7 @@ def bench_kernel(sizes, device, smoke, bw, configs, methods, reps, modes, check=
             best = [m for m in res if m.startswith("ours_half") and m != "ours_half_w"]
             line = " | ".join(
                 f"{mode}: "
-                + " ".join(f"{m}={res[m][mode] * 1e3:.1f}us" for m in res)
+                + " ".join(f"{m}={res[m][mode] * 1e3:.1f}us" for m in res if mode in res[m])
                 + (
                     " -> speedup "
                     + " ".join(f"{m}:{res['sdpa_full'][mode] / res[m][mode]:.2f}x" for m in best)
@@ -333,40 +356,45 @@ def bench_kernel(sizes, device, smoke, bw, configs, methods, reps, modes, check=
     return rows
 
 
-SWEEP = [
-    dict(block_n=32, num_warps=4, num_stages=3),
-    dict(block_n=64, num_warps=4, num_stages=2),
-    dict(block_n=64, num_warps=4, num_stages=4),
-    dict(block_n=64, num_warps=8, num_stages=3),
-    dict(block_n=128, num_warps=4, num_stages=2),
-    dict(block_n=128, num_warps=8, num_stages=3),
+SWEEP = [  # kernel variants for ours_half (graph + eager); the first entry is the default
+    dict(),
+    dict(pdl=True),
+    dict(block_n=64, num_warps=4, num_stages=3),
+    dict(block_n=64, num_warps=4, num_stages=3, pdl=True),
+    dict(programs_per_sm=2),
+    dict(programs_per_sm=8),
+    dict(num_stages=3),
 ]
 
 
-def sweep(device, smoke, bw):
-    sizes = (
-        [(1, 256, torch.float32)]
-        if smoke
-        else [(1, 4096, torch.float16), (1, 32768, torch.float16), (4, 32768, torch.float16)]
-    )
-    configs = [dict(c) for c in (SWEEP[:2] if smoke else SWEEP)]
-    configs += [dict(programs_per_sm=p) for p in (2, 8)] + [dict(fused=True)]
+def all_sizes(smoke):
+    if smoke:
+        return [(1, 256, torch.float32), (2, 512, torch.float16)]
+    f16, b16 = torch.float16, torch.bfloat16
+    # the missed sizes first: a cut-short run still has them
+    sizes = [(1, n, f16) for n in (4096, 8192, 16384, 32768)] + [(4, 4096, f16)]
+    sizes += [(4, n, f16) for n in (8192, 16384, 32768)]
+    return [*sizes, (1, 32768, b16), (4, 4096, b16)]
+
+
+def sweep(device, smoke, bw, on_size=None):
+    configs = [dict(c) for c in (SWEEP[:4] if smoke else SWEEP)]
     if smoke:
         for c in configs:
             c.pop("num_warps", None), c.pop("num_stages", None)
     rows = bench_kernel(
-        sizes,
+        all_sizes(smoke),
         device,
         smoke,
         bw,
-        [{}, *configs],
-        ["sdpa_full", "ours_half"],
-        10,
-        ["graph"],
-        check=False,
+        configs,
+        ["sdpa_full", "sdpa_half", "ours_half"],
+        3 if smoke else 10,
+        ["graph", "eager_loop"],
+        check=True,
+        on_size=on_size,
+        label="sweep",
     )
-    for r in rows:
-        r["bench"] = "sweep"
     return rows
 
 
@@ -530,25 +558,13 @@ def main(argv=None) -> int:
 
     parts = args.only.split(",")
     if args.sweep:
-        rows += sweep(device, args.smoke, bw)
+        done0 = list(rows)
+        rows += sweep(device, args.smoke, bw, on_size=lambda new: save(done0 + new))
         save()
     if "kernel" in parts:
-        if args.smoke:
-            sizes = [(1, 256, torch.float32), (2, 512, torch.float32)]
-        else:
-            f16, b16 = torch.float16, torch.bfloat16
-            # the corners first: a cut-short run still has them
-            sizes = [(1, 32768, f16), (1, 4096, f16), (4, 32768, f16), (4, 4096, f16)]
-            sizes += [(b, n, f16) for b in (1, 4) for n in (8192, 16384)]
-            sizes += [(1, 32768, b16), (4, 4096, b16)]
-        methods = [
-            "sdpa_full",
-            "sdpa_half",
-            "ours_full",
-            "ours_half_twopass",
-            "ours_half_fused",
-            "ours_half_w",
-        ]
+        sizes = all_sizes(args.smoke)
+        methods = ["sdpa_full", "sdpa_half", "ours_full", "ours_half", "ours_half_pdl"]
+        methods += ["ours_half_prev", "ours_half_w"]
         done = list(rows)
 
         def partial(new_rows):

@@ -107,7 +107,10 @@ def make_cache(model, tokenizer, method: str, fraction: float | None):
     if method == "full":
         return DynamicCache(config=model.config)
     if method.startswith("fastgen"):
-        policy = FastGen(recovery=float(method.split("_")[1]))
+        # fastgen_<T> or fastgen_<T>_w<rows>: profile only the last <rows> prompt rows
+        parts = method.split("_")
+        extra = {"profile_window": int(parts[2][1:])} if len(parts) > 2 else {}
+        policy = FastGen(recovery=float(parts[1]), **extra)
     else:
         policy = {
             "streamingllm": StreamingLLM,
@@ -166,6 +169,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--benches", default="ppl,needle", help="comma list of ppl (with agree), needle"
     )
+    parser.add_argument(
+        "--windows",
+        default="",
+        help="comma list of FastGen profile windows (rows) to run instead of the default one; "
+        "with it only full and FastGen run (no baselines, no greedy agreement)",
+    )
+    parser.add_argument("--out", default=None, help="CSV path (default results/quality_cpu.csv)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from kvprune.generate import cache_kwarg
@@ -175,6 +185,10 @@ def main(argv=None) -> int:
     kw = cache_kwarg(model)
     fast = [f"fastgen_{t}" for t in T_VALUES]
     baselines = ["streamingllm", "h2o", "snapkv", "tova"]
+    windows = [int(w) for w in args.windows.split(",") if w]
+    if windows:
+        fast = [f"fastgen_{t}_w{w}" for w in windows for t in T_VALUES]
+        baselines = []
     rows: list[dict] = []
 
     def methods_for(runner):
@@ -183,6 +197,8 @@ def main(argv=None) -> int:
         results = [("full", None, *runner("full", None))]
         for m in fast:
             results.append((m, None, *runner(m, None)))
+        if not baselines:
+            return results
         match = next(r for r in results if r[0] == f"fastgen_{MATCH_T}")
         for b in baselines:
             results.append((b, match[0], *runner(b, match[-2])))
@@ -215,6 +231,8 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
+        if windows:
+            continue
         prompt = torch.tensor([ids[:ctx_ppl]])
 
         def greedy_runner(method, frac, prompt=prompt):
@@ -244,6 +262,8 @@ def main(argv=None) -> int:
             )
 
     out = RESULTS / ("quality_cpu_quick.csv" if args.quick else "quality_cpu.csv")
+    if args.out:
+        out = Path(args.out)
     written = 0
 
     def save():

@@ -51,7 +51,9 @@ def plot_quality(plt) -> None:
             # average repeated measurements (documents, depths, contexts) per method
             frac = sum(p[0] for p in pts) / len(pts)
             val = sum(p[1] for p in pts) / len(pts)
-            if method.startswith("fastgen"):
+            if method.startswith("fastgen") and "_w" in method:  # short profiling window
+                marker, color = "P", "C1"
+            elif method.startswith("fastgen"):
                 marker, color = "*", "C3"
             elif method == "full":
                 marker, color = "s", "k"
@@ -66,8 +68,9 @@ def plot_quality(plt) -> None:
         ax.set_title(TITLES[bench], fontsize=10)
         ax.grid(alpha=0.3)
     fig.suptitle(
-        "kvprune on SmolLM2-135M-Instruct (CPU, measured): red * FastGen, green o kvprune "
-        "baselines, blue ^ kvpress 0.5.5 presses, black full cache",
+        "kvprune on SmolLM2-135M-Instruct (CPU, measured): red * FastGen, orange + FastGen "
+        "profiling the last 32/128 rows, green o kvprune baselines, blue ^ kvpress 0.5.5 "
+        "presses, black full cache",
         fontsize=10,
     )
     fig.tight_layout()
@@ -80,20 +83,29 @@ def plot_decode(plt) -> None:
     if not DECODE.exists():
         return
     times = defaultdict(dict)
-    for r in csv.DictReader(DECODE.open()):
+    for r in csv.DictReader(DECODE.open()):  # rows are appended: the latest run wins
         if r["bench"] == "decode_attention" and r["mode"] == "graph" and r["dtype"] == "float16":
             times[(int(r["batch"]), int(r["context"]))][r["method"]] = float(r["ms"])
+    # 2026-11-27 third session: `ours_half` had PDL on; `ours_half_nopdl` is the shipped default
+    labels = {
+        "ours_half_nopdl": "ours_half (default: 128-row tiles)",
+        "ours_half": "ours_half + PDL merge",
+        "ours_half_prev": "ours_half, previous tiles (64 rows)",
+        "ours_half_w": "ours_half + weights (PDL)",
+        "sdpa_half": "sdpa_half (dense n/2)",
+    }
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, b in zip(axes, (1, 4), strict=True):
         ctx = sorted(n for bb, n in times if bb == b)
         for method, style in (
-            ("ours_half_twopass", "o-"),
-            ("ours_half_fused", "s--"),
+            ("ours_half_nopdl", "o-"),
+            ("ours_half", "s--"),
+            ("ours_half_prev", "d:"),
             ("ours_half_w", "^:"),
             ("sdpa_half", "x-."),
         ):
             ys = [times[(b, n)]["sdpa_full"] / times[(b, n)][method] for n in ctx]
-            ax.plot(ctx, ys, style, label=method)
+            ax.plot(ctx, ys, style, label=labels[method])
         ax.axhline(1.6, color="r", lw=0.8, label="target 1.6x")
         ax.axhline(1.0, color="k", lw=0.5)
         ax.set_xscale("log", base=2)

@@ -187,18 +187,20 @@ def test_generation_with_kernel_matches_reference_backend():
 def test_kernel_on_cuda_long_segments(dtype, lengths):
     q, k, v, o, lens = random_ragged_case(0, lengths, [7] * len(lengths), 4, 128, dtype, "cuda")
     expected = naive.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)
-    with poison_allocations():
-        out, weights = triton_mod.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)
-    assert_close(out, expected[0])
-    assert_close(weights, expected[1], atol=1e-6, rtol=1e-3)
+    for pdl in (None, False):  # the merge launched with and without PDL
+        with poison_allocations():
+            out, weights = triton_mod.ragged_decode_attention(q, k, v, o, lens, 128**-0.5, pdl=pdl)
+        assert_close(out, expected[0])
+        assert_close(weights, expected[1], atol=1e-6, rtol=1e-3)
     with poison_allocations():  # the fast paths (no weights) and forced tile/split choices
-        for splits, block_n, fused in (
-            (None, None, False),
-            (None, None, True),
-            (None, None, True),  # again: the fused path's counters must be back at zero
-            (1, 64, False),
-            (128, 128, True),
-            (16, 32, False),
+        for splits, block_n, fused, pdl in (
+            (None, None, False, None),  # the defaults
+            (None, None, False, False),  # merge launched without PDL
+            (None, None, True, None),
+            (None, None, True, None),  # again: the fused path's counters must be back at zero
+            (1, 64, False, True),
+            (128, 128, True, None),
+            (16, 32, False, True),
         ):
             fast, none = triton_mod.ragged_decode_attention(
                 q,
@@ -209,6 +211,7 @@ def test_kernel_on_cuda_long_segments(dtype, lengths):
                 128**-0.5,
                 need_weights=False,
                 fused=fused,
+                pdl=pdl,
                 num_splits=splits,
                 block_n=block_n,
             )

@@ -14,9 +14,16 @@ probabilities ``exp(logit - lse)``. Only splits that hold rows are read (empty o
 
 ``fused`` (no weights only) skips pass 2: after storing its partial, each program bumps a
 per-segment counter and the last one to arrive merges the segment's partials (one launch).
+Not the default: on the H100 the lone merging program's dependent loads of up to 128 partials
+cost more than the second launch (17.7 vs 11.4 us at batch 1 / 4k under CUDA graphs), and a
+balanced-work-list variant with an in-kernel merge measured 1.2-2x slower at batch 1 too
+(``docs/benchmarks/kvprune.md``). ``pdl`` launches pass 2 with programmatic dependent launch
+(``gdc_launch_dependents`` in pass 1, ``gdc_wait`` in pass 2); off by default (no net gain).
 
 The split count comes from the longest segment and the SM count (enough programs to keep every
 SM streaming, never a split without a tile of rows); ``num_splits``/``block_n`` override it.
+Tiles: 128 rows, 4 warps, 2 pipeline stages for 16-bit inputs (64 rows, 3 stages for float32),
+from a sweep over all ten benchmark sizes.
 
 Same contract as ``naive.ragged_decode_attention``.
 """
@@ -24,6 +31,7 @@ Same contract as ``naive.ragged_decode_attention``.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -62,7 +70,10 @@ def _split_kernel(
     FUSED: tl.constexpr,
     GROUP: tl.constexpr,
     PRECISION: tl.constexpr,
+    GDC: tl.constexpr,
 ):
+    if GDC:  # let the merge (launched with PDL) get scheduled now; it waits for our stores
+        tl.extra.cuda.gdc_launch_dependents()
     seg = tl.program_id(0)
     split = tl.program_id(1)
     off = tl.load(off_ptr + seg).to(tl.int64)
@@ -162,7 +173,10 @@ def _merge_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    GDC: tl.constexpr,
 ):
+    if GDC:  # launched early (PDL): wait until pass 1 has finished and its stores are visible
+        tl.extra.cuda.gdc_wait()
     seg = tl.program_id(0)
     pid = tl.program_id(1)
     sp = tl.arange(0, NUM_SPLITS)
@@ -259,6 +273,37 @@ def plan_splits(
     return max(1, min(_pow2(want), _pow2(tiles), MAX_SPLITS))
 
 
+# Off by default: on the H100 it moved the graph-mode time by -0.7 .. +1.7 us per call
+# (slower at batch 1 / 8k), no net gain (results/decode_kernel_h100.csv, decode_sweep_h100.csv).
+PDL_DEFAULT = False
+
+
+def _pdl_default(device: torch.device) -> bool:
+    """Programmatic dependent launch for the merge when asked for (``pdl=True``, or
+    ``KVPRUNE_PDL=1``): only on Hopper or newer, compiled (not the interpreter)."""
+    env = os.environ.get("KVPRUNE_PDL", "")
+    want = env == "1" if env in ("0", "1") else PDL_DEFAULT
+    return want and device.type == "cuda" and _capability(device.index or 0) >= 9
+
+
+@functools.cache
+def _capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _prep(q, k_pool, v_pool, offsets, lengths):
+    q = q.contiguous()
+    if k_pool.stride(1) != 1:
+        k_pool = k_pool.contiguous()
+    if v_pool.stride(1) != 1:
+        v_pool = v_pool.contiguous()
+    if offsets.dtype != torch.int64:
+        offsets = offsets.to(torch.int64)
+    if lengths.dtype != torch.int32:
+        lengths = lengths.to(torch.int32)
+    return q, k_pool, v_pool, offsets, lengths
+
+
 def ragged_decode_attention(
     q: torch.Tensor,
     k_pool: torch.Tensor,
@@ -270,6 +315,7 @@ def ragged_decode_attention(
     need_weights: bool = True,
     *,
     fused: bool | None = None,
+    pdl: bool | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
@@ -283,18 +329,13 @@ def ragged_decode_attention(
     splits and tiles on tiny inputs; the benchmark to compare variants). ``fused`` (only
     without weights) merges the splits inside the first launch (the last program of each
     segment to finish does it) instead of a second launch; default: ``FUSED_DEFAULT``.
+    ``pdl`` launches the merge with programmatic dependent launch (Hopper+: it is scheduled
+    while pass 1 runs and waits on it in-kernel); default ``PDL_DEFAULT`` (off), or
+    ``KVPRUNE_PDL=0/1``. Ignored (off) on devices older than compute capability 9.
     """
     check_args(q, k_pool, v_pool, offsets, lengths)
+    q, k_pool, v_pool, offsets, lengths = _prep(q, k_pool, v_pool, offsets, lengths)
     n_seg, group, dim = q.shape
-    q = q.contiguous()
-    if k_pool.stride(1) != 1:
-        k_pool = k_pool.contiguous()
-    if v_pool.stride(1) != 1:
-        v_pool = v_pool.contiguous()
-    if offsets.dtype != torch.int64:
-        offsets = offsets.to(torch.int64)
-    if lengths.dtype != torch.int32:
-        lengths = lengths.to(torch.int32)
     out = torch.empty_like(q)
     weights = None
     if need_weights:
@@ -304,7 +345,9 @@ def ragged_decode_attention(
     if max_len is None:
         max_len = int(lengths.max())
     on_cpu = q.device.type == "cpu"  # the interpreter: small tiles keep tests quick
-    block_n = block_n or (16 if on_cpu else 64)
+    # 128-row tiles, 4 warps, 2 stages: fastest or within 3% of the best at every measured
+    # size (results/decode_sweep_h100.csv); float32 gets 64 (half the bytes per row)
+    block_n = block_n or (16 if on_cpu else (64 if q.dtype == torch.float32 else 128))
     if num_splits is None:
         sms = 8 if on_cpu else _sm_count(q.device.index or 0)
         num_splits = plan_splits(max_len, n_seg, block_n, sms, programs_per_sm=programs_per_sm)
@@ -315,17 +358,22 @@ def ragged_decode_attention(
     chunk = -(-chunk // block_n) * block_n
     block_g = max(16, _pow2(group))
     block_d = max(16, _pow2(dim))
-    work = torch.empty(2 * n_seg * splits * block_g, dtype=torch.float32, device=q.device)
-    m, ell = work.view(2, n_seg, splits, block_g).unbind(0)
-    acc = torch.empty(n_seg, splits, group, dim, dtype=torch.float32, device=q.device)
+    # one workspace allocation (host cost per call): m, l [S, splits, BLOCK_G], acc [S, splits, G, D]
+    ml = n_seg * splits * block_g
+    work = torch.empty(2 * ml + n_seg * splits * group * dim, dtype=torch.float32, device=q.device)
+    m, ell, acc = work[:ml], work[ml : 2 * ml], work[2 * ml :]
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     if fused is None:
         fused = FUSED_DEFAULT
     fused = bool(fused) and not need_weights and splits > 1
     counters = _counters(n_seg, q.device) if fused else lengths
-    launch = {"num_stages": fit_stages(num_stages or 3, block_n, block_d, q.element_size())}
-    if num_warps:
-        launch["num_warps"] = num_warps
+    stages = num_stages or (3 if q.dtype == torch.float32 else 2)
+    launch = {"num_stages": fit_stages(stages, block_n, block_d, q.element_size())}
+    launch["num_warps"] = num_warps or 4
+    if pdl is None:
+        pdl = _pdl_default(q.device)
+    else:
+        pdl = bool(pdl) and not on_cpu and _capability(q.device.index or 0) >= 9
     _split_kernel[(n_seg, splits)](
         q,
         k_pool,
@@ -353,6 +401,7 @@ def ragged_decode_attention(
         FUSED=fused,
         GROUP=group if fused else 1,
         PRECISION=precision,
+        GDC=pdl and not fused,
         **launch,
     )
     if fused:
@@ -372,6 +421,8 @@ def ragged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
+        GDC=pdl,
         num_warps=8 if splits >= 64 else 4,  # a [splits, D] tile per program: spread it
+        **({"launch_pdl": True} if pdl else {}),
     )
     return out, weights
