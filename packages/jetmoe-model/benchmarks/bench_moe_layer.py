@@ -6,16 +6,22 @@ FLOPs (the roofline). Forward runs under ``torch.no_grad()`` (inference), forwar
 autograd. At <= 16 tokens the sync-free backends are also timed as a CUDA-graph replay
 (``fwd_graph``: the loop and transformers read the routing on the host and cannot be captured).
 Routing uniform (random router) or skewed (a shared input direction that the router favours).
-``max_err`` = max |out - loop out| of the forward (bf16). CSV: benchmarks/results/moe_layer.csv.
+``max_err`` = max |out - loop out| of the forward (bf16). ``host_ms`` (up to 4,096 tokens) = host
+time per call enqueuing 20 calls back to back without a sync, in this process right after the
+timing (a row whose ``host_ms`` reaches ``median_ms`` is host-bound). ``--overrides FILE``: Triton
+config overrides (JSON, ``{kind: {key: value}}``, e.g. picked by ``tune_kernels.py --pick``),
+recorded in the triton rows. CSV: benchmarks/results/moe_layer.csv.
 
-    python packages/jetmoe-model/benchmarks/bench_moe_layer.py [--tokens 1,16,1024] [--quick]
+    python packages/jetmoe-model/benchmarks/bench_moe_layer.py [--tokens 1,16,1024]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -100,6 +106,17 @@ def graph_replay(fn):
     return graph.replay
 
 
+def host_ms(fn, calls: int = 20) -> float:
+    """Host time per call of ``calls`` back-to-back calls (no sync in between), ms."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e3
+
+
 def make_input(tokens: int, skew: bool):
     gen = torch.Generator(device="cuda").manual_seed(tokens)
     x = torch.randn(1, tokens, D, device="cuda", generator=gen)
@@ -108,7 +125,8 @@ def make_input(tokens: int, skew: bool):
     return x.bfloat16()
 
 
-def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int) -> list[dict]:
+def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides: str = ""
+               ) -> list[dict]:  # fmt: skip
     x = make_input(tokens, skew)
     x_req = x.clone().requires_grad_()
     with torch.no_grad():
@@ -184,6 +202,7 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int) -> list[di
                 with PeakMemory() as mem:
                     fn()
                 t = time_fn(fn, warmup=10, rep=rep)
+                host = host_ms(fn) if tokens <= 4096 and mode != "fwd_graph" else float("nan")
             except torch.OutOfMemoryError:
                 print(f"{name} {tokens} {mode}: out of memory")
                 continue
@@ -196,12 +215,14 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int) -> list[di
                 routing="skewed" if skew else "uniform", top_expert_share=round(top_share, 4),
                 median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms,
                 tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                peak_increase_mb=mem.cuda_increase_bytes / 2**20, max_err=err,
+                peak_increase_mb=mem.cuda_increase_bytes / 2**20, max_err=err, host_ms=host,
+                overrides=overrides if name == "triton" else "",
             )  # fmt: skip
             rows.append(row)
             print(
                 f"{row['routing']:7s} T={tokens:6d} {name:14s} {mode:9s} "
-                f"{t.median_ms:8.3f} ms {row['tflops']:6.1f} TFLOP/s  err {err:.3g}",
+                f"{t.median_ms:8.3f} ms {row['tflops']:6.1f} TFLOP/s  err {err:.3g}  "
+                f"host {host:.3f} ms",
                 flush=True,
             )
     return rows
@@ -213,10 +234,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "moe_layer.csv"))
     parser.add_argument("--rep", type=int, default=40)
     parser.add_argument("--routings", default="uniform,skewed")
+    parser.add_argument("--overrides", default="", help="JSON file of Triton config overrides")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_moe_layer: needs CUDA (H100 numbers); nothing measured")
         return 0
+    overrides = ""
+    if args.overrides and os.path.exists(args.overrides):
+        from jetmoe_model.ops.experts import triton as kernels
+
+        with open(args.overrides) as fh:
+            picked = json.load(fh)
+        kernels.CONFIG_OVERRIDES.update(picked)
+        overrides = json.dumps(picked, sort_keys=True)
+        print(f"Triton config overrides: {overrides}")
     torch.backends.cuda.matmul.allow_tf32 = True
     rows = []
     sizes = [int(t) for t in args.tokens.split(",")]
@@ -224,7 +255,7 @@ def main(argv=None) -> int:
         skew = routing == "skewed"
         ours, theirs, smoe = make_layers(skew)
         for tokens in sizes:
-            size_rows = bench_size(ours, theirs, smoe, tokens, skew, args.rep)
+            size_rows = bench_size(ours, theirs, smoe, tokens, skew, args.rep, overrides)
             write_csv(args.out, size_rows)  # progressively: a timeout keeps what was measured
             rows += size_rows
             torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU calls for issue 6, from the repo root: `bash packages/jetmoe-model/benchmarks/run_gpu.sh
-# MODE...` with MODE in smoke, tests, tune, kernels, bench-uniform, bench-skewed, train, cache;
+# MODE...` with MODE in smoke, tests5, diag, bench, tests, tune, kernels, bench-uniform,
+# bench-skewed, train, cache (run 5: `tests5 diag bench`);
 # logs and CSVs go to $OUT progressively (a timeout keeps what finished). Each step has its own
 # timeout; `tests` gets TESTS_S or else what is left of BUDGET_S (seconds since the script started), so the
 # call ends inside its limit. A Triton cache from an earlier call
@@ -16,12 +17,16 @@ mkdir -p "$TRITON_CACHE_DIR"
 [ -f .carry-jetmoe/triton_cache.tgz ] && tar xzf .carry-jetmoe/triton_cache.tgz -C "$TRITON_CACHE_DIR"
 B=packages/jetmoe-model/benchmarks
 T=packages/jetmoe-model/tests
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv >> "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+lscpu | grep -E "Model name|^CPU\(s\)|MHz" || true
 left() { echo $(( BUDGET_S - SECONDS > 5 ? BUDGET_S - SECONDS : 5 )); }
 for MODE in "$@"; do
   echo "=== $MODE $(date -u +%T) (${SECONDS}s)"
   case "$MODE" in
   smoke) timeout "${SMOKE_S:-60}" python -m pytest -q -rfE -x -p no:cacheprovider $T/test_route_kernels.py $T/test_expert_mlp.py > "$OUT/pytest_smoke.log" 2>&1; tail -5 "$OUT/pytest_smoke.log" ;;
+  tests5) timeout "${TESTS_S:-$(left)}" python -m pytest -q -rfE -p no:cacheprovider $T/test_gpu.py $T/test_route_kernels.py $T/test_expert_mlp.py -k "test_gpu or (test_route_kernels and gpu) or dh_kernel or training_gradients or fused_route_layer" > "$OUT/pytest_gpu.log" 2>&1; tail -15 "$OUT/pytest_gpu.log" ;;
+  diag) timeout "${DIAG_S:-55}" python $B/tune_kernels.py --tokens "" --sweep none --profile "$OUT/profile_1k.log" --dh --pick "$OUT/overrides.json" --out "$OUT/kernel_sweep.csv" 2>&1 ;;
+  bench) timeout "${BENCH_S:-$(left)}" python $B/bench_moe_layer.py --routings uniform,skewed --overrides "$OUT/overrides.json" --out "$OUT/moe_layer.csv" 2>&1 ;;
   tests) timeout "${TESTS_S:-$(left)}" python -m pytest -q -rfE -m gpu -p no:cacheprovider $T > "$OUT/pytest_gpu.log" 2>&1; tail -25 "$OUT/pytest_gpu.log" ;;
   tune) timeout "${TUNE_S:-100}" python $B/tune_kernels.py --tokens "${TUNE_TOKENS:-1024,8192,32768}" --sweep none --candidates --profile "$OUT/profile_1k.log" --out "$OUT/kernel_sweep.csv" 2>&1 | tee -a "$OUT/tune.log" ;;
   kernels) timeout "${KERNELS_S:-90}" python $B/tune_kernels.py --tokens 8192 --sweep kernels --breakdown --out "$OUT/kernel_sweep.csv" 2>&1 | tee -a "$OUT/tune.log" ;;

@@ -4,12 +4,20 @@ each, next to grouped_mm and the dense roofline of the same run; CSV:
 benchmarks/results/kernel_sweep.csv. Used to pick the defaults in ops/experts/triton.py.
 
     python packages/jetmoe-model/benchmarks/tune_kernels.py [--tokens 1024,8192,32768]
+
+Run 5 additions: ``--profile LOG`` also times the run-4 path (routing as its own autograd node,
+``FUSE_ROUTE = False``) next to the fused one and the cost of one bare Triton / ATen launch;
+``--dh`` times the dh GEMM candidates at 8,192 tokens (kernel alone, then the layer) and
+``--pick FILE`` writes the fastest one's config overrides (JSON) for ``bench_moe_layer.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -214,21 +222,59 @@ def kernel_sweep(ours, tokens: int) -> list[dict]:
     return rows
 
 
+def launch_costs() -> list[dict]:
+    """Host time of one bare launch: a tiny Triton kernel (our combine, through Triton's Python
+    launcher) and a tiny ATen op, 200 back to back without a sync."""
+    from jetmoe_model.ops.expert_mlp import triton as mlp
+
+    y = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
+    gates = torch.rand(4, 2, device="cuda", dtype=torch.bfloat16)
+    bias = torch.zeros(64, device="cuda", dtype=torch.bfloat16)
+    calls = {
+        "triton launch (combine, 9 args)": lambda: mlp._combine_fwd(y, gates, bias),
+        "aten launch (add)": lambda: torch.add(y, y),
+        "aten launch (sum dim 0)": lambda: y.sum(0),
+    }
+    rows = []
+    for label, fn in calls.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            fn()
+        us = (time.perf_counter() - t0) / 200 * 1e6
+        torch.cuda.synchronize()
+        rows.append(dict(bench="host_launch", label=label, median_ms=us / 1e3))
+        print(f"{label:34s} {us:7.1f} us host per launch", flush=True)
+    return rows
+
+
 def host_profile(ours, tokens: int, log) -> list[dict]:
     """Where the time of one layer call goes at small sizes: host enqueue time per call (N calls
-    back to back, no sync in between) against the GPU time per call (all calls, synced), and a
-    torch.profiler summary (CPU ops, CUDA kernels) of one call."""
-    import time
-
+    back to back, no sync in between) against the wall time per call (all calls, synced), the
+    do_bench median, and a torch.profiler summary (CPU ops, CUDA kernels) of one call; for the
+    fused routing path, the run-4 path (routing node + layer node) and grouped_mm, and the fused
+    path's forward+backward once more with Python's garbage collector off."""
+    from jetmoe_model.ops.expert_mlp import triton as mlp
     from torch.profiler import ProfilerActivity, profile
 
     x = make_input(tokens, False).requires_grad_()
     g = torch.randn_like(x)
     params = list(ours.parameters())
-    rows = []
-    for backend in ("triton", "grouped_mm"):
+    rows = launch_costs()
+    variants = (
+        ("triton fused route", "triton", True, True),
+        ("triton route node (run 4)", "triton", False, True),
+        ("grouped_mm", "grouped_mm", True, True),
+        ("triton fused route, gc off", "triton", True, False),
+    )
+    for label, backend, fuse, gc_on in variants:
         ours.input_linear.config.expert_backend = backend
+        mlp.FUSE_ROUTE = fuse
         for mode in ("fwd", "fwd+bwd"):
+            if not gc_on and mode == "fwd":
+                continue
             if mode == "fwd":
 
                 def fn():
@@ -241,6 +287,9 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
 
             for _ in range(5):
                 fn()
+            if not gc_on:
+                gc.collect()
+                gc.disable()
             torch.cuda.synchronize()
             n = 30
             t0 = time.perf_counter()
@@ -249,6 +298,8 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
             t1 = time.perf_counter()
             torch.cuda.synchronize()
             t2 = time.perf_counter()
+            med = time_fn(fn, warmup=5, rep=40).median_ms
+            gc.enable()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 torch.cuda.synchronize()
@@ -256,18 +307,103 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
             gpu_us = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA")
             kernels_n = sum(e.count for e in ev if e.device_type.name == "CUDA")
             host_ms, total_ms = (t1 - t0) / n * 1e3, (t2 - t0) / n * 1e3
-            rows.append(dict(bench="host_profile", label=f"{backend} {mode}", tokens=tokens,
-                             mode=mode, median_ms=total_ms, host_ms=host_ms,
+            rows.append(dict(bench="host_profile", label=f"{label} {mode}", tokens=tokens,
+                             mode=mode, median_ms=med, host_ms=host_ms, wall_ms=total_ms,
                              gpu_ms=gpu_us / 1e3, kernels=kernels_n))  # fmt: skip
-            msg = (f"T={tokens} {backend:10s} {mode:8s} host enqueue {host_ms:.3f} ms/call, "
-                   f"wall {total_ms:.3f} ms/call, GPU kernels {gpu_us / 1e3:.3f} ms "
-                   f"({kernels_n} launches)")  # fmt: skip
+            msg = (f"T={tokens} {label:27s} {mode:8s} host enqueue {host_ms:.3f} ms/call, "
+                   f"wall {total_ms:.3f} ms/call, do_bench median {med:.3f} ms, GPU kernels "
+                   f"{gpu_us / 1e3:.3f} ms ({kernels_n} launches)")  # fmt: skip
             print(msg, flush=True)
             log.write(f"\n===== {msg}\n")
             log.write(
                 ev.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
             )
             log.flush()
+    mlp.FUSE_ROUTE = True
+    return rows
+
+
+def _with_h_early(c, h_early):
+    return {**c, "H_EARLY": int(h_early)}
+
+
+# dh GEMM candidates (``--dh``): the general kernel's glu_bwd epilogue (run 4) and the sorted-row
+# kernel with the h loads after (0) or before (1) the K loop, a few tiles
+DH = {
+    "general 128x128x64/8/4 (run 4)": None,
+    "sorted 128x128x64/8/4 h late": _with_h_early(cfg(128, 128, 64, 8, 4, 8), 0),
+    "sorted 128x128x64/8/4 h early": _with_h_early(cfg(128, 128, 64, 8, 4, 8), 1),
+    "sorted 128x128x64/8/3 h early": _with_h_early(cfg(128, 128, 64, 8, 3, 8), 1),
+    "sorted 128x128x128/8/3 h early": _with_h_early(cfg(128, 128, 128, 8, 3, 8), 1),
+    "sorted 64x256x64/8/4 h early": _with_h_early(cfg(64, 256, 64, 8, 4, 8), 1),
+}
+
+
+def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
+    """The dh GEMM alone for each ``DH`` candidate, then the layer's forward+backward with the
+    fastest sorted-row candidate against the h-late one (ABAB, medians); the pick (if any
+    candidate beats the defaults) goes to ``pick`` as config overrides."""
+    o = layer_operands(ours, tokens)
+    gg, p, off, bwd = kernels.gather_gemm_scatter, o["p"], o["off"], o["bwd"]
+    flops = 2 * p * F * D
+    rows, best = [], None
+    for label, c in DH.items():
+        if c is None:
+            fn = lambda: gg(o["dy_s"], o["w_out"], off, None, 1, None, p,  # noqa: E731
+                            epilogue="glu_bwd", h=o["h"], **bwd)  # fmt: skip
+        else:
+            fn = lambda: kernels.glu_bwd_sorted(o["dy_s"], o["w_out"], off, o["h"], p)  # noqa: E731
+            kernels.CONFIG_OVERRIDES["glu_bwd"] = c
+        try:
+            with torch.no_grad():
+                t = time_fn(fn, warmup=10, rep=40).median_ms
+        except Exception as exc:  # a config that does not compile/fit is a printed miss
+            print(f"T={tokens} dh {label}: failed {type(exc).__name__}: {exc}"[:300], flush=True)
+            continue
+        finally:
+            kernels.CONFIG_OVERRIDES.pop("glu_bwd", None)
+        tf = flops / (t * 1e-3) / 1e12
+        rows.append(dict(bench="dh_candidates", label=label, tokens=tokens, median_ms=t,
+                         tflops=tf, **(c or {})))  # fmt: skip
+        print(f"T={tokens:6d} dh {label:34s} {t:8.3f} ms {tf:6.1f} TFLOP/s", flush=True)
+        if c is not None and (best is None or t < best[1]):
+            best = (label, t, c)
+    if best is None:
+        return rows
+    x = make_input(tokens, False).requires_grad_()
+    g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
+    params = list(ours.parameters())
+    ours.input_linear.config.expert_backend = "triton"
+    from jetmoe_model.ops.expert_mlp import triton as mlp
+
+    late = DH["sorted 128x128x64/8/4 h late"]
+    # label: (dh overrides, fused routing); "run-4 path": routing node + dh loads after the loop
+    layer = {"defaults": (None, True), best[0]: (best[2], True), "h late": (late, True),
+             "run-4 path": (late, False)}  # fmt: skip
+    times: dict[str, list[float]] = {k: [] for k in layer}
+    for _ in range(2):  # ABAB: the layer's run-to-run spread is ~1-2%
+        for label, (c, fuse) in layer.items():
+            if c is not None:
+                kernels.CONFIG_OVERRIDES["glu_bwd"] = c
+            mlp.FUSE_ROUTE = fuse
+            times[label].append(
+                time_fn(
+                    lambda: torch.autograd.grad(ours(x)[0], [x, *params], g), warmup=5, rep=40
+                ).median_ms
+            )
+            kernels.CONFIG_OVERRIDES.pop("glu_bwd", None)
+            mlp.FUSE_ROUTE = True
+    for label, ts in times.items():
+        rows.append(dict(bench="dh_layer", label=f"layer fwd+bwd, dh {label}", tokens=tokens,
+                         mode="fwd+bwd", median_ms=min(ts)))  # fmt: skip
+        print(f"T={tokens:6d} layer fwd+bwd {label:34s} {[round(v, 3) for v in ts]} ms",
+              flush=True)  # fmt: skip
+    if pick:
+        chosen = min((k for k in times if layer[k][1]), key=lambda k: min(times[k]))
+        overrides = {} if layer[chosen][0] is None else {"glu_bwd": layer[chosen][0]}
+        with open(pick, "w") as fh:
+            json.dump(overrides, fh)
+        print(f"picked dh: {chosen} -> {overrides}", flush=True)
     return rows
 
 
@@ -281,6 +417,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--candidates", action="store_true", help="TMA / x-gather thresholds on and off"
     )
+    parser.add_argument("--dh", action="store_true", help="dh GEMM candidates at 8,192 tokens")
+    parser.add_argument("--pick", default="", help="write the picked dh overrides (JSON) here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_kernels: needs CUDA")
@@ -322,9 +460,11 @@ def main(argv=None) -> int:
     if args.profile:
         with open(args.profile, "w") as log:
             write_csv(args.out, host_profile(ours, 1024, log))
+    if args.dh:
+        write_csv(args.out, dh_candidates(ours, 8192, args.pick))
     from jetmoe_model.ops.expert_mlp import triton as mlp
 
-    for tokens in [int(t) for t in args.tokens.split(",")]:
+    for tokens in [int(t) for t in args.tokens.split(",") if t]:
         rows: list[dict] = []
         x = make_input(tokens, False).requires_grad_()
         g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)

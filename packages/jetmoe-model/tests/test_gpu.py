@@ -93,6 +93,58 @@ def test_bf16_fused_swiglu_mlp_against_fp32_loop(tokens, d, f, tma, monkeypatch)
         assert rel < 1e-2, f"{name}: relative error {rel:.2e}"
 
 
+def tie_free_router_(layer, x):
+    """Router logits = x[:, e] exactly, with x's first E columns a per-token permutation of
+    0, 0.25, ..., (E-1)/4 (exact in bf16): no two logits of a token tie, so every backend picks
+    the same experts (bf16 logits of a random router tie often, and ties may break differently)."""
+    experts = layer.router.layer.weight.shape[0]
+    with torch.no_grad():
+        layer.router.layer.weight.zero_()
+        layer.router.layer.weight[:, :experts] = torch.eye(experts)
+        perm = torch.rand(x.shape[0], experts, device=x.device).argsort(-1)
+        x[:, :experts] = (perm * 0.25).to(x.dtype)
+
+
+def check_bf16_layer_gradients(tokens, device, monkeypatch, fuse_route):
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
+    monkeypatch.setattr(mlp_kernels, "FUSE_ROUTE", fuse_route)
+    cfg = JetMoEConfig(**{**TINY, "hidden_size": 256, "intermediate_size": 192,
+                          "num_local_experts": 8})  # fmt: skip
+    torch.manual_seed(tokens)
+    layer = randomize_(JetMoEMoE(cfg), scale=0.05).to(device).bfloat16()
+    x = torch.randn(tokens, 256, device=device, dtype=torch.bfloat16)
+    tie_free_router_(layer, x)
+    x = x.view(1, tokens, 256).requires_grad_()
+    g = torch.randn(1, tokens, 256, device=device, dtype=torch.bfloat16)
+    results = {}
+    for backend in ("reference", "triton"):
+        layer.input_linear.config.expert_backend = backend
+        with poison_allocations():
+            out, route = layer(x)
+            grads = torch.autograd.grad(out, [x, *layer.parameters()], g)
+        results[backend] = (route.expert_index, out, *grads)
+    assert torch.equal(results["triton"][0], results["reference"][0])
+    names = ["out", "x", *(n for n, _ in layer.named_parameters())]
+    for name, got, want in zip(names, results["triton"][1:], results["reference"][1:],
+                               strict=True):  # fmt: skip
+        rel = (got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-12)
+        assert rel < 2e-2, f"{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("fuse_route", [True, False])
+def test_bf16_layer_gradients_above_the_large_tile_threshold(fuse_route, monkeypatch):
+    # 2,100 tokens x top-2 = 4,200 pairs: the large tiles, TMA, x gathered to sorted order in
+    # the forward, dy written through pair_position, the routing's backward (fused into the
+    # combine's or its own node); every gradient against the loop backend in bf16 on the same
+    # routing, by relative norm error
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
+    assert max(mlp_kernels.GATHER_X_MIN_PAIRS, kernels.TMA_MIN_PAIRS) < 2100 * 2
+    check_bf16_layer_gradients(2100, "cuda", monkeypatch, fuse_route)
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("tokens", [1, 4, 16, 32])
 def test_small_batch_layer_matches_reference_and_captures_in_a_graph(tokens):

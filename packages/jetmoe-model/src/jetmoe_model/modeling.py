@@ -154,6 +154,14 @@ class JetMoEMoE(nn.Module):
         flat = x.reshape(-1, shape[-1])
         w_in, w_out = self.input_linear.weight, self.output_linear.weight
         backend = resolve_backend(flat, self.input_linear.config.expert_backend)
+        if backend == "triton" and self.swiglu and expert_mlp_kernels().FUSE_ROUTE:
+            # routing + experts + combine as one node: 4-5 launches forward after the router
+            # matmul, and the routing's backward folded into the combine's backward kernel;
+            # route.logits keeps the router's dtype (the auxiliary losses upcast)
+            out, route = expert_mlp_kernels().routed_swiglu_moe(
+                flat, self.router.layer(flat), w_in, w_out, self.bias, self.router.top_k
+            )
+            return out.view(shape), route
         route = self.router(flat, backend)
         routing = route.routing
         if backend == "triton" and self.swiglu:

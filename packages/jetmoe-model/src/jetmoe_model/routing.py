@@ -53,7 +53,7 @@ def sort_by_expert(expert_index: torch.Tensor, num_experts: int) -> Routing:
 
 
 class TopKRouting(NamedTuple):
-    logits: torch.Tensor  # [T, E] float32
+    logits: torch.Tensor  # [T, E] float32 (the router's dtype on the fused Triton MoE path)
     gates: torch.Tensor  # [T, k] in the input dtype, each row sums to 1
     expert_index: torch.Tensor  # [T, k] int64
     routing: Routing

@@ -12,6 +12,9 @@
   GLU GEMM (GEMV for a handful of pairs), second GEMM, combine; its backward writes the
   combine's gradient straight into sorted order. Inference: 3 launches after the router matmul
   and the 1-launch routing (decode sizes), no host sync, so it captures in a CUDA graph.
+- ``routed_swiglu_moe`` (what the model runs): the same node taking the router logits, with the
+  routing kernels inside it and the routing's backward folded into the combine's backward
+  kernel (no routing node, no ``dgates``): fewer launches and autograd nodes per step.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import triton.language as tl
 from tensor_utils.dispatch import triton_interpreting
 
 from ..experts.naive import check_args
-from ..experts.triton import gather_gemm_scatter, grouped_xty
+from ..experts.triton import gather_gemm_scatter, glu_bwd_sorted, grouped_xty
 
 
 @triton.jit
@@ -56,14 +59,22 @@ def _combine_bwd(
     dy_ptr,
     dgates_ptr,
     pos_ptr,
+    logits_ptr,
+    index_ptr,
     N,
+    E,
+    stride_lt,
     K: tl.constexpr,
     K_P2: tl.constexpr,
+    E_P2: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_POS: tl.constexpr,
+    HAS_LOGITS: tl.constexpr,
 ):
     """``dy[t * K + j] = gates[t, j] * dout[t]``, ``dgates[t, j] = <dout[t], y[t * K + j]>``;
-    with ``pos``, ``dy`` row ``pos[t * K + j]`` instead (the next GEMMs read sorted rows)."""
+    with ``pos``, ``dy`` row ``pos[t * K + j]`` instead (the next GEMMs read sorted rows). With
+    ``logits`` the routing's backward too: ``dgates_ptr`` receives ``d logits`` ``[T, E]`` of the
+    top-k softmax (recomputed in fp32 from the logits), zero outside the token's k experts."""
     t = tl.program_id(0)
     j = tl.arange(0, K_P2)
     dg = tl.zeros((K_P2,), dtype=tl.float32)
@@ -81,7 +92,24 @@ def _combine_bwd(
             yv = tl.load(y_ptr + row + offs, mask=mask, other=0.0).to(tl.float32)
             dg += tl.where(j == s, tl.sum(d * yv, axis=0), 0.0)
             tl.store(dy_ptr + out_row + offs, (g * d).to(dy_ptr.dtype.element_ty), mask=mask)
-    tl.store(dgates_ptr + t * K + j, dg, mask=j < K)
+    if HAS_LOGITS:  # dlogits[t, e_j] = p_j (dg_j - sum_i p_i dg_i), p = softmax of the k logits
+        jm = j < K
+        idx = tl.load(index_ptr + t * K + j, mask=jm, other=0).to(tl.int32)
+        v = tl.load(logits_ptr + t.to(tl.int64) * stride_lt + idx, mask=jm, other=0.0)
+        v = v.to(tl.float32)
+        p = tl.where(jm, tl.exp(v - tl.max(tl.where(jm, v, float("-inf")), axis=0)), 0.0)
+        p = p / tl.maximum(tl.sum(p, axis=0), 1e-30)
+        dl = p * (dg - tl.sum(p * dg, axis=0))
+        e = tl.arange(0, E_P2)
+        hit = (e[:, None] == idx[None, :]) & jm[None, :]
+        row_dl = tl.sum(tl.where(hit, dl[None, :], 0.0), axis=1)
+        tl.store(
+            dgates_ptr + t.to(tl.int64) * stride_lt + e,
+            row_dl.to(dgates_ptr.dtype.element_ty),
+            mask=e < E,
+        )
+    else:
+        tl.store(dgates_ptr + t * K + j, dg, mask=j < K)
 
 
 def _combine_fwd(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -98,23 +126,32 @@ def _combine_fwd(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor)
     return out
 
 
-def _combine_bwd_launch(dout, y_pairs, gates, pos):
-    """``(dy, dgates)`` of the combine; ``dy`` in sorted order when ``pos`` is given."""
+def _combine_bwd_launch(dout, y_pairs, gates, pos, logits=None, index=None):
+    """``(dy, dgates)`` of the combine; ``dy`` in sorted order when ``pos`` is given. With
+    ``logits`` (and the routing's ``index``): ``(dy, dlogits)``, the routing's backward folded in
+    (the gates are then the top-k softmax of ``logits``)."""
     tokens, top_k = gates.shape
     n = y_pairs.shape[1]
     dout = dout.contiguous()
     dy = torch.empty_like(y_pairs)
-    dgates = torch.empty(tokens, top_k, device=gates.device, dtype=torch.float32)
+    if logits is None:
+        dg = torch.empty(tokens, top_k, device=gates.device, dtype=torch.float32)
+    else:
+        dg = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
     if tokens and n:
         block = 16 if triton_interpreting() else 1024
+        experts = 1 if logits is None else logits.shape[1]
         _combine_bwd[(tokens,)](
-            dout, y_pairs, gates, dy, dgates, gates if pos is None else pos, n, K=top_k,
-            K_P2=triton.next_power_of_2(top_k), BLOCK_N=block, HAS_POS=pos is not None,
+            dout, y_pairs, gates, dy, dg, gates if pos is None else pos,
+            gates if logits is None else logits, gates if index is None else index,
+            n, experts, 0 if logits is None else logits.stride(0), K=top_k,
+            K_P2=triton.next_power_of_2(top_k), E_P2=triton.next_power_of_2(experts),
+            BLOCK_N=block, HAS_POS=pos is not None, HAS_LOGITS=logits is not None,
             num_warps=1 if triton_interpreting() else 4,
         )  # fmt: skip
-    else:
-        dgates.zero_()
-    return dy, dgates.to(gates.dtype)
+    else:  # no tokens or no columns: every dot product is empty (dlogits = p (0 - 0) = 0)
+        dg.zero_()
+    return dy, dg if logits is not None else dg.to(gates.dtype)
 
 
 class _Combine(torch.autograd.Function):
@@ -163,9 +200,7 @@ class _ExpertSwiGLUMLP(torch.autograd.Function):
         bwd = dict(transpose_weight=True, allow_gemv=False)
         # dy in sorted order (one gather pass): both dh and dW_out then read it through TMA
         dy_s = dy.index_select(0, sorted_pair)
-        dh, _ = gather_gemm_scatter(
-            dy_s, w_out, offsets, None, 1, None, pairs, epilogue="glu_bwd", h=h, **bwd
-        )
+        dh = glu_bwd_sorted(dy_s, w_out, offsets, h, pairs)
         dx = dw_in = dw_out = None
         if ctx.needs_input_grad[2]:
             dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs)
@@ -174,8 +209,7 @@ class _ExpertSwiGLUMLP(torch.autograd.Function):
             if k > 1:
                 dx = dx.view(x.shape[0], k, x.shape[1]).sum(1)
         if ctx.needs_input_grad[1]:
-            x_s = x.index_select(0, sorted_pair // k)  # sorted rows: TMA for dW_in as well
-            dw_in = grouped_xty(x_s, dh, offsets, None, 1, None, w_in.shape, pairs)
+            dw_in = _dw_in(x, None, dh, w_in, sorted_pair, offsets, k)
         return dx, dw_in, dw_out, None, None, None, None
 
 
@@ -211,45 +245,70 @@ def _sorted_x(x, sorted_pair, k):
     return x.index_select(0, sorted_pair // k) if sorted_pair.numel() > GATHER_X_MIN_PAIRS else None
 
 
+def _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k):
+    """``dW_in`` from the sorted copy of x (kept by the forward above GATHER_X_MIN_PAIRS, or made
+    here where TMA pays), else gathering x's rows inside the kernel: at small sizes the two extra
+    launches (``// k``, ``index_select``) cost more host time than the gather costs on the GPU."""
+    from ..experts import triton as kernels  # TMA_MIN_PAIRS read per call (tests patch it)
+
+    pairs = sorted_pair.numel()
+    if x_s is None and pairs > kernels.TMA_MIN_PAIRS:
+        x_s = x.index_select(0, sorted_pair // k)
+    if x_s is not None:
+        return grouped_xty(x_s, dh, offsets, None, 1, None, w_in.shape, pairs)
+    return grouped_xty(x, dh, offsets, sorted_pair, k, None, w_in.shape, pairs)
+
+
 class _SwiGLUMoE(torch.autograd.Function):
     """The MoE layer after routing: ``out[t] = bias + sum_j gates[t, j] y[t * k + j]``, ``y`` =
     the SwiGLU expert MLP. One autograd node, so its backward writes the combine's gradient
-    straight into sorted order (``pair_position``) for the dh / dW_out GEMMs."""
+    straight into sorted order (``pair_position``) for the dh / dW_out GEMMs. With ``logits``
+    (``routed_swiglu_moe``) the gates are the routing's top-k softmax of ``logits`` and the node
+    returns ``d logits`` from the combine's backward kernel (no routing node, no ``dgates``)."""
 
     @staticmethod
-    def forward(ctx, x, w_in, w_out, gates, bias, sorted_pair, offsets, pos, k):
+    def forward(ctx, x, w_in, w_out, gates, bias, logits, index, sorted_pair, offsets, pos, k):
         gates = gates.contiguous()
         x_s = _sorted_x(x, sorted_pair, k)
         act, h, y, out = _moe_forward(
             x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, True
         )
         ctx.save_for_backward(x if x_s is None else x_s, w_in, w_out, h, act, y, gates,
-                              sorted_pair, offsets, pos)  # fmt: skip
+                              sorted_pair, offsets, pos, logits, index)  # fmt: skip
         ctx.k, ctx.x_sorted, ctx.x_shape = k, x_s is not None, x.shape
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x_or_s, w_in, w_out, h, act, y, gates, sorted_pair, offsets, pos = ctx.saved_tensors
+        x_or_s, w_in, w_out, h, act, y, gates, sorted_pair, offsets, pos, logits, index = (
+            ctx.saved_tensors
+        )
         k, pairs = ctx.k, sorted_pair.numel()
         need = ctx.needs_input_grad
-        dy_s, dgates = _combine_bwd_launch(dout, y, gates, pos)
-        dbias = dout.sum(0) if need[4] else None
-        bwd = dict(transpose_weight=True, allow_gemv=False)
-        dh, _ = gather_gemm_scatter(
-            dy_s, w_out, offsets, None, 1, None, pairs, epilogue="glu_bwd", h=h, **bwd
+        fused_route = logits is not None
+        dy_s, dg = _combine_bwd_launch(
+            dout, y, gates, pos, logits if fused_route else None, index if fused_route else None
         )
+        dbias = dout.sum(0) if need[4] else None
+        dh = glu_bwd_sorted(dy_s, w_out, offsets, h, pairs)
         dx = dw_in = dw_out = None
         if need[2]:
             dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs)
         if need[0]:
+            bwd = dict(transpose_weight=True, allow_gemv=False)
             dx, _ = gather_gemm_scatter(dh, w_in, offsets, None, 1, sorted_pair, pairs, **bwd)
             if k > 1:
                 dx = dx.view(ctx.x_shape[0], k, ctx.x_shape[1]).sum(1)
         if need[1]:
-            x_s = x_or_s if ctx.x_sorted else x_or_s.index_select(0, sorted_pair // k)
-            dw_in = grouped_xty(x_s, dh, offsets, None, 1, None, w_in.shape, pairs)
-        return dx, dw_in, dw_out, dgates if need[3] else None, dbias, None, None, None, None
+            x, x_s = (None, x_or_s) if ctx.x_sorted else (x_or_s, None)
+            dw_in = _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k)
+        dgates = dg if need[3] and not fused_route else None
+        dlogits = dg if need[5] and fused_route else None
+        return (dx, dw_in, dw_out, dgates, dbias, dlogits) + (None,) * 5
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def swiglu_moe(x, w_in, w_out, gates, bias, routing):
@@ -262,10 +321,49 @@ def swiglu_moe(x, w_in, w_out, gates, bias, routing):
     if pos is None:  # a routing from the PyTorch spec: invert the sort here
         pos = torch.empty_like(routing.sorted_pair, dtype=torch.int32)
         pos[routing.sorted_pair] = torch.arange(pos.numel(), device=pos.device, dtype=pos.dtype)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_in, w_out, gates, bias)):
-        return _SwiGLUMoE.apply(x, w_in, w_out, gates, bias, *args, pos, k)
+    if _needs_grad(x, w_in, w_out, gates, bias):
+        return _SwiGLUMoE.apply(x, w_in, w_out, gates, bias, None, None, *args, pos, k)
     x_s = _sorted_x(x, routing.sorted_pair, k)
     return _moe_forward(x, x_s, w_in, w_out, gates.contiguous(), bias, *args, k, False)[3]
 
 
-__all__ = ["GATHER_X_MIN_PAIRS", "combine", "swiglu_mlp", "swiglu_moe"]
+# The MoE layer routes and runs its experts as one autograd node (``routed_swiglu_moe``); False:
+# the routing node + ``swiglu_moe`` (the run-4 path, kept as the candidate it is measured against)
+FUSE_ROUTE = True
+
+
+def routed_swiglu_moe(x, logits, w_in, w_out, bias, top_k):
+    """The whole MoE layer after the router matmul: Triton routing (``ops/routing``) of
+    ``logits`` ``[T, E]`` (any float dtype; the top-k softmax runs in fp32), then the fused SwiGLU
+    experts + combine + bias. Returns ``(out [T, D], TopKRouting)``; the routing's ``logits`` is
+    the tensor passed in (its gradient comes from this node and from any auxiliary loss), its
+    gates carry no gradient of their own (this node differentiates through the logits: the
+    routing's backward is folded into the combine's, so training adds no routing launches)."""
+    from ...routing import Routing, TopKRouting
+    from ..routing.triton import route_forward
+
+    experts = logits.shape[1]
+    if not 1 <= top_k <= experts:
+        raise ValueError(f"top_k={top_k} must be between 1 and the number of experts ({experts})")
+    logits = logits.contiguous()
+    gates, index, sorted_pair, offsets, pos = route_forward(logits.detach(), top_k, x.dtype)
+    route = TopKRouting(logits, gates, index, Routing(sorted_pair, offsets, top_k, experts, pos))
+    k = check_args(x, w_in, sorted_pair, offsets, "token", "sorted")
+    if _needs_grad(x, w_in, w_out, bias, logits):
+        out = _SwiGLUMoE.apply(
+            x, w_in, w_out, gates, bias, logits, index, sorted_pair, offsets, pos, k
+        )
+    else:
+        x_s = _sorted_x(x, sorted_pair, k)
+        out = _moe_forward(x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, False)[3]
+    return out, route
+
+
+__all__ = [
+    "FUSE_ROUTE",
+    "GATHER_X_MIN_PAIRS",
+    "combine",
+    "routed_swiglu_moe",
+    "swiglu_mlp",
+    "swiglu_moe",
+]
