@@ -125,8 +125,11 @@ def make_input(tokens: int, skew: bool):
     return x.bfloat16()
 
 
-def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides: str = ""
-               ) -> list[dict]:  # fmt: skip
+def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides: str = "",
+               rounds: int = 1, only: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
+    """Every backend x mode at one size. ``rounds`` > 1: the backends are timed interleaved,
+    ``rounds`` passes over all of them, and each row reports the median of its per-pass medians
+    (p20/p80 over the passes), so drift of the machine during the run hits every backend alike."""
     x = make_input(tokens, skew)
     x_req = x.clone().requires_grad_()
     with torch.no_grad():
@@ -147,10 +150,13 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides:
         return run
 
     def ours_fn(backend, backward):
-        ours.input_linear.config.expert_backend = backend
+        def call(inp):  # the backend is set per call: interleaved rounds alternate backends
+            ours.input_linear.config.expert_backend = backend
+            return ours(inp)[0]
+
         if not backward:
-            return no_grad(lambda: ours(x)[0])
-        return lambda: torch.autograd.grad(ours(x_req)[0], [x_req, *ours_params], g)
+            return no_grad(lambda: call(x))
+        return lambda: torch.autograd.grad(call(x_req), [x_req, *ours_params], g)
 
     def theirs_call(inp):
         out = theirs(inp)
@@ -181,10 +187,12 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides:
     }
     if smoe is not None:
         impls["scattermoe"] = smoe_fn
+    if only:
+        impls = {name: make for name, make in impls.items() if name in only}
     modes = ["fwd", "fwd+bwd"] + (["fwd_graph"] if tokens <= 16 else [])
     graphable = ("grouped_mm", "triton", "dense_roofline")
     reference_out = None
-    rows = []
+    cases = {}  # (name, mode) -> (fn, err, peak increase bytes, host ms)
     for name, make in impls.items():
         for mode in modes:
             if mode == "fwd_graph" and name not in graphable:
@@ -201,7 +209,6 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides:
                     fn = graph_replay(fn)
                 with PeakMemory() as mem:
                     fn()
-                t = time_fn(fn, warmup=10, rep=rep)
                 host = host_ms(fn) if tokens <= 4096 and mode != "fwd_graph" else float("nan")
             except torch.OutOfMemoryError:
                 print(f"{name} {tokens} {mode}: out of memory")
@@ -209,22 +216,37 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides:
             except Exception as exc:  # a peer failing (e.g. ScatterMoE on this Triton) is a row
                 print(f"{name} {tokens} {mode}: failed: {type(exc).__name__}: {exc}"[:300])
                 continue
-            flops = FLOP_PER_PAIR * tokens * K * (3 if mode == "fwd+bwd" else 1)
-            row = dict(
-                bench="moe_layer", impl=name, mode=mode, tokens=tokens,
-                routing="skewed" if skew else "uniform", top_expert_share=round(top_share, 4),
-                median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms,
-                tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                peak_increase_mb=mem.cuda_increase_bytes / 2**20, max_err=err, host_ms=host,
-                overrides=overrides if name == "triton" else "",
-            )  # fmt: skip
-            rows.append(row)
-            print(
-                f"{row['routing']:7s} T={tokens:6d} {name:14s} {mode:9s} "
-                f"{t.median_ms:8.3f} ms {row['tflops']:6.1f} TFLOP/s  err {err:.3g}  "
-                f"host {host:.3f} ms",
-                flush=True,
-            )
+            cases[name, mode] = (fn, err, mem.cuda_increase_bytes, host)
+    timings = {case: [] for case in cases}
+    for _ in range(rounds):
+        for case, (fn, *_) in cases.items():
+            timings[case].append(time_fn(fn, warmup=10, rep=rep))
+    rows = []
+    for (name, mode), (_fn, err, peak, host) in cases.items():
+        ts = timings[name, mode]
+        if rounds == 1:
+            median, p20, p80 = ts[0].median_ms, ts[0].p20_ms, ts[0].p80_ms
+        else:
+            meds = sorted(t.median_ms for t in ts)
+            median = meds[len(meds) // 2]
+            p20, p80 = meds[len(meds) // 5], meds[(4 * len(meds)) // 5]
+        flops = FLOP_PER_PAIR * tokens * K * (3 if mode == "fwd+bwd" else 1)
+        row = dict(
+            bench="moe_layer", impl=name, mode=mode, tokens=tokens,
+            routing="skewed" if skew else "uniform", top_expert_share=round(top_share, 4),
+            median_ms=median, p20_ms=p20, p80_ms=p80,
+            tflops=flops / (median * 1e-3) / 1e12,
+            peak_increase_mb=peak / 2**20, max_err=err, host_ms=host,
+            overrides=overrides if name == "triton" else "", rounds=rounds,
+        )  # fmt: skip
+        rows.append(row)
+        print(
+            f"{row['routing']:7s} T={tokens:6d} {name:14s} {mode:9s} "
+            f"{median:8.3f} ms {row['tflops']:6.1f} TFLOP/s  err {err:.3g}  "
+            f"host {host:.3f} ms"
+            + (f"  rounds {rounds} p20-p80 {p20:.3f}-{p80:.3f}" if rounds > 1 else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -235,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rep", type=int, default=40)
     parser.add_argument("--routings", default="uniform,skewed")
     parser.add_argument("--overrides", default="", help="JSON file of Triton config overrides")
+    parser.add_argument("--rounds", type=int, default=1, help="> 1: time the backends interleaved")
+    parser.add_argument("--impls", default="", help="comma-separated subset of the backends")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_moe_layer: needs CUDA (H100 numbers); nothing measured")
@@ -255,7 +279,10 @@ def main(argv=None) -> int:
         skew = routing == "skewed"
         ours, theirs, smoe = make_layers(skew)
         for tokens in sizes:
-            size_rows = bench_size(ours, theirs, smoe, tokens, skew, args.rep, overrides)
+            only = tuple(name for name in args.impls.split(",") if name)
+            size_rows = bench_size(
+                ours, theirs, smoe, tokens, skew, args.rep, overrides, args.rounds, only
+            )
             write_csv(args.out, size_rows)  # progressively: a timeout keeps what was measured
             rows += size_rows
             torch.cuda.empty_cache()
