@@ -97,6 +97,23 @@ def ddp_worker(
         dist.destroy_process_group()
 
 
+def load_agreeing_ranks(out_dir, name: str) -> dict:
+    """Rank 0's saved results for ``name`` after checking that rank 1 ended with the same
+    parameters and the same projectors (3 of them: the tiny model's GaLore matrices)."""
+    r0 = torch.load(f"{out_dir}/{name}-rank0.pt", weights_only=True)
+    r1 = torch.load(f"{out_dir}/{name}-rank1.pt", weights_only=True)
+    for a, b in zip(r0["params"], r1["params"], strict=True):
+        assert torch.equal(a, b)
+    projectors = 0
+    for k, st in r0["state"]["state"].items():
+        for key in ("proj_left", "proj_right"):
+            if key in st:
+                assert torch.equal(st[key], r1["state"]["state"][k][key])
+                projectors += 1
+    assert projectors == 3
+    return r0
+
+
 def fsdp_optimizer(name: str, model: nn.Module):
     """The optimizers the FSDP2 test runs, by name (picklable for ``mp.spawn``)."""
     from galore_optim import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit

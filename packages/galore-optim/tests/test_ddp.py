@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from galore_optim import GaLoreAdamW
-from galore_testlib import batches, ddp_worker, galore_groups, tiny_model, train
+from galore_testlib import (
+    batches,
+    ddp_worker,
+    galore_groups,
+    load_agreeing_ranks,
+    tiny_model,
+    train,
+)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
@@ -19,17 +26,7 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
 
 
 def _check(tmp_path, solver):
-    r0 = torch.load(tmp_path / f"{solver}-rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / f"{solver}-rank1.pt", weights_only=True)
-    for a, b in zip(r0["params"], r1["params"], strict=True):
-        assert torch.equal(a, b)
-    projectors = 0
-    for k, st in r0["state"]["state"].items():
-        for key in ("proj_left", "proj_right"):
-            if key in st:
-                assert torch.equal(st[key], r1["state"]["state"][k][key])
-                projectors += 1
-    assert projectors == 3
+    r0 = load_agreeing_ranks(tmp_path, solver)
     single = tiny_model()
     train(
         single,
