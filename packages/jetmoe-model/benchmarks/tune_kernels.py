@@ -327,10 +327,10 @@ def _with_h_early(c, h_early):
     return {**c, "H_EARLY": int(h_early)}
 
 
-# dh GEMM candidates (``--dh``): the general kernel's glu_bwd epilogue (run 4) and the sorted-row
-# kernel with the h loads after (0) or before (1) the K loop, a few tiles
+# dh GEMM candidates (``--dh``): the glu_bwd epilogue over sorted rows with the h loads after (0)
+# or before (1) the K loop, a few tiles (run 5 also timed a separate sorted-row kernel, since
+# folded into the general one as H_EARLY: kernel_sweep.csv)
 DH = {
-    "general 128x128x64/8/4 (run 4)": None,
     "sorted 128x128x64/8/4 h late": _with_h_early(cfg(128, 128, 64, 8, 4, 8), 0),
     "sorted 128x128x64/8/4 h early": _with_h_early(cfg(128, 128, 64, 8, 4, 8), 1),
     "sorted 128x128x64/8/3 h early": _with_h_early(cfg(128, 128, 64, 8, 3, 8), 1),
@@ -347,13 +347,10 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
     gg, p, off, bwd = kernels.gather_gemm_scatter, o["p"], o["off"], o["bwd"]
     flops = 2 * p * F * D
     rows, best = [], None
+    fn = lambda: gg(o["dy_s"], o["w_out"], off, None, 1, None, p,  # noqa: E731
+                    epilogue="glu_bwd", h=o["h"], **bwd)  # fmt: skip
     for label, c in DH.items():
-        if c is None:
-            fn = lambda: gg(o["dy_s"], o["w_out"], off, None, 1, None, p,  # noqa: E731
-                            epilogue="glu_bwd", h=o["h"], **bwd)  # fmt: skip
-        else:
-            fn = lambda: kernels.glu_bwd_sorted(o["dy_s"], o["w_out"], off, o["h"], p)  # noqa: E731
-            kernels.CONFIG_OVERRIDES["glu_bwd"] = c
+        kernels.CONFIG_OVERRIDES["glu_bwd"] = c
         try:
             with torch.no_grad():
                 t = time_fn(fn, warmup=10, rep=40).median_ms
@@ -364,9 +361,9 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
             kernels.CONFIG_OVERRIDES.pop("glu_bwd", None)
         tf = flops / (t * 1e-3) / 1e12
         rows.append(dict(bench="dh_candidates", label=label, tokens=tokens, median_ms=t,
-                         tflops=tf, **(c or {})))  # fmt: skip
+                         tflops=tf, **c))  # fmt: skip
         print(f"T={tokens:6d} dh {label:34s} {t:8.3f} ms {tf:6.1f} TFLOP/s", flush=True)
-        if c is not None and (best is None or t < best[1]):
+        if best is None or t < best[1]:
             best = (label, t, c)
     if best is None:
         return rows

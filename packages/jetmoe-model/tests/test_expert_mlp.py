@@ -225,14 +225,12 @@ def test_moe_layer_training_gradients_match_reference(tokens, gather_x, tma, fus
         assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"{name}: ")
 
 
-@pytest.mark.parametrize("h_early", [True, False])
 @pytest.mark.parametrize("tma", [True, False])
-def test_dh_kernel_matches_the_general_glu_backward(h_early, tma, monkeypatch):
-    # the sorted-row dh GEMM (h loads before or after the K loop) against the general kernel's
-    # glu_bwd epilogue; experts of 0, 5, 16, 23 rows (an empty expert, tiles straddling experts)
+def test_dh_epilogue_with_early_and_late_h_loads(tma, monkeypatch):
+    # the dh GEMM (glu_bwd epilogue over sorted rows) with the h loads issued before and after
+    # the K loop; experts of 0, 5, 16, 23 rows (an empty expert, tiles straddling experts)
     monkeypatch.setattr(kernels, "USE_TMA", tma)
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
-    monkeypatch.setitem(kernels.CONFIG_OVERRIDES, "glu_bwd", {"H_EARLY": int(h_early)})
     device = _device()
     counts = [0, 5, 16, 23]
     offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
@@ -240,18 +238,21 @@ def test_dh_kernel_matches_the_general_glu_backward(h_early, tma, monkeypatch):
     dy = torch.randn(pairs, 32, device=device)
     w_out = torch.randn(4, 32, 24, device=device)
     h = torch.randn(pairs, 48, device=device)
-    with poison_allocations():
-        got = kernels.glu_bwd_sorted(dy, w_out, offsets, h, pairs)
-    want, _ = kernels.gather_gemm_scatter(dy, w_out, offsets, None, 1, None, pairs,
-                                          transpose_weight=True, allow_gemv=False,
-                                          epilogue="glu_bwd", h=h)  # fmt: skip
-    assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got = {}
+    for h_early in (True, False):
+        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, "glu_bwd", {"H_EARLY": int(h_early)})
+        with poison_allocations():
+            got[h_early], _ = kernels.gather_gemm_scatter(dy, w_out, offsets, None, 1, None, pairs,
+                                                          transpose_weight=True, allow_gemv=False,
+                                                          epilogue="glu_bwd", h=h)  # fmt: skip
+    assert_close(got[True], got[False], atol=1e-5, rtol=1e-5)
     # and against the SwiGLU backward in PyTorch
     g, u = h.chunk(2, dim=-1)
     act_grad = torch.cat([dy[:5] @ w_out[1], dy[5:21] @ w_out[2], dy[21:] @ w_out[3]])
     sig = torch.sigmoid(g)
     ref = torch.cat([act_grad * u * sig * (1 + g * (1 - sig)), act_grad * g * sig], dim=-1)
-    assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    for h_early in (True, False):
+        assert_close(got[h_early], ref, atol=1e-4, rtol=1e-4, msg=f"H_EARLY={h_early}: ")
 
 
 def test_fused_route_layer_returns_the_routing_and_differentiates_through_logits():

@@ -26,7 +26,7 @@ import triton.language as tl
 from tensor_utils.dispatch import triton_interpreting
 
 from ..experts.naive import check_args
-from ..experts.triton import gather_gemm_scatter, glu_bwd_sorted, grouped_xty
+from ..experts.triton import gather_gemm_scatter, grouped_xty
 
 
 @triton.jit
@@ -174,6 +174,14 @@ def combine(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor) -> t
     return _Combine.apply(y_pairs, gates, bias)
 
 
+def _dh(dy_s, w_out, offsets, h, pairs):
+    """``dh = [dg, du]`` of the SwiGLU, sorted rows: ``d(act) = dy_e W_out_e`` with the saved
+    pre-activation ``h`` in the GEMM's epilogue."""
+    dh, _ = gather_gemm_scatter(dy_s, w_out, offsets, None, 1, None, pairs, transpose_weight=True,
+                                allow_gemv=False, epilogue="glu_bwd", h=h)  # fmt: skip
+    return dh
+
+
 class _ExpertSwiGLUMLP(torch.autograd.Function):
     """``y[p] = W_out[e] (silu(g) * u)``, ``[g; u] = W_in[e] x[p // k]``, pair-order output.
 
@@ -200,7 +208,7 @@ class _ExpertSwiGLUMLP(torch.autograd.Function):
         bwd = dict(transpose_weight=True, allow_gemv=False)
         # dy in sorted order (one gather pass): both dh and dW_out then read it through TMA
         dy_s = dy.index_select(0, sorted_pair)
-        dh = glu_bwd_sorted(dy_s, w_out, offsets, h, pairs)
+        dh = _dh(dy_s, w_out, offsets, h, pairs)
         dx = dw_in = dw_out = None
         if ctx.needs_input_grad[2]:
             dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs)
@@ -290,7 +298,7 @@ class _SwiGLUMoE(torch.autograd.Function):
             dout, y, gates, pos, logits if fused_route else None, index if fused_route else None
         )
         dbias = dout.sum(0) if need[4] else None
-        dh = glu_bwd_sorted(dy_s, w_out, offsets, h, pairs)
+        dh = _dh(dy_s, w_out, offsets, h, pairs)
         dx = dw_in = dw_out = None
         if need[2]:
             dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs)

@@ -11,7 +11,8 @@ All kernels read the int32 ``expert_offsets`` on the device (no host sync):
   Epilogues: ``plain``; ``glu`` (two accumulators, the gate rows ``[0, N)`` and up rows
   ``[N, 2N)`` of ``W``, writes ``silu(g) * u`` and optionally the pre-activation ``h = [g, u]``
   for backward), so the SwiGLU never makes its own memory pass; ``glu_bwd`` (the gradient of
-  the activation input: reads ``h`` and writes ``dh = [dg, du]`` straight from ``d(act)``).
+  the activation input: reads ``h``, by default issuing those loads before the K loop, and
+  writes ``dh = [dg, du]`` straight from ``d(act)``).
   Hopper TMA: where the operand is contiguous and 16-byte aligned, the weight tile (and the
   A tile when ``x`` is already in sorted order) is loaded through a host-side tensor descriptor
   instead of pointer arithmetic; rows of a neighbouring expert that a descriptor tile picks up
@@ -50,6 +51,9 @@ USE_TMA = True
 # ... above this many pairs: below it the host-side descriptor encoding per launch costs more
 # than TMA saves on the GPU (H100, 1,024 tokens: kernel_sweep.csv)
 TMA_MIN_PAIRS = 4096
+# The glu_bwd (dh) epilogue issues its h loads before the K loop (run-5 candidate,
+# kernel_sweep.csv); a "glu_bwd" config override's "H_EARLY" key wins.
+DH_H_EARLY = True
 # Overrides for tuning sweeps, by kernel kind: "gemm", "gemm_t", "glu", "glu_bwd", "xty", "gemv".
 CONFIG_OVERRIDES: dict[str, dict[str, int]] = {}
 
@@ -68,6 +72,16 @@ def _tile_of(offs_ptr, E, pid_m, BLOCK_M: tl.constexpr, E_P2: tl.constexpr):
     row_start = tl.sum(tl.where(sel, starts, 0), 0) + (pid_m - tile_begin) * BLOCK_M
     row_end = tl.sum(tl.where(sel, ends, 0), 0)
     return expert, row_start, row_end
+
+
+@triton.jit
+def _out_rows(dst_ptr, rows, row_mask, HAS_DST: tl.constexpr):
+    """Output row of each of the tile's rows: scattered through ``dst`` or in place."""
+    if HAS_DST:  # noqa: SIM108 (constexpr branch)
+        dst = tl.load(dst_ptr + rows, mask=row_mask, other=0)
+    else:
+        dst = rows
+    return dst
 
 
 @triton.jit
@@ -107,6 +121,7 @@ def _gather_gemm_scatter(
     X_DESC: tl.constexpr,
     W_DESC: tl.constexpr,
     W_T: tl.constexpr,
+    H_EARLY: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -136,6 +151,13 @@ def _gather_gemm_scatter(
             + offs_n[None, :] * stride_wn
             + offs_k[:, None] * stride_wk
         )
+    if EPILOGUE == 2:  # noqa: SIM102 (constexpr branches)
+        if H_EARLY:  # h tile loads issued now land while the tensor cores run the K loop
+            h_rows = _out_rows(dst_ptr, rows, row_mask, HAS_DST).to(tl.int64)[:, None]
+            h_early = h_ptr + h_rows * stride_hm + offs_n[None, :] * stride_hn
+            h_mask = row_mask[:, None] & (offs_n[None, :] < N)
+            g_in = tl.load(h_early, mask=h_mask, other=0.0)
+            u_in = tl.load(h_early + N * stride_hn, mask=h_mask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if EPILOGUE == 1:
         acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -170,11 +192,7 @@ def _gather_gemm_scatter(
             x_ptrs += BLOCK_K * stride_xk
         if not W_DESC:
             w_ptrs += BLOCK_K * stride_wk
-    if HAS_DST:  # noqa: SIM108 (constexpr branch)
-        dst = tl.load(dst_ptr + rows, mask=row_mask, other=0)
-    else:
-        dst = rows
-    dst64 = dst.to(tl.int64)[:, None]
+    dst64 = _out_rows(dst_ptr, rows, row_mask, HAS_DST).to(tl.int64)[:, None]
     mask = row_mask[:, None] & (offs_n[None, :] < N)
     y_ptrs = y_ptr + dst64 * stride_ym + offs_n[None, :] * stride_yn
     if EPILOGUE == 0:
@@ -187,9 +205,12 @@ def _gather_gemm_scatter(
             tl.store(h_ptrs, acc.to(h_ptr.dtype.element_ty), mask=mask)
             tl.store(h_ptrs + N * stride_hn, acc_up.to(h_ptr.dtype.element_ty), mask=mask)
     else:  # acc = d(act); h = [g, u] at the same rows; y = dh = [dg, du]
-        h_ptrs = h_ptr + dst64 * stride_hm + offs_n[None, :] * stride_hn
-        g = tl.load(h_ptrs, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(h_ptrs + N * stride_hn, mask=mask, other=0.0).to(tl.float32)
+        if not H_EARLY:
+            h_ptrs = h_ptr + dst64 * stride_hm + offs_n[None, :] * stride_hn
+            g_in = tl.load(h_ptrs, mask=mask, other=0.0)
+            u_in = tl.load(h_ptrs + N * stride_hn, mask=mask, other=0.0)
+        g = g_in.to(tl.float32)
+        u = u_in.to(tl.float32)
         sig = tl.sigmoid(g)
         dg = acc * u * sig * (1.0 + g * (1.0 - sig))
         du = acc * g * sig
@@ -504,6 +525,7 @@ def gather_gemm_scatter(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], PRECISION=_precision(x.dtype),
         EPILOGUE={"plain": 0, "glu": 1, "glu_bwd": 2}[epilogue], SAVE_H=h_out is not None,
         X_DESC=x_desc, W_DESC=w_desc, W_T=transpose_weight,
+        H_EARLY=epilogue == "glu_bwd" and bool(cfg.get("H_EARLY", DH_H_EARLY)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, h_out
@@ -591,144 +613,6 @@ def expert_linear(
     return _ExpertLinear.apply(x, weight, sorted_pair, expert_offsets, input_order, output_order, k)
 
 
-# Kernels added after the ones above keep those at their source lines (Triton's cache key
-# includes a kernel's first line number).
-
-# The dh GEMM issues its h loads before the K loop (candidate of run 5, kernel_sweep.csv);
-# a config override's "H_EARLY" key wins.
-DH_H_EARLY = True
-
-
-@triton.jit
-def _glu_bwd_sorted(
-    dy_ptr,
-    w_ptr,
-    h_ptr,
-    dh_ptr,
-    offs_ptr,
-    N,
-    K,
-    E,
-    W_ROWS,
-    num_m_tiles,
-    stride_dm,
-    stride_dk,
-    stride_we,
-    stride_wk,
-    stride_wn,
-    stride_hm,
-    stride_hn,
-    stride_om,
-    stride_on,
-    E_P2: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    PRECISION: tl.constexpr,
-    A_DESC: tl.constexpr,
-    W_DESC: tl.constexpr,
-    H_EARLY: tl.constexpr,
-):
-    """``dh = [dg, du]`` of the SwiGLU over sorted rows: ``d(act) = dy_e @ W_e`` (``W`` [E, K, N],
-    i.e. ``W_out``) in the main loop, then ``dg, du`` from ``h = [g, u]`` in the epilogue. With
-    ``H_EARLY`` the ``h`` tile loads are issued before the K loop (registers, not shared memory),
-    so they land while the tensor cores work instead of stalling the epilogue."""
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * num_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m_tiles - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-
-    expert, row_start, row_end = _tile_of(offs_ptr, E, pid_m, BLOCK_M, E_P2)
-    rows = row_start + tl.arange(0, BLOCK_M)
-    row_mask = rows < row_end
-    rows64 = rows.to(tl.int64)[:, None]
-    n0 = pid_n * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask = row_mask[:, None] & (offs_n[None, :] < N)
-    h_ptrs = h_ptr + rows64 * stride_hm + offs_n[None, :] * stride_hn
-    if H_EARLY:
-        g_in = tl.load(h_ptrs, mask=mask, other=0.0)
-        u_in = tl.load(h_ptrs + N * stride_hn, mask=mask, other=0.0)
-    if not A_DESC:
-        a_ptrs = dy_ptr + rows64 * stride_dm + offs_k[None, :] * stride_dk
-    if not W_DESC:
-        w_ptrs = (
-            w_ptr
-            + expert.to(tl.int64) * stride_we
-            + offs_n[None, :] * stride_wn
-            + offs_k[:, None] * stride_wk
-        )
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    n_k = tl.where(expert < E, tl.cdiv(K, BLOCK_K), 0)
-    w_row = expert * W_ROWS  # first row of this expert in the [E * K, N] descriptor view
-    for kk in range(0, n_k):
-        k0 = kk * BLOCK_K
-        k_left = K - k0
-        if A_DESC:
-            a = dy_ptr.load([row_start, k0])
-        else:
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        if W_DESC:
-            b = w_ptr.load([w_row + k0, n0])
-        else:
-            b = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        if not A_DESC:
-            a_ptrs += BLOCK_K * stride_dk
-        if not W_DESC:
-            w_ptrs += BLOCK_K * stride_wk
-    if not H_EARLY:
-        g_in = tl.load(h_ptrs, mask=mask, other=0.0)
-        u_in = tl.load(h_ptrs + N * stride_hn, mask=mask, other=0.0)
-    g = g_in.to(tl.float32)
-    u = u_in.to(tl.float32)
-    sig = tl.sigmoid(g)
-    dg = acc * u * sig * (1.0 + g * (1.0 - sig))
-    du = acc * g * sig
-    o_ptrs = dh_ptr + rows64 * stride_om + offs_n[None, :] * stride_on
-    tl.store(o_ptrs, dg.to(dh_ptr.dtype.element_ty), mask=mask)
-    tl.store(o_ptrs + N * stride_on, du.to(dh_ptr.dtype.element_ty), mask=mask)
-
-
-def glu_bwd_sorted(
-    dy: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, h: torch.Tensor, pairs: int
-) -> torch.Tensor:
-    """``dh = [dg, du]`` ``[P, 2N]`` of the SwiGLU from ``d(act) = dy_e W_e`` and the saved
-    pre-activation ``h = [g, u]``; ``dy``, ``h`` and ``dh`` in sorted order, ``weight`` =
-    ``W_out`` ``[E, K, N]`` (read transposed). The backward's ``dh`` GEMM (``_glu_bwd_sorted``;
-    ``gather_gemm_scatter(epilogue="glu_bwd")`` is the general gathered/scattered variant)."""
-    experts, k, n = weight.shape
-    dh = torch.empty(pairs, 2 * n, device=dy.device, dtype=dy.dtype)
-    if pairs == 0 or n == 0:
-        return dh
-    if k == 0:
-        return dh.zero_()
-    cfg = _gemm_config(pairs, "glu_bwd", True)
-    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    w_desc = _tma_ok(weight, pairs) and k % bk == 0  # whole K tiles: no next-expert rows
-    a_desc = _tma_ok(dy, pairs)
-    w_arg = TensorDescriptor(weight, [experts * k, n], [n, 1], [bk, bn]) if w_desc else weight
-    a_arg = TensorDescriptor(dy, list(dy.shape), list(dy.stride()), [bm, bk]) if a_desc else dy
-    num_m_tiles = triton.cdiv(pairs, bm) + experts
-    grid = (num_m_tiles * triton.cdiv(n, bn),)
-    _glu_bwd_sorted[grid](
-        a_arg, w_arg, h, dh, offsets, n, k, experts, k, num_m_tiles,
-        dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), weight.stride(2),
-        h.stride(0), h.stride(1), dh.stride(0), dh.stride(1),
-        E_P2=triton.next_power_of_2(experts), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        GROUP_M=cfg["GROUP_M"], PRECISION=_precision(dy.dtype), A_DESC=a_desc, W_DESC=w_desc,
-        H_EARLY=bool(cfg.get("H_EARLY", DH_H_EARLY)),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    return dh
-
-
 __all__ = [
     "CONFIG_OVERRIDES",
     "DECODE_MAX_PAIRS",
@@ -737,6 +621,5 @@ __all__ = [
     "USE_TMA",
     "expert_linear",
     "gather_gemm_scatter",
-    "glu_bwd_sorted",
     "grouped_xty",
 ]
