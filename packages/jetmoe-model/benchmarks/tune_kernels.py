@@ -404,6 +404,166 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
     return rows
 
 
+# persistent-grid candidates (``--persistent``), layered over each kind's default tiles (which
+# above 4,096 pairs already carry ``kernels.PERSISTENT_LARGE``)
+PERSISTENT = {
+    "one program per tile": {"PERSISTENT": 0},
+    "persistent": {"PERSISTENT": 1, "FLATTEN": 0, "WARP_SPECIALIZE": 0},
+    "persistent flatten": {"PERSISTENT": 1, "FLATTEN": 1, "WARP_SPECIALIZE": 0},
+    "persistent ws": {"PERSISTENT": 1, "FLATTEN": 0, "WARP_SPECIALIZE": 1},
+    "persistent flatten ws": {"PERSISTENT": 1, "FLATTEN": 1, "WARP_SPECIALIZE": 1},
+}
+XTY_PERSISTENT = {k: v for k, v in PERSISTENT.items() if not v.get("WARP_SPECIALIZE")}
+# the layer as run 5 ran it: one program per tile, dh in the GEMM's epilogue
+RUN5 = {kind: {"PERSISTENT": 0} for kind in ("gemm", "gemm_t", "glu", "glu_bwd", "xty")}
+
+
+def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
+    """Each GEMM kind of the layer (sorted operands, as the layer runs them) with each
+    ``PERSISTENT`` candidate, timed interleaved over ``rounds`` passes next to cuBLAS on the
+    same dense shape, and dh both ways (the GEMM's glu_bwd epilogue; a plain GEMM + the
+    elementwise pass); then the layer (forward, forward+backward) as run 5 ran it, with the
+    current defaults and with the per-kind picks (> 2% faster than the default), against
+    grouped_mm and the dense roofline, interleaved too. The picks go to ``pick`` (JSON)."""
+    import statistics
+
+    from jetmoe_model.ops.expert_mlp import triton as mlp
+
+    o = layer_operands(ours, tokens)
+    gg, p, off, sp, bwd = kernels.gather_gemm_scatter, o["p"], o["off"], o["sp"], o["bwd"]
+    w_in, w_out = o["w_in"], o["w_out"]
+    dense = {k: torch.randn(*s, device="cuda", dtype=torch.bfloat16) * 0.02 for k, s in
+             (("pd", (p, D)), ("d2f", (D, 2 * F)), ("pf", (p, F)), ("fd", (F, D)),
+              ("df", (D, F)), ("p2f", (p, 2 * F)), ("2fd", (2 * F, D)))}  # fmt: skip
+    d_act = gg(o["dy_s"], w_out, off, None, 1, None, p, **bwd)[0]
+    calls = {  # kind: (override key, our call, cuBLAS on the dense shape of the same FLOPs, FLOPs)
+        "glu": ("glu", lambda: gg(o["x_s"], w_in, off, None, 1, None, p, epilogue="glu",
+                                  save_h=True), lambda: dense["pd"] @ dense["d2f"], 2 * p * D * 2 * F),
+        "gemm": ("gemm", lambda: gg(o["act"], w_out, off, None, 1, sp, p),
+                 lambda: dense["pf"] @ dense["fd"], 2 * p * F * D),
+        "dh fused": ("glu_bwd", lambda: gg(o["dy_s"], w_out, off, None, 1, None, p,
+                                           epilogue="glu_bwd", h=o["h"], **bwd),
+                     lambda: dense["pd"] @ dense["df"], 2 * p * F * D),
+        "dh split": ("gemm_t", lambda: mlp.swiglu_backward(
+                         gg(o["dy_s"], w_out, off, None, 1, None, p, **bwd)[0], o["h"]),
+                     lambda: dense["pd"] @ dense["df"], 2 * p * F * D),
+        "swiglu bwd pass": ("none", lambda: mlp.swiglu_backward(d_act, o["h"]), None, 0),
+        "gemm_t": ("gemm_t", lambda: gg(o["dh"], w_in, off, None, 1, sp, p, **bwd),
+                   lambda: dense["p2f"] @ dense["2fd"], 2 * p * D * 2 * F),
+        "xty dW_out": ("xty", lambda: kernels.grouped_xty(o["act"], o["dy_s"], off, None, 1,
+                                                          None, w_out.shape, p),
+                       lambda: dense["pd"].T @ dense["pf"], 2 * p * F * D),
+        "xty dW_in": ("xty", lambda: kernels.grouped_xty(o["x_s"], o["dh"], off, None, 1, None,
+                                                         w_in.shape, p),
+                      lambda: dense["p2f"].T @ dense["pd"], 2 * p * D * 2 * F),
+    }  # fmt: skip
+    rows, picks = [], {}
+    for kind, (key, fn, ref, flops) in calls.items():
+        variants = {"none": {"default": {}}, "xty": XTY_PERSISTENT}.get(key, PERSISTENT)
+        times: dict[str, list[float]] = {"cublas": []} if ref else {}
+        ok = {}
+        for label, c in variants.items():  # compile (and check) each candidate once
+            try:
+                with torch.no_grad():
+                    base = fn()
+                    kernels.CONFIG_OVERRIDES[key] = c
+                    want = fn()
+                base, want = (t[0] if isinstance(t, tuple) else t for t in (base, want))
+                err = (want.float() - base.float()).abs().max().item()
+                ok[label] = c
+                times[label] = []
+                print(f"T={tokens} {kind} {label}: compiled, max diff vs default {err:.3g}",
+                      flush=True)  # fmt: skip
+            except Exception as exc:  # a candidate that does not compile is a printed miss
+                print(f"T={tokens} {kind} {label}: failed {type(exc).__name__}: {exc}"[:400],
+                      flush=True)  # fmt: skip
+            finally:
+                kernels.CONFIG_OVERRIDES.pop(key, None)
+        for _ in range(rounds):
+            with torch.no_grad():
+                if ref:
+                    times["cublas"].append(time_fn(ref, warmup=5, rep=25).median_ms)
+                for label, c in ok.items():
+                    kernels.CONFIG_OVERRIDES[key] = c
+                    times[label].append(time_fn(fn, warmup=5, rep=25).median_ms)
+                    kernels.CONFIG_OVERRIDES.pop(key)
+        med = {k: statistics.median(v) for k, v in times.items() if v}
+        for label, t in med.items():
+            tf = flops / (t * 1e-3) / 1e12 if flops else float("nan")
+            rows.append(dict(bench="persistent_probe", kernel=kind, label=label, tokens=tokens,
+                             median_ms=t, tflops=tf, rounds=rounds, **variants.get(label, {})))  # fmt: skip
+            print(f"T={tokens:6d} {kind:15s} {label:24s} {t:8.3f} ms {tf:6.1f} TFLOP/s "
+                  f"all {[round(v, 3) for v in times[label]]}", flush=True)  # fmt: skip
+        if key == "xty":
+            default = kernels._xty_config(p)
+        else:
+            default = kernels._gemm_config(
+                p, {"glu": "glu", "glu_bwd": "glu_bwd"}.get(key, "plain"), key == "gemm_t"
+            )
+        same = [k for k in ok if all(default.get(o, 0) == v for o, v in ok[k].items())]
+        if key != "none" and same:
+            best = min(ok, key=med.get)
+            if med[best] < 0.98 * med[same[0]]:
+                picks[key] = ok[best]
+    print(f"picks: {picks}", flush=True)
+    if pick:
+        with open(pick, "w") as fh:
+            json.dump(picks, fh)
+    x = make_input(tokens, False).requires_grad_()
+    g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
+    params = list(ours.parameters())
+    a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+    w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
+    a_g = a.detach().requires_grad_()
+    w1_g, w2_g = w1.detach().requires_grad_(), w2.detach().requires_grad_()
+    dgo = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+
+    def dense_fwd():
+        with torch.no_grad():
+            return (a @ w1)[:, :F] @ w2
+
+    def dense_fwd_bwd():
+        return torch.autograd.grad((a_g @ w1_g)[:, :F] @ w2_g, [a_g, w1_g, w2_g], dgo)
+
+    split_default = mlp.DH_SPLIT_MIN_PAIRS
+
+    def layer(mode, backend, overrides, split=split_default):
+        def run():
+            ours.input_linear.config.expert_backend = backend
+            kernels.CONFIG_OVERRIDES.clear()
+            kernels.CONFIG_OVERRIDES.update(overrides)
+            mlp.DH_SPLIT_MIN_PAIRS = split
+            if mode == "fwd":
+                with torch.no_grad():
+                    return ours(x)[0]
+            return torch.autograd.grad(ours(x)[0], [x, *params], g)
+
+        return run
+
+    for mode in ("fwd", "fwd+bwd"):
+        fns = {"dense_roofline": dense_fwd if mode == "fwd" else dense_fwd_bwd,
+               "grouped_mm": layer(mode, "grouped_mm", {}),
+               "triton run 5": layer(mode, "triton", RUN5, 1 << 40),
+               "triton": layer(mode, "triton", {}),
+               "triton picks": layer(mode, "triton", picks)}  # fmt: skip
+        times = {k: [] for k in fns}
+        for _ in range(rounds):
+            for label, fn in fns.items():
+                times[label].append(time_fn(fn, warmup=5, rep=40).median_ms)
+        kernels.CONFIG_OVERRIDES.clear()
+        mlp.DH_SPLIT_MIN_PAIRS = split_default
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for label, t in med.items():
+            rows.append(dict(bench="persistent_layer", label=label, tokens=tokens, mode=mode,
+                             median_ms=t, rounds=rounds,
+                             overrides=json.dumps(picks) if label == "triton picks" else ""))  # fmt: skip
+            print(f"T={tokens:6d} layer {mode:8s} {label:16s} {t:8.3f} ms "
+                  f"({t / med['dense_roofline']:.3f}x dense) all {[round(v, 3) for v in times[label]]}",
+                  flush=True)  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", default="1024,8192,32768")
@@ -416,6 +576,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--dh", action="store_true", help="dh GEMM candidates at 8,192 tokens")
     parser.add_argument("--pick", default="", help="write the picked dh overrides (JSON) here")
+    parser.add_argument("--persistent", default="", help="token counts for the persistent probe")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved passes (--persistent)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_kernels: needs CUDA")
@@ -459,6 +621,10 @@ def main(argv=None) -> int:
             write_csv(args.out, host_profile(ours, 1024, log))
     if args.dh:
         write_csv(args.out, dh_candidates(ours, 8192, args.pick))
+    for tokens in [int(t) for t in args.persistent.split(",") if t]:
+        pick = args.pick and args.pick.replace(".json", f"_{tokens}.json")
+        write_csv(args.out, persistent_probe(ours, tokens, args.rounds, pick))
+        torch.cuda.empty_cache()
     from jetmoe_model.ops.expert_mlp import triton as mlp
 
     for tokens in [int(t) for t in args.tokens.split(",") if t]:

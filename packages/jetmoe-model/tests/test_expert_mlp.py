@@ -195,19 +195,36 @@ def test_xty_tma_path_with_partial_row_blocks(tma, monkeypatch):
         start += c
 
 
+def _large_size_path(monkeypatch):
+    """What the layer runs above 4,096 pairs, at test sizes: persistent grids for every GEMM kind
+    (loop flattening and warp specialization are compiler hints the interpreter ignores), dh as
+    a plain GEMM + the elementwise SwiGLU backward."""
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
+    for kind, options in kernels.PERSISTENT_LARGE.items():
+        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, kind, options)
+    monkeypatch.setattr(mlp_kernels, "DH_SPLIT_MIN_PAIRS", 0)
+
+
 @pytest.mark.parametrize("fuse_route", [True, False])
-@pytest.mark.parametrize(("gather_x", "tma"), [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize(
+    ("gather_x", "tma", "large"),
+    [(True, True, True), (True, True, False), (False, True, False), (False, False, False)],
+)
 @pytest.mark.parametrize("tokens", [5, 40])
-def test_moe_layer_training_gradients_match_reference(tokens, gather_x, tma, fuse_route,
+def test_moe_layer_training_gradients_match_reference(tokens, gather_x, tma, large, fuse_route,
                                                       monkeypatch):  # fmt: skip
     # the whole layer: Triton routing (in the layer's node, its backward in the combine's, or
     # its own node), fused MLP + combine node (x gathered into sorted order first, or inside
-    # the GEMM with dW_in reading a sorted copy (TMA) or gathering rows); every gradient
+    # the GEMM with dW_in reading a sorted copy (TMA) or gathering rows; the large-size path:
+    # persistent GEMMs, split dh); every gradient
     from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
 
     monkeypatch.setattr(mlp_kernels, "FUSE_ROUTE", fuse_route)
     monkeypatch.setattr(mlp_kernels, "GATHER_X_MIN_PAIRS", 0 if gather_x else 1 << 30)
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0 if tma else 1 << 30)
+    if large:
+        _large_size_path(monkeypatch)
     device = _device()
     cfg = JetMoEConfig(**{**TINY, "expert_backend": "reference"})
     layer = randomize_(JetMoEMoE(cfg)).to(device)
@@ -226,9 +243,12 @@ def test_moe_layer_training_gradients_match_reference(tokens, gather_x, tma, fus
 
 
 @pytest.mark.parametrize("tma", [True, False])
-def test_dh_epilogue_with_early_and_late_h_loads(tma, monkeypatch):
+def test_dh_epilogue_with_early_and_late_h_loads_and_split(tma, monkeypatch):
     # the dh GEMM (glu_bwd epilogue over sorted rows) with the h loads issued before and after
-    # the K loop; experts of 0, 5, 16, 23 rows (an empty expert, tiles straddling experts)
+    # the K loop, and split (plain GEMM + elementwise SwiGLU backward, persistent grid); experts
+    # of 0, 5, 16, 23 rows (an empty expert, tiles straddling experts)
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
     monkeypatch.setattr(kernels, "USE_TMA", tma)
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
     device = _device()
@@ -245,14 +265,96 @@ def test_dh_epilogue_with_early_and_late_h_loads(tma, monkeypatch):
             got[h_early], _ = kernels.gather_gemm_scatter(dy, w_out, offsets, None, 1, None, pairs,
                                                           transpose_weight=True, allow_gemv=False,
                                                           epilogue="glu_bwd", h=h)  # fmt: skip
+    monkeypatch.delitem(kernels.CONFIG_OVERRIDES, "glu_bwd")
+    _large_size_path(monkeypatch)
+    with poison_allocations():
+        got["split"] = mlp_kernels._dh(dy, w_out, offsets, h, pairs)
     assert_close(got[True], got[False], atol=1e-5, rtol=1e-5)
     # and against the SwiGLU backward in PyTorch
     g, u = h.chunk(2, dim=-1)
     act_grad = torch.cat([dy[:5] @ w_out[1], dy[5:21] @ w_out[2], dy[21:] @ w_out[3]])
     sig = torch.sigmoid(g)
     ref = torch.cat([act_grad * u * sig * (1 + g * (1 - sig)), act_grad * g * sig], dim=-1)
-    for h_early in (True, False):
-        assert_close(got[h_early], ref, atol=1e-4, rtol=1e-4, msg=f"H_EARLY={h_early}: ")
+    for path, dh in got.items():
+        assert_close(dh, ref, atol=1e-4, rtol=1e-4, msg=f"dh {path}: ")
+
+
+@pytest.mark.parametrize(
+    ("epilogue", "transpose", "scatter"),
+    [
+        ("plain", False, True),
+        ("plain", True, False),
+        ("glu", False, False),
+        ("glu_bwd", True, False),
+    ],
+)
+def test_persistent_grid_equals_one_program_per_tile(epilogue, transpose, scatter, monkeypatch):
+    # the same tiles walked by 3 looping programs (the interpreter's persistent grid) or one
+    # program each: bit-identical outputs; experts of 0, 5, 16, 23 rows, 16-row tiles
+    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
+    device = _device()
+    counts = [0, 5, 16, 23]
+    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
+    pairs = sum(counts)
+    x = torch.randn(pairs, 32, device=device)
+    w = (
+        torch.randn(4, 32, 48, device=device)
+        if transpose
+        else torch.randn(4, 48, 32, device=device)
+    )
+    h = torch.randn(pairs, 96, device=device) if epilogue == "glu_bwd" else None
+    dst = torch.randperm(pairs, device=device, dtype=torch.int32) if scatter else None
+    key = {"glu": "glu", "glu_bwd": "glu_bwd"}.get(epilogue, "gemm_t" if transpose else "gemm")
+    got = []
+    for persistent in (0, 1):
+        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, key, {"PERSISTENT": persistent})
+        with poison_allocations():
+            y, h_out = kernels.gather_gemm_scatter(
+                x, w, offsets, None, 1, dst, pairs, transpose_weight=transpose, allow_gemv=False,
+                epilogue=epilogue, h=h, save_h=epilogue == "glu",
+            )  # fmt: skip
+        got.append((y, h_out))
+    assert torch.equal(got[0][0], got[1][0])
+    if epilogue == "glu":
+        assert torch.equal(got[0][1], got[1][1])
+
+
+@pytest.mark.parametrize("sorted_rows", [True, False])
+def test_persistent_weight_gradient_equals_one_program_per_tile(sorted_rows, monkeypatch):
+    # dW = dy^T x per expert, tiles walked by 3 looping programs or one program each: identical;
+    # sorted operands (TMA row blocks + masked tail) or gathered rows; experts of 0, 5, 16, 23
+    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
+    device = _device()
+    counts = [0, 5, 16, 23]
+    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
+    pairs = sum(counts)
+    x = torch.randn(pairs, 40, device=device)
+    dy = torch.randn(pairs, 24, device=device)
+    src = None if sorted_rows else torch.randperm(pairs, device=device, dtype=torch.int32)
+    got = []
+    for persistent in (0, 1):
+        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, "xty", {"PERSISTENT": persistent})
+        with poison_allocations():
+            got.append(kernels.grouped_xty(x, dy, offsets, src, 1, src, torch.Size([4, 24, 40]),
+                                           pairs))  # fmt: skip
+    assert torch.equal(got[0], got[1])
+
+
+def test_swiglu_backward_matches_autograd():
+    # the elementwise dh pass against autograd of silu(g) * u, odd sizes, float32 and float16
+    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
+
+    device = _device()
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+        h = torch.randn(7, 2 * 37, device=device, dtype=dtype)
+        d_act = torch.randn(7, 37, device=device, dtype=dtype)
+        h_req = h.float().requires_grad_()
+        g, u = h_req.chunk(2, dim=-1)
+        (torch.nn.functional.silu(g) * u).backward(d_act.float())
+        with poison_allocations():
+            got = mlp_kernels.swiglu_backward(d_act, h)
+        assert got.dtype == dtype
+        assert_close(got.float(), h_req.grad, atol=tol, rtol=tol, msg=f"{dtype}: ")
 
 
 def test_fused_route_layer_returns_the_routing_and_differentiates_through_logits():

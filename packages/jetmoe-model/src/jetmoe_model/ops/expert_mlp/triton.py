@@ -3,8 +3,9 @@
 
 - ``swiglu_mlp``: forward = one GEMM with the GLU epilogue (``silu(g) * u`` written in sorted
   order, the pre-activation ``h`` kept only when a gradient is needed) + one GEMM that scatters
-  to pair order; backward = the ``d(act)`` GEMM whose epilogue writes ``dh`` from ``h`` (the
-  SwiGLU backward never makes its own pass), ``dW_out``, ``dx``, ``dW_in``; ``dy`` and ``x`` are
+  to pair order; backward = the ``d(act)`` GEMM whose epilogue writes ``dh`` from ``h`` (above
+  ``DH_SPLIT_MIN_PAIRS``: a plain ``d(act)`` GEMM and one elementwise pass, which runs at full
+  bandwidth where the epilogue stalls), ``dW_out``, ``dx``, ``dW_in``; ``dy`` and ``x`` are
   gathered into sorted order once so every backward GEMM reads contiguous rows (TMA).
 - ``combine``: the gate-weighted sum of each token's k expert outputs + bias in one pass, with
   its backward (``dy_pairs``, ``dgates``) in one more.
@@ -26,7 +27,7 @@ import triton.language as tl
 from tensor_utils.dispatch import triton_interpreting
 
 from ..experts.naive import check_args
-from ..experts.triton import gather_gemm_scatter, grouped_xty
+from ..experts.triton import gather_gemm_scatter, grouped_xty, swiglu_grad
 
 
 @triton.jit
@@ -174,11 +175,49 @@ def combine(y_pairs: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor) -> t
     return _Combine.apply(y_pairs, gates, bias)
 
 
+@triton.jit
+def _swiglu_bwd(d_act_ptr, h_ptr, dh_ptr, rows, N, BLOCK: tl.constexpr):
+    """``dh[r] = [dg, du]`` from ``d(act)[r]`` and ``h[r] = [g, u]`` (all row-major)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < rows.to(tl.int64) * N  # int64: P * F can pass 2**31
+    r, c = offs // N, offs % N
+    d_act = tl.load(d_act_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(h_ptr + r * 2 * N + c, mask=mask, other=0.0)
+    u = tl.load(h_ptr + r * 2 * N + N + c, mask=mask, other=0.0)
+    dg, du = swiglu_grad(d_act, g, u)
+    tl.store(dh_ptr + r * 2 * N + c, dg.to(dh_ptr.dtype.element_ty), mask=mask)
+    tl.store(dh_ptr + r * 2 * N + N + c, du.to(dh_ptr.dtype.element_ty), mask=mask)
+
+
+def swiglu_backward(d_act: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``dh = [dg, du]`` ``[P, 2F]`` of ``act = silu(g) * u`` from ``d(act)`` ``[P, F]`` and the
+    pre-activation ``h = [g, u]`` ``[P, 2F]`` (one memory pass)."""
+    rows, n = d_act.shape
+    dh = torch.empty_like(h)
+    if rows and n:
+        block = 64 if triton_interpreting() else 2048
+        _swiglu_bwd[(triton.cdiv(rows * n, block),)](
+            d_act, h, dh, rows, n, BLOCK=block, num_warps=1 if triton_interpreting() else 8
+        )
+    return dh
+
+
+# Above this many pairs dh is a plain d(act) GEMM + one elementwise pass instead of the GEMM's
+# glu_bwd epilogue: that epilogue's h loads / dh stores stall one program per SM, the separate
+# pass runs at full bandwidth (persistent_probe.csv, run 6); below it, one launch less wins.
+DH_SPLIT_MIN_PAIRS = 4096
+
+
 def _dh(dy_s, w_out, offsets, h, pairs):
-    """``dh = [dg, du]`` of the SwiGLU, sorted rows: ``d(act) = dy_e W_out_e`` with the saved
-    pre-activation ``h`` in the GEMM's epilogue."""
-    dh, _ = gather_gemm_scatter(dy_s, w_out, offsets, None, 1, None, pairs, transpose_weight=True,
-                                allow_gemv=False, epilogue="glu_bwd", h=h)  # fmt: skip
+    """``dh = [dg, du]`` of the SwiGLU, sorted rows, from ``d(act) = dy_e W_out_e`` and the saved
+    pre-activation ``h``: in the GEMM's epilogue, or (above ``DH_SPLIT_MIN_PAIRS``) in a
+    separate elementwise pass."""
+    bwd = dict(transpose_weight=True, allow_gemv=False)
+    if pairs > DH_SPLIT_MIN_PAIRS:
+        d_act, _ = gather_gemm_scatter(dy_s, w_out, offsets, None, 1, None, pairs, **bwd)
+        return swiglu_backward(d_act, h)
+    dh, _ = gather_gemm_scatter(dy_s, w_out, offsets, None, 1, None, pairs, epilogue="glu_bwd",
+                                h=h, **bwd)  # fmt: skip
     return dh
 
 
@@ -368,10 +407,12 @@ def routed_swiglu_moe(x, logits, w_in, w_out, bias, top_k):
 
 
 __all__ = [
+    "DH_SPLIT_MIN_PAIRS",
     "FUSE_ROUTE",
     "GATHER_X_MIN_PAIRS",
     "combine",
     "routed_swiglu_moe",
+    "swiglu_backward",
     "swiglu_mlp",
     "swiglu_moe",
 ]

@@ -17,10 +17,14 @@ All kernels read the int32 ``expert_offsets`` on the device (no host sync):
   A tile when ``x`` is already in sorted order) is loaded through a host-side tensor descriptor
   instead of pointer arithmetic; rows of a neighbouring expert that a descriptor tile picks up
   only feed output rows/columns that the masked store drops.
+  Persistent grid (config key ``PERSISTENT``, on above 4,096 pairs per ``PERSISTENT_LARGE``):
+  one program per SM walks the same tiles (``_gemm_tile``), which removes the partial last wave
+  of the plain GEMMs and lets Triton overlap a tile's epilogue with the next tile's loads
+  (``FLATTEN``, ``WARP_SPECIALIZE``: Triton's loop flattening and warp specialization).
 - ``_grouped_xty``: the weight gradient ``dW[e] = dY_e^T X_e``, one program per (expert, N tile,
   K tile) looping over that expert's rows; gathers on both operands, or, when both are already
   in sorted order, TMA loads for the whole row blocks and one masked tail; empty experts get
-  zeros.
+  zeros. ``PERSISTENT`` works here too (off by default: no gain measured).
 - ``_gemv``: the small-batch (decode) path, one program per (pair, N tile), a plain dot product
   per output without tensor-core tiles, for a handful of pairs (``glu`` epilogue too).
 
@@ -54,6 +58,14 @@ TMA_MIN_PAIRS = 4096
 # The glu_bwd (dh) epilogue issues its h loads before the K loop (run-5 candidate,
 # kernel_sweep.csv); a "glu_bwd" config override's "H_EARLY" key wins.
 DH_H_EARLY = True
+# Persistent grid (and Triton's loop flattening / warp specialization) per kernel kind above
+# 4,096 pairs, from the run-6 probe (persistent_probe.csv)
+PERSISTENT_LARGE: dict[str, dict[str, int]] = {
+    "gemm": {"PERSISTENT": 1},
+    "gemm_t": {"PERSISTENT": 1},
+    "glu": {"PERSISTENT": 1, "FLATTEN": 1, "WARP_SPECIALIZE": 1},
+    "glu_bwd": {"PERSISTENT": 1, "WARP_SPECIALIZE": 1},
+}
 # Overrides for tuning sweeps, by kernel kind: "gemm", "gemm_t", "glu", "glu_bwd", "xty", "gemv".
 CONFIG_OVERRIDES: dict[str, dict[str, int]] = {}
 
@@ -75,6 +87,15 @@ def _tile_of(offs_ptr, E, pid_m, BLOCK_M: tl.constexpr, E_P2: tl.constexpr):
 
 
 @triton.jit
+def swiglu_grad(d_act, g_in, u_in):
+    """``(dg, du)`` of ``act = silu(g) * u`` given ``d(act)``, in fp32."""
+    g = g_in.to(tl.float32)
+    u = u_in.to(tl.float32)
+    sig = tl.sigmoid(g)
+    return d_act * u * sig * (1.0 + g * (1.0 - sig)), d_act * g * sig
+
+
+@triton.jit
 def _out_rows(dst_ptr, rows, row_mask, HAS_DST: tl.constexpr):
     """Output row of each of the tile's rows: scattered through ``dst`` or in place."""
     if HAS_DST:  # noqa: SIM108 (constexpr branch)
@@ -85,7 +106,8 @@ def _out_rows(dst_ptr, rows, row_mask, HAS_DST: tl.constexpr):
 
 
 @triton.jit
-def _gather_gemm_scatter(
+def _gemm_tile(
+    pid,
     x_ptr,
     w_ptr,
     y_ptr,
@@ -123,7 +145,7 @@ def _gather_gemm_scatter(
     W_T: tl.constexpr,
     H_EARLY: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    """One output tile (flat index ``pid`` over m tiles x n tiles) of ``_gather_gemm_scatter``."""
     num_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_M * num_n
     group = pid // width
@@ -209,13 +231,71 @@ def _gather_gemm_scatter(
             h_ptrs = h_ptr + dst64 * stride_hm + offs_n[None, :] * stride_hn
             g_in = tl.load(h_ptrs, mask=mask, other=0.0)
             u_in = tl.load(h_ptrs + N * stride_hn, mask=mask, other=0.0)
-        g = g_in.to(tl.float32)
-        u = u_in.to(tl.float32)
-        sig = tl.sigmoid(g)
-        dg = acc * u * sig * (1.0 + g * (1.0 - sig))
-        du = acc * g * sig
+        dg, du = swiglu_grad(acc, g_in, u_in)
         tl.store(y_ptrs, dg.to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(y_ptrs + N * stride_yn, du.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gather_gemm_scatter(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    h_ptr,
+    offs_ptr,
+    src_ptr,
+    dst_ptr,
+    N,
+    K,
+    E,
+    W_ROWS,
+    SRC_DIV,
+    num_m_tiles,
+    stride_xm,
+    stride_xk,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_ym,
+    stride_yn,
+    stride_hm,
+    stride_hn,
+    HAS_SRC: tl.constexpr,
+    HAS_DST: tl.constexpr,
+    E_P2: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    PRECISION: tl.constexpr,
+    EPILOGUE: tl.constexpr,  # 0 plain, 1 glu forward, 2 glu backward
+    SAVE_H: tl.constexpr,
+    X_DESC: tl.constexpr,
+    W_DESC: tl.constexpr,
+    W_T: tl.constexpr,
+    H_EARLY: tl.constexpr,
+    NUM_PROGS,
+    PERSISTENT: tl.constexpr,
+    FLATTEN: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
+    # PERSISTENT: one program per SM walks the tiles, so the pipeliner can overlap one tile's
+    # epilogue with the next tile's first loads
+    if PERSISTENT:
+        num_tiles = num_m_tiles * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=FLATTEN,
+                             warp_specialize=WARP_SPECIALIZE):  # fmt: skip
+            _gemm_tile(tile,
+                x_ptr, w_ptr, y_ptr, h_ptr, offs_ptr, src_ptr, dst_ptr, N, K, E, W_ROWS, SRC_DIV,
+                num_m_tiles, stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym,
+                stride_yn, stride_hm, stride_hn, HAS_SRC, HAS_DST, E_P2, BLOCK_M, BLOCK_N,
+                BLOCK_K, GROUP_M, PRECISION, EPILOGUE, SAVE_H, X_DESC, W_DESC, W_T, H_EARLY)  # fmt: skip
+    else:
+        _gemm_tile(tl.program_id(0),
+            x_ptr, w_ptr, y_ptr, h_ptr, offs_ptr, src_ptr, dst_ptr, N, K, E, W_ROWS, SRC_DIV,
+            num_m_tiles, stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym,
+            stride_yn, stride_hm, stride_hn, HAS_SRC, HAS_DST, E_P2, BLOCK_M, BLOCK_N,
+            BLOCK_K, GROUP_M, PRECISION, EPILOGUE, SAVE_H, X_DESC, W_DESC, W_T, H_EARLY)  # fmt: skip
 
 
 @triton.jit
@@ -236,7 +316,9 @@ def _xty_step(acc, x_ptr, dy_ptr, xs, ds, r_mask, offs_n, offs_k, n_mask, k_mask
 
 
 @triton.jit
-def _grouped_xty(
+def _xty_tile(
+    pid,
+    expert,
     x_ptr,
     dy_ptr,
     x_desc,
@@ -263,8 +345,7 @@ def _grouped_xty(
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    expert = tl.program_id(1)
+    """Tile ``pid`` (over N tiles x K tiles) of expert ``expert``'s ``dW`` (``_grouped_xty``)."""
     num_k = tl.cdiv(K, BLOCK_K)
     pid_n = pid // num_k
     pid_k = pid % num_k
@@ -310,6 +391,52 @@ def _grouped_xty(
         + offs_k[None, :] * stride_wk
     )
     tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=n_mask[:, None] & k_mask[None, :])
+
+
+@triton.jit
+def _grouped_xty(
+    x_ptr,
+    dy_ptr,
+    x_desc,
+    dy_desc,
+    dw_ptr,
+    offs_ptr,
+    xsrc_ptr,
+    dysrc_ptr,
+    N,
+    K,
+    X_DIV,
+    stride_xm,
+    stride_xk,
+    stride_dm,
+    stride_dn,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    HAS_XSRC: tl.constexpr,
+    HAS_DYSRC: tl.constexpr,
+    DESC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    E,
+    NUM_PROGS,
+    PERSISTENT: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
+    tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(K, BLOCK_K)
+    if PERSISTENT:  # one program per SM walks (expert, tile) in order: an expert's rows stay in L2
+        for t in tl.range(tl.program_id(0), tiles * E, NUM_PROGS, flatten=FLATTEN):
+            _xty_tile(t % tiles, t // tiles,
+                x_ptr, dy_ptr, x_desc, dy_desc, dw_ptr, offs_ptr, xsrc_ptr, dysrc_ptr, N, K, X_DIV,
+                stride_xm, stride_xk, stride_dm, stride_dn, stride_we, stride_wn, stride_wk,
+                HAS_XSRC, HAS_DYSRC, DESC, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+    else:
+        _xty_tile(tl.program_id(0), tl.program_id(1),
+            x_ptr, dy_ptr, x_desc, dy_desc, dw_ptr, offs_ptr, xsrc_ptr, dysrc_ptr, N, K, X_DIV,
+            stride_xm, stride_xk, stride_dm, stride_dn, stride_we, stride_wn, stride_wk,
+            HAS_XSRC, HAS_DYSRC, DESC, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
 
 
 @triton.jit
@@ -404,6 +531,9 @@ def _gemm_config(pairs: int, epilogue: str, transpose: bool) -> dict[str, int]:
             cfg["num_stages"] = 3
         if key in ("glu", "glu_bwd"):  # glu_bwd: the epilogue also holds two h tiles
             cfg["BLOCK_N"] = 128
+        # one program per SM (persistent_probe.csv, run 6): the plain GEMMs' last partial wave
+        # goes away (8k gemm 0.78 -> 0.58 ms); warp specialization helps the GLU epilogues
+        cfg.update(PERSISTENT_LARGE.get(key, {}))
     return {**cfg, **CONFIG_OVERRIDES.get(key, {})}
 
 
@@ -423,6 +553,11 @@ def _gemv_config() -> dict[str, int]:
     else:
         cfg = dict(BLOCK_N=32, BLOCK_K=256, num_warps=4)
     return {**cfg, **CONFIG_OVERRIDES.get("gemv", {})}
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.cache
@@ -514,7 +649,13 @@ def gather_gemm_scatter(
     x_arg = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if x_desc else x
     h_arg = h if h is not None else h_out
     num_m_tiles = triton.cdiv(pairs, bm) + experts
-    grid = (num_m_tiles * triton.cdiv(n, bn),)
+    num_tiles = num_m_tiles * triton.cdiv(n, bn)
+    persistent = bool(cfg.get("PERSISTENT", 0))
+    if persistent:  # the interpreter runs programs one by one: 3 of them still loop
+        num_progs = min(num_tiles, 3 if triton_interpreting() else _num_sms(x.device))
+    else:
+        num_progs = num_tiles
+    grid = (num_progs,)
     _gather_gemm_scatter[grid](
         x_arg, w_arg, y, dummy if h_arg is None else h_arg, offsets,
         dummy if src is None else src, dummy if dst is None else dst,
@@ -526,6 +667,8 @@ def gather_gemm_scatter(
         EPILOGUE={"plain": 0, "glu": 1, "glu_bwd": 2}[epilogue], SAVE_H=h_out is not None,
         X_DESC=x_desc, W_DESC=w_desc, W_T=transpose_weight,
         H_EARLY=epilogue == "glu_bwd" and bool(cfg.get("H_EARLY", DH_H_EARLY)),
+        NUM_PROGS=num_progs, PERSISTENT=persistent, FLATTEN=bool(cfg.get("FLATTEN", 0)),
+        WARP_SPECIALIZE=bool(cfg.get("WARP_SPECIALIZE", 0)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y, h_out
@@ -553,7 +696,13 @@ def grouped_xty(
     desc = x_src is None and dy_src is None and _tma_ok(x, pairs) and _tma_ok(dy, pairs)
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if desc else x
     dy_desc = TensorDescriptor(dy, list(dy.shape), list(dy.stride()), [bm, bn]) if desc else dy
-    grid = (triton.cdiv(n, bn) * triton.cdiv(k, bk), experts)
+    tiles = triton.cdiv(n, bn) * triton.cdiv(k, bk)
+    persistent = bool(cfg.get("PERSISTENT", 0))
+    if persistent:  # the interpreter runs programs one by one: 3 of them still loop
+        num_progs = min(tiles * experts, 3 if triton_interpreting() else _num_sms(x.device))
+        grid = (num_progs,)
+    else:
+        num_progs, grid = tiles * experts, (tiles, experts)
     _grouped_xty[grid](
         x, dy, x_desc, dy_desc, dw, offsets,
         offsets if x_src is None else x_src, offsets if dy_src is None else dy_src,
@@ -561,8 +710,10 @@ def grouped_xty(
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
         dw.stride(0), dw.stride(1), dw.stride(2),
         HAS_XSRC=x_src is not None, HAS_DYSRC=dy_src is not None, DESC=desc,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        PRECISION=_precision(x.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=_precision(x.dtype),
+        E=experts, NUM_PROGS=num_progs, PERSISTENT=persistent,
+        FLATTEN=bool(cfg.get("FLATTEN", 0)),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return dw
 
@@ -617,9 +768,11 @@ __all__ = [
     "CONFIG_OVERRIDES",
     "DECODE_MAX_PAIRS",
     "DH_H_EARLY",
+    "PERSISTENT_LARGE",
     "TMA_MIN_PAIRS",
     "USE_TMA",
     "expert_linear",
     "gather_gemm_scatter",
     "grouped_xty",
+    "swiglu_grad",
 ]
