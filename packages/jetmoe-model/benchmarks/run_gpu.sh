@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU calls for issue 6, from the repo root: `bash packages/jetmoe-model/benchmarks/run_gpu.sh
 # MODE...` with MODE in smoke, tests5, diag, bench, tests, tune, kernels, bench-uniform,
-# bench-skewed, train, persistent, cache (run 5: `tests5 diag bench`);
+# bench-skewed, train, persistent, bench6, tests6, cache (run 6: `bench6 tests6`; run 5: `tests5 diag bench`);
 # logs and CSVs go to $OUT progressively (a timeout keeps what finished). Each step has its own
 # timeout; `tests` gets TESTS_S or else what is left of BUDGET_S (seconds since the script started), so the
 # call ends inside its limit. A Triton cache from an earlier call
@@ -34,6 +34,8 @@ for MODE in "$@"; do
   bench-skewed) timeout "${SKEW_S:-150}" python $B/bench_moe_layer.py --routings skewed --tokens "${SKEW_TOKENS:-1,16,256,1024,4096,8192,32768}" --out "$OUT/moe_layer.csv" 2>&1 | tee -a "$OUT/bench.log" ;;
   train) timeout "${TRAIN_S:-$(left)}" python $B/bench_train_step.py --impls "${TRAIN_IMPLS:-triton,grouped_mm,reference,transformers}" --out "$OUT/train_step.csv" 2>&1 | tee -a "$OUT/train.log" ;;
   persistent) timeout "${PERSIST_S:-300}" python $B/tune_kernels.py --tokens "" --sweep none --persistent "${PERSIST_TOKENS:-8192,32768}" --rounds "${ROUNDS:-3}" --pick "$OUT/persistent_picks.json" --out "$OUT/persistent_probe.csv" 2>&1 | tee -a "$OUT/persistent.log" ;;
+  bench6) timeout "${BENCH_S:-240}" python $B/bench_moe_layer.py --rounds "${ROUNDS:-7}" --tokens 1024,4096,8192,32768 --impls grouped_mm,triton,transformers,dense_roofline --routings uniform,skewed --out "$OUT/moe_layer_interleaved.csv" 2>&1 | tee -a "$OUT/bench6.log" | grep -E "T=  (1024|8192)" ;;
+  tests6) timeout "${TESTS_S:-$(left)}" python -m pytest -q -rfE -p no:cacheprovider $T/test_gpu.py $T/test_route_kernels.py $T/test_expert_mlp.py -k "test_gpu or (test_route_kernels and gpu) or persistent or swiglu_backward or dh_epilogue or training_gradients or fused_route_layer" > "$OUT/pytest_gpu.log" 2>&1; tail -15 "$OUT/pytest_gpu.log" ;;
   cache) tar czf "$OUT/triton_cache.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$OUT/triton_cache.tgz" ;;
   *) echo "unknown mode $MODE" ;;
   esac
