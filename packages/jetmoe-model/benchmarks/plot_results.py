@@ -102,15 +102,56 @@ def main() -> int:
         fig.tight_layout()
         fig.savefig(DOCS / "jetmoe-model-decode.png", dpi=110)
         print(f"wrote {DOCS / 'jetmoe-model-decode.png'}")
-    path = RESULTS / "train_step.csv"
-    if path.exists():
+    path = RESULTS / "moe_layer_interleaved.csv"
+    if path.exists():  # the newest interleaved run: each backend's time over the dense roofline's
+        rows = sorted(csv.DictReader(path.open()), key=lambda r: r["timestamp"])
+        rows = [r for r in rows if r.get("run", "") == rows[-1].get("run", "")]  # one code version
+        rows = latest(rows, lambda r: (r["impl"], r["mode"], r["tokens"], r["routing"]))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for ax, mode in zip(axes, ("fwd", "fwd+bwd"), strict=True):
+            dense = {(r["tokens"], r["routing"]): float(r["median_ms"]) for r in rows
+                     if r["impl"] == "dense_roofline" and r["mode"] == mode}  # fmt: skip
+            for impl in ("grouped_mm", "triton", "transformers"):
+                for routing, style in (("uniform", "-o"), ("skewed", "--s")):
+                    pts = sorted(
+                        (int(r["tokens"]), float(r["median_ms"]) / dense[r["tokens"], routing])
+                        for r in rows
+                        if r["impl"] == impl
+                        and r["mode"] == mode
+                        and r["routing"] == routing
+                        and (r["tokens"], routing) in dense
+                    )
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), style, color=COLORS[impl], ms=3,
+                                label=f"{impl}, {routing}")  # fmt: skip
+            ax.axhline(1.3, color="black", lw=0.8, ls=":", label="goal: 1.3x dense (8k and up)")
+            ax.set_xscale("log", base=2)
+            ax.set_ylim(0.9, 3.0)
+            ax.set_title(f"MoE-MLP layer, {mode}")
+            ax.set_xlabel("tokens")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("time / dense GEMM pair of the same FLOPs")
+        axes[0].legend(fontsize=7)
+        fig.suptitle("JetMoE-8B MoE layer vs the dense roofline, interleaved medians, H100 "
+                     f"(run {rows[-1].get('run', '?')})", fontsize=10)  # fmt: skip
+        fig.tight_layout()
+        fig.savefig(DOCS / "jetmoe-model-moe-layer-vs-roofline.png", dpi=110)
+        print(f"wrote {DOCS / 'jetmoe-model-moe-layer-vs-roofline.png'}")
+    path = RESULTS / "train_step_interleaved.csv"
+    peaks = RESULTS / "train_step.csv"
+    if path.exists() and peaks.exists():
+        # step times: the newest interleaved run; peak memory: the newest sequential row per
+        # backend (each backend in its own process)
         rows = latest(list(csv.DictReader(path.open())), lambda r: r["impl"])
+        peak = {}
+        for r in sorted(csv.DictReader(peaks.open()), key=lambda r: r["timestamp"]):
+            peak[r["impl"]] = float(r["peak_gb"])
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         names = [r["impl"] for r in rows]
         axes[0].bar(names, [float(r["tokens_per_s"]) for r in rows], color="tab:blue")
-        axes[0].set_ylabel("tokens / s")
-        axes[1].bar(names, [float(r["peak_gb"]) for r in rows], color="tab:orange")
-        axes[1].set_ylabel("peak GiB")
+        axes[0].set_ylabel("tokens / s (interleaved median)")
+        axes[1].bar(names, [peak.get(n, 0.0) for n in names], color="tab:orange")
+        axes[1].set_ylabel("peak GiB (own process)")
         fig.suptitle("1.1B JetMoE training step (bf16, AdamW, batch 4 x 2048), H100")
         fig.tight_layout()
         fig.savefig(DOCS / "jetmoe-model-train-step.png", dpi=110)
