@@ -564,6 +564,92 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     return rows
 
 
+# GLU GEMM tile candidates for the inference forward (``--glu``), over the >4,096-pair defaults
+GLU_FWD = {
+    "default": {},
+    "GROUP_M 16": {"GROUP_M": 16},
+    "GROUP_M 4": {"GROUP_M": 4},
+    "3 stages": {"num_stages": 3},
+    "256x64 (x2) tiles, 3 stages": {"BLOCK_M": 256, "BLOCK_N": 64, "num_stages": 3},
+    "256x64 (x2) tiles, 4 stages": {"BLOCK_M": 256, "BLOCK_N": 64, "num_stages": 4},
+    "BLOCK_K 32, 6 stages": {"BLOCK_K": 32, "num_stages": 6},
+    "one program per tile": {"PERSISTENT": 0},
+}
+
+
+def glu_probe(ours, tokens: int, rounds: int, pick: str = "") -> list[dict]:
+    """The GLU GEMM without ``h`` (what the no-grad forward runs) for each ``GLU_FWD`` candidate,
+    interleaved over ``rounds``; then the layer's no-grad forward with the fastest candidate
+    against the defaults and the dense roofline, interleaved. A candidate > 2% faster in the
+    layer goes to ``pick`` (JSON overrides for ``bench_moe_layer.py --overrides``)."""
+    import statistics
+
+    o = layer_operands(ours, tokens)
+    gg, p, off = kernels.gather_gemm_scatter, o["p"], o["off"]
+    fn = lambda: gg(o["x_s"], o["w_in"], off, None, 1, None, p, epilogue="glu")  # noqa: E731
+    flops = 2 * p * D * 2 * F
+    ok, times = {}, {}
+    base = fn()[0]
+    for label, c in GLU_FWD.items():
+        kernels.CONFIG_OVERRIDES["glu"] = c
+        try:
+            err = (fn()[0].float() - base.float()).abs().max().item()
+            ok[label], times[label] = c, []
+            print(f"T={tokens} glu {label}: compiled, max diff vs default {err:.3g}", flush=True)
+        except Exception as exc:  # a candidate that does not compile is a printed miss
+            print(f"T={tokens} glu {label}: failed {type(exc).__name__}: {exc}"[:300], flush=True)
+        finally:
+            kernels.CONFIG_OVERRIDES.pop("glu", None)
+    with torch.no_grad():
+        for _ in range(rounds):
+            for label, c in ok.items():
+                kernels.CONFIG_OVERRIDES["glu"] = c
+                times[label].append(time_fn(fn, warmup=5, rep=25).median_ms)
+                kernels.CONFIG_OVERRIDES.pop("glu")
+    rows = []
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for label, t in med.items():
+        rows.append(dict(bench="glu_probe", kernel="glu", label=label, tokens=tokens, median_ms=t,
+                         tflops=flops / (t * 1e-3) / 1e12, rounds=rounds, **GLU_FWD[label]))  # fmt: skip
+        print(f"T={tokens:6d} glu (no h) {label:30s} {t:8.3f} ms all {[round(v, 3) for v in times[label]]}",
+              flush=True)  # fmt: skip
+    best = min(med, key=med.get)
+    x = make_input(tokens, False)
+    a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+    w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
+    ours.input_linear.config.expert_backend = "triton"
+
+    def layer(c):
+        def run():
+            kernels.CONFIG_OVERRIDES.pop("glu", None)
+            if c:
+                kernels.CONFIG_OVERRIDES["glu"] = c
+            return ours(x)[0]
+
+        return run
+
+    fns = {"dense_roofline": lambda: (a @ w1)[:, :F] @ w2, "triton default": layer({}),
+           f"triton glu {best}": layer(ok[best])}  # fmt: skip
+    lt = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for label, f in fns.items():
+                lt[label].append(time_fn(f, warmup=5, rep=40).median_ms)
+    kernels.CONFIG_OVERRIDES.pop("glu", None)
+    lm = {k: statistics.median(v) for k, v in lt.items()}
+    for label, t in lm.items():
+        rows.append(dict(bench="glu_layer", label=label, tokens=tokens, mode="fwd", median_ms=t,
+                         rounds=rounds))  # fmt: skip
+        print(f"T={tokens:6d} layer fwd {label:36s} {t:8.3f} ms ({t / lm['dense_roofline']:.3f}x "
+              f"dense) all {[round(v, 3) for v in lt[label]]}", flush=True)  # fmt: skip
+    if pick and best != "default" and lm[f"triton glu {best}"] < 0.98 * lm["triton default"]:
+        with open(pick, "w") as fh:
+            json.dump({"glu": ok[best]}, fh)
+        print(f"picked glu: {best} -> {ok[best]}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", default="1024,8192,32768")
@@ -578,6 +664,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pick", default="", help="write the picked dh overrides (JSON) here")
     parser.add_argument("--persistent", default="", help="token counts for the persistent probe")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved passes (--persistent)")
+    parser.add_argument("--glu", default="", help="token counts for the GLU tile probe")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_kernels: needs CUDA")
@@ -621,6 +708,9 @@ def main(argv=None) -> int:
             write_csv(args.out, host_profile(ours, 1024, log))
     if args.dh:
         write_csv(args.out, dh_candidates(ours, 8192, args.pick))
+    for tokens in [int(t) for t in args.glu.split(",") if t]:
+        write_csv(args.out, glu_probe(ours, tokens, args.rounds, args.pick))
+        torch.cuda.empty_cache()
     for tokens in [int(t) for t in args.persistent.split(",") if t]:
         pick = args.pick and args.pick.replace(".json", f"_{tokens}.json")
         write_csv(args.out, persistent_probe(ours, tokens, args.rounds, pick))
