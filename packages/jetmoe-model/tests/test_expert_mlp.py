@@ -28,6 +28,14 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _straddling_experts(device):
+    """Expert row counts 0, 5, 16, 23 (an empty expert, tails, a whole 16-row block), their
+    int32 end offsets and the pair count."""
+    counts = [0, 5, 16, 23]
+    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
+    return counts, offsets, sum(counts)
+
+
 def check_mlp(tokens, experts, top_k, d, f, dtype, seed):
     device = _device()
     routing = sort_by_expert(random_expert_index(tokens, experts, top_k, seed).to(device), experts)
@@ -181,9 +189,7 @@ def test_xty_tma_path_with_partial_row_blocks(tma, monkeypatch):
     monkeypatch.setattr(kernels, "USE_TMA", tma)
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # TMA at test sizes too
     device = _device()
-    counts = [0, 5, 16, 23]
-    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
-    pairs = sum(counts)
+    counts, offsets, pairs = _straddling_experts(device)
     x = torch.randn(pairs, 32, device=device)
     dy = torch.randn(pairs, 24, device=device)
     with poison_allocations():
@@ -252,9 +258,7 @@ def test_dh_epilogue_with_early_and_late_h_loads_and_split(tma, monkeypatch):
     monkeypatch.setattr(kernels, "USE_TMA", tma)
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
     device = _device()
-    counts = [0, 5, 16, 23]
-    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
-    pairs = sum(counts)
+    _, offsets, pairs = _straddling_experts(device)
     dy = torch.randn(pairs, 32, device=device)
     w_out = torch.randn(4, 32, 24, device=device)
     h = torch.randn(pairs, 48, device=device)
@@ -293,9 +297,7 @@ def test_persistent_grid_equals_one_program_per_tile(epilogue, transpose, scatte
     # program each: bit-identical outputs; experts of 0, 5, 16, 23 rows, 16-row tiles
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
     device = _device()
-    counts = [0, 5, 16, 23]
-    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
-    pairs = sum(counts)
+    _, offsets, pairs = _straddling_experts(device)
     x = torch.randn(pairs, 32, device=device)
     w = (
         torch.randn(4, 32, 48, device=device)
@@ -304,7 +306,7 @@ def test_persistent_grid_equals_one_program_per_tile(epilogue, transpose, scatte
     )
     h = torch.randn(pairs, 96, device=device) if epilogue == "glu_bwd" else None
     dst = torch.randperm(pairs, device=device, dtype=torch.int32) if scatter else None
-    key = {"glu": "glu", "glu_bwd": "glu_bwd"}.get(epilogue, "gemm_t" if transpose else "gemm")
+    key = kernels.config_key(epilogue, transpose)
     got = []
     for persistent in (0, 1):
         monkeypatch.setitem(kernels.CONFIG_OVERRIDES, key, {"PERSISTENT": persistent})
@@ -325,9 +327,7 @@ def test_persistent_weight_gradient_equals_one_program_per_tile(sorted_rows, mon
     # sorted operands (TMA row blocks + masked tail) or gathered rows; experts of 0, 5, 16, 23
     monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
     device = _device()
-    counts = [0, 5, 16, 23]
-    offsets = torch.tensor(counts, device=device).cumsum(0).to(torch.int32)
-    pairs = sum(counts)
+    _, offsets, pairs = _straddling_experts(device)
     x = torch.randn(pairs, 40, device=device)
     dy = torch.randn(pairs, 24, device=device)
     src = None if sorted_rows else torch.randperm(pairs, device=device, dtype=torch.int32)

@@ -515,10 +515,15 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def config_key(epilogue: str, transpose: bool) -> str:
+    """The kernel kind of a ``gather_gemm_scatter`` call: its ``CONFIG_OVERRIDES`` key."""
+    return {"glu": "glu", "glu_bwd": "glu_bwd"}.get(epilogue, "gemm_t" if transpose else "gemm")
+
+
 def _gemm_config(pairs: int, epilogue: str, transpose: bool) -> dict[str, int]:
     """Tiles per kernel kind (override keys ``glu``, ``glu_bwd``, ``gemm_t``, ``gemm``); ``glu``
     has two accumulators, so its BLOCK_N is half the output-column footprint."""
-    key = {"glu": "glu", "glu_bwd": "glu_bwd"}.get(epilogue, "gemm_t" if transpose else "gemm")
+    key = config_key(epilogue, transpose)
     if triton_interpreting():
         cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=1, num_stages=1)
     elif pairs <= 4096:  # small batches: more, smaller tiles fill the 132 SMs (H100 sweep)
@@ -773,6 +778,7 @@ __all__ = [
     "PERSISTENT_LARGE",
     "TMA_MIN_PAIRS",
     "USE_TMA",
+    "config_key",
     "expert_linear",
     "gather_gemm_scatter",
     "grouped_xty",
