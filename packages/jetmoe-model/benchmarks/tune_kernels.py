@@ -418,6 +418,80 @@ XTY_PERSISTENT = {k: v for k, v in PERSISTENT.items() if not v.get("WARP_SPECIAL
 RUN5 = {kind: {"PERSISTENT": 0} for kind in ("gemm", "gemm_t", "glu", "glu_bwd", "xty")}
 
 
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def compiled_candidates(fn, key: str, variants: dict, tag: str) -> dict:
+    """The ``variants`` (``CONFIG_OVERRIDES[key]`` values) that compile, each run once and its
+    output compared with the default config's (max abs difference printed; a failure to compile
+    is a printed miss)."""
+    ok = {}
+    for label, c in variants.items():
+        try:
+            with torch.no_grad():
+                base = _first(fn())
+                kernels.CONFIG_OVERRIDES[key] = c
+                err = (_first(fn()).float() - base.float()).abs().max().item()
+            ok[label] = c
+            print(f"{tag} {label}: compiled, max diff vs default {err:.3g}", flush=True)
+        except Exception as exc:  # a candidate that does not compile is a printed miss
+            print(f"{tag} {label}: failed {type(exc).__name__}: {exc}"[:400], flush=True)
+        finally:
+            kernels.CONFIG_OVERRIDES.pop(key, None)
+    return ok
+
+
+def interleaved(fns: dict, rounds: int, *, rep: int, overrides: dict | None = None):
+    """``(medians, all times)``: each ``fns[label]`` timed once per pass, in turn, over ``rounds``
+    passes (timings on the lent GPU drift within a process; interleaving spreads the drift over
+    every candidate); the median of its per-pass medians. ``overrides[label] = (key, config)``
+    sits in ``CONFIG_OVERRIDES`` while that label is timed."""
+    import statistics
+
+    times = {label: [] for label in fns}
+    for _ in range(rounds):
+        for label, fn in fns.items():
+            key, c = (overrides or {}).get(label, (None, None))
+            if key is not None:
+                kernels.CONFIG_OVERRIDES[key] = c
+            try:
+                times[label].append(time_fn(fn, warmup=5, rep=rep).median_ms)
+            finally:
+                if key is not None:
+                    kernels.CONFIG_OVERRIDES.pop(key, None)
+    return {label: statistics.median(v) for label, v in times.items()}, times
+
+
+def dense_roofline(tokens: int, backward: bool):
+    """The roofline call: two dense bf16 GEMMs with the layer's FLOPs at ``tokens`` (as
+    ``bench_moe_layer.py`` times it), forward (no grad) or forward+backward."""
+    a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+    w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
+    if not backward:
+
+        def fwd():
+            with torch.no_grad():
+                return (a @ w1)[:, :F] @ w2
+
+        return fwd
+    a, w1, w2 = (t.requires_grad_() for t in (a, w1, w2))
+    grad_out = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
+    return lambda: torch.autograd.grad((a @ w1)[:, :F] @ w2, [a, w1, w2], grad_out)
+
+
+def _print_layer(rows, tokens, mode, med, times, width, extra):
+    """Append a row per layer timing (with ``extra[label]``'s fields) and print it with its
+    ratio to the dense roofline."""
+    for label, t in med.items():
+        rows.append(dict(tokens=tokens, mode=mode, label=label, median_ms=t,
+                         rounds=len(times[label]), **extra.get(label, {})))  # fmt: skip
+        print(f"T={tokens:6d} layer {mode:8s} {label:{width}s} {t:8.3f} ms "
+              f"({t / med['dense_roofline']:.3f}x dense) all {[round(v, 3) for v in times[label]]}",
+              flush=True)  # fmt: skip
+
+
 def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     """Each GEMM kind of the layer (sorted operands, as the layer runs them) with each
     ``PERSISTENT`` candidate, timed interleaved over ``rounds`` passes next to cuBLAS on the
@@ -425,8 +499,6 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     elementwise pass); then the layer (forward, forward+backward) as run 5 ran it, with the
     current defaults and with the per-kind picks (> 2% faster than the default), against
     grouped_mm and the dense roofline, interleaved too. The picks go to ``pick`` (JSON)."""
-    import statistics
-
     from jetmoe_model.ops.expert_mlp import triton as mlp
 
     o = layer_operands(ours, tokens)
@@ -460,34 +532,11 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     rows, picks = [], {}
     for kind, (key, fn, ref, flops) in calls.items():
         variants = {"none": {"default": {}}, "xty": XTY_PERSISTENT}.get(key, PERSISTENT)
-        times: dict[str, list[float]] = {"cublas": []} if ref else {}
-        ok = {}
-        for label, c in variants.items():  # compile (and check) each candidate once
-            try:
-                with torch.no_grad():
-                    base = fn()
-                    kernels.CONFIG_OVERRIDES[key] = c
-                    want = fn()
-                base, want = (t[0] if isinstance(t, tuple) else t for t in (base, want))
-                err = (want.float() - base.float()).abs().max().item()
-                ok[label] = c
-                times[label] = []
-                print(f"T={tokens} {kind} {label}: compiled, max diff vs default {err:.3g}",
-                      flush=True)  # fmt: skip
-            except Exception as exc:  # a candidate that does not compile is a printed miss
-                print(f"T={tokens} {kind} {label}: failed {type(exc).__name__}: {exc}"[:400],
-                      flush=True)  # fmt: skip
-            finally:
-                kernels.CONFIG_OVERRIDES.pop(key, None)
-        for _ in range(rounds):
-            with torch.no_grad():
-                if ref:
-                    times["cublas"].append(time_fn(ref, warmup=5, rep=25).median_ms)
-                for label, c in ok.items():
-                    kernels.CONFIG_OVERRIDES[key] = c
-                    times[label].append(time_fn(fn, warmup=5, rep=25).median_ms)
-                    kernels.CONFIG_OVERRIDES.pop(key)
-        med = {k: statistics.median(v) for k, v in times.items() if v}
+        ok = compiled_candidates(fn, key, variants, f"T={tokens} {kind}")
+        fns = {**({"cublas": ref} if ref else {}), **dict.fromkeys(ok, fn)}
+        with torch.no_grad():
+            med, times = interleaved(fns, rounds, rep=25,
+                                     overrides={label: (key, c) for label, c in ok.items()})  # fmt: skip
         for label, t in med.items():
             tf = flops / (t * 1e-3) / 1e12 if flops else float("nan")
             rows.append(dict(bench="persistent_probe", kernel=kind, label=label, tokens=tokens,
@@ -500,7 +549,7 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
             default = kernels._gemm_config(
                 p, {"glu": "glu", "glu_bwd": "glu_bwd"}.get(key, "plain"), key == "gemm_t"
             )
-        same = [k for k in ok if all(default.get(o, 0) == v for o, v in ok[k].items())]
+        same = [k for k in ok if all(default.get(opt, 0) == v for opt, v in ok[k].items())]
         if key != "none" and same:
             best = min(ok, key=med.get)
             if med[best] < 0.98 * med[same[0]]:
@@ -512,20 +561,6 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     x = make_input(tokens, False).requires_grad_()
     g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
     params = list(ours.parameters())
-    a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
-    w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
-    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
-    a_g = a.detach().requires_grad_()
-    w1_g, w2_g = w1.detach().requires_grad_(), w2.detach().requires_grad_()
-    dgo = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
-
-    def dense_fwd():
-        with torch.no_grad():
-            return (a @ w1)[:, :F] @ w2
-
-    def dense_fwd_bwd():
-        return torch.autograd.grad((a_g @ w1_g)[:, :F] @ w2_g, [a_g, w1_g, w2_g], dgo)
-
     split_default = mlp.DH_SPLIT_MIN_PAIRS
 
     def layer(mode, backend, overrides, split=split_default):
@@ -542,25 +577,18 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
         return run
 
     for mode in ("fwd", "fwd+bwd"):
-        fns = {"dense_roofline": dense_fwd if mode == "fwd" else dense_fwd_bwd,
+        fns = {"dense_roofline": dense_roofline(tokens, mode == "fwd+bwd"),
                "grouped_mm": layer(mode, "grouped_mm", {}),
                "triton run 5": layer(mode, "triton", RUN5, 1 << 40),
                "triton": layer(mode, "triton", {}),
                "triton picks": layer(mode, "triton", picks)}  # fmt: skip
-        times = {k: [] for k in fns}
-        for _ in range(rounds):
-            for label, fn in fns.items():
-                times[label].append(time_fn(fn, warmup=5, rep=40).median_ms)
+        med, times = interleaved(fns, rounds, rep=40)
         kernels.CONFIG_OVERRIDES.clear()
         mlp.DH_SPLIT_MIN_PAIRS = split_default
-        med = {k: statistics.median(v) for k, v in times.items()}
-        for label, t in med.items():
-            rows.append(dict(bench="persistent_layer", label=label, tokens=tokens, mode=mode,
-                             median_ms=t, rounds=rounds,
-                             overrides=json.dumps(picks) if label == "triton picks" else ""))  # fmt: skip
-            print(f"T={tokens:6d} layer {mode:8s} {label:16s} {t:8.3f} ms "
-                  f"({t / med['dense_roofline']:.3f}x dense) all {[round(v, 3) for v in times[label]]}",
-                  flush=True)  # fmt: skip
+        _print_layer(rows, tokens, mode, med, times, 16, {
+            label: dict(bench="persistent_layer",
+                        overrides=json.dumps(picks) if label == "triton picks" else "")
+            for label in med})  # fmt: skip
     return rows
 
 
@@ -582,32 +610,15 @@ def glu_probe(ours, tokens: int, rounds: int, pick: str = "") -> list[dict]:
     interleaved over ``rounds``; then the layer's no-grad forward with the fastest candidate
     against the defaults and the dense roofline, interleaved. A candidate > 2% faster in the
     layer goes to ``pick`` (JSON overrides for ``bench_moe_layer.py --overrides``)."""
-    import statistics
-
     o = layer_operands(ours, tokens)
     gg, p, off = kernels.gather_gemm_scatter, o["p"], o["off"]
     fn = lambda: gg(o["x_s"], o["w_in"], off, None, 1, None, p, epilogue="glu")  # noqa: E731
     flops = 2 * p * D * 2 * F
-    ok, times = {}, {}
-    base = fn()[0]
-    for label, c in GLU_FWD.items():
-        kernels.CONFIG_OVERRIDES["glu"] = c
-        try:
-            err = (fn()[0].float() - base.float()).abs().max().item()
-            ok[label], times[label] = c, []
-            print(f"T={tokens} glu {label}: compiled, max diff vs default {err:.3g}", flush=True)
-        except Exception as exc:  # a candidate that does not compile is a printed miss
-            print(f"T={tokens} glu {label}: failed {type(exc).__name__}: {exc}"[:300], flush=True)
-        finally:
-            kernels.CONFIG_OVERRIDES.pop("glu", None)
+    ok = compiled_candidates(fn, "glu", GLU_FWD, f"T={tokens} glu")
     with torch.no_grad():
-        for _ in range(rounds):
-            for label, c in ok.items():
-                kernels.CONFIG_OVERRIDES["glu"] = c
-                times[label].append(time_fn(fn, warmup=5, rep=25).median_ms)
-                kernels.CONFIG_OVERRIDES.pop("glu")
+        med, times = interleaved(dict.fromkeys(ok, fn), rounds, rep=25,
+                                 overrides={label: ("glu", c) for label, c in ok.items()})  # fmt: skip
     rows = []
-    med = {k: statistics.median(v) for k, v in times.items()}
     for label, t in med.items():
         rows.append(dict(bench="glu_probe", kernel="glu", label=label, tokens=tokens, median_ms=t,
                          tflops=flops / (t * 1e-3) / 1e12, rounds=rounds, **GLU_FWD[label]))  # fmt: skip
@@ -615,34 +626,13 @@ def glu_probe(ours, tokens: int, rounds: int, pick: str = "") -> list[dict]:
               flush=True)  # fmt: skip
     best = min(med, key=med.get)
     x = make_input(tokens, False)
-    a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
-    w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
-    w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
     ours.input_linear.config.expert_backend = "triton"
-
-    def layer(c):
-        def run():
-            kernels.CONFIG_OVERRIDES.pop("glu", None)
-            if c:
-                kernels.CONFIG_OVERRIDES["glu"] = c
-            return ours(x)[0]
-
-        return run
-
-    fns = {"dense_roofline": lambda: (a @ w1)[:, :F] @ w2, "triton default": layer({}),
-           f"triton glu {best}": layer(ok[best])}  # fmt: skip
-    lt = {k: [] for k in fns}
+    layer = lambda: ours(x)[0]  # noqa: E731
     with torch.no_grad():
-        for _ in range(rounds):
-            for label, f in fns.items():
-                lt[label].append(time_fn(f, warmup=5, rep=40).median_ms)
-    kernels.CONFIG_OVERRIDES.pop("glu", None)
-    lm = {k: statistics.median(v) for k, v in lt.items()}
-    for label, t in lm.items():
-        rows.append(dict(bench="glu_layer", label=label, tokens=tokens, mode="fwd", median_ms=t,
-                         rounds=rounds))  # fmt: skip
-        print(f"T={tokens:6d} layer fwd {label:36s} {t:8.3f} ms ({t / lm['dense_roofline']:.3f}x "
-              f"dense) all {[round(v, 3) for v in lt[label]]}", flush=True)  # fmt: skip
+        lm, lt = interleaved({"dense_roofline": dense_roofline(tokens, False),
+                              "triton default": layer, f"triton glu {best}": layer}, rounds,
+                             rep=40, overrides={f"triton glu {best}": ("glu", ok[best])})  # fmt: skip
+    _print_layer(rows, tokens, "fwd", lm, lt, 36, {label: dict(bench="glu_layer") for label in lm})
     if pick and best != "default" and lm[f"triton glu {best}"] < 0.98 * lm["triton default"]:
         with open(pick, "w") as fh:
             json.dump({"glu": ok[best]}, fh)
@@ -721,17 +711,7 @@ def main(argv=None) -> int:
         rows: list[dict] = []
         x = make_input(tokens, False).requires_grad_()
         g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
-        a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
-        w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
-        w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
-        with torch.no_grad():
-            measure(
-                rows,
-                tokens,
-                "dense_roofline",
-                "fwd",
-                lambda a=a, w1=w1, w2=w2: (a @ w1)[:, :F] @ w2,
-            )
+        measure(rows, tokens, "dense_roofline", "fwd", dense_roofline(tokens, False))
         for backend in ("grouped_mm", "triton"):
             ours.input_linear.config.expert_backend = backend
             measure(rows, tokens, f"{backend} default", "fwd", fwd(x))
