@@ -26,6 +26,8 @@ import triton.language as tl
 
 from tensor_utils.dispatch import triton_interpreting
 
+# the module itself too: its thresholds are read per call (tests patch them)
+from ..experts import triton as expert_kernels
 from ..experts.naive import check_args
 from ..experts.triton import gather_gemm_scatter, grouped_xty, swiglu_grad
 
@@ -296,10 +298,8 @@ def _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k):
     """``dW_in`` from the sorted copy of x (kept by the forward above GATHER_X_MIN_PAIRS, or made
     here where TMA pays), else gathering x's rows inside the kernel: at small sizes the two extra
     launches (``// k``, ``index_select``) cost more host time than the gather costs on the GPU."""
-    from ..experts import triton as kernels  # TMA_MIN_PAIRS read per call (tests patch it)
-
     pairs = sorted_pair.numel()
-    if x_s is None and pairs > kernels.TMA_MIN_PAIRS:
+    if x_s is None and pairs > expert_kernels.TMA_MIN_PAIRS:
         x_s = x.index_select(0, sorted_pair // k)
     if x_s is not None:
         return grouped_xty(x_s, dh, offsets, None, 1, None, w_in.shape, pairs)

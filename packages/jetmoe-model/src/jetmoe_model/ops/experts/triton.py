@@ -282,7 +282,9 @@ def _gather_gemm_scatter(
     WARP_SPECIALIZE: tl.constexpr,
 ):
     # PERSISTENT: one program per SM walks the tiles, so the pipeliner can overlap one tile's
-    # epilogue with the next tile's first loads
+    # epilogue with the next tile's first loads. One program per tile stays loop-free: the same
+    # body wrapped in a one-pass loop measured 2-17% slower at 1,024 tokens on the H100 (dh
+    # epilogue 0.211 -> 0.246 ms), hence the separate tile function and two call sites.
     if PERSISTENT:
         num_tiles = num_m_tiles * tl.cdiv(N, BLOCK_N)
         for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=FLATTEN,
@@ -428,6 +430,7 @@ def _grouped_xty(
     FLATTEN: tl.constexpr,
 ):
     tiles = tl.cdiv(N, BLOCK_N) * tl.cdiv(K, BLOCK_K)
+    # loop-free without PERSISTENT: a one-pass loop measured ~20% slower at 1,024 tokens
     if PERSISTENT:  # one program per SM walks (expert, tile) in order: an expert's rows stay in L2
         for t in tl.range(tl.program_id(0), tiles * E, NUM_PROGS, flatten=FLATTEN):
             _xty_tile(t % tiles, t // tiles,
