@@ -13,13 +13,16 @@ a floor = bytes it must read / bandwidth.
 same over n/2 (what a uniform per-head compression would run); ``ours_full`` = the ragged
 kernel with every head keeping n rows (kernel parity); ``ours_half`` = the ragged kernel (its
 defaults: 128-row tiles, 2 launches) over a pool where each KV head keeps its own 25..75% of
-n (mean 50%), no per-key weights (the target); ``ours_half_pdl`` = the same with the merge
-launched with programmatic dependent launch; ``ours_half_prev`` = the previous defaults
-(64-row tiles, 3 stages); ``ours_half_w`` = the default returning per-key weights (heavy-hitter
-policies). Every method is timed three ways, all on the same inputs:
-  - ``graph``: L layers (distinct K/V buffers, more bytes than the 50 MB L2) called back to
-    back inside one captured CUDA graph, replayed; time per layer (how serving engines run
-    decode; no launch overhead);
+n (mean 50%), no per-key weights (the target; its merge is launched with programmatic dependent
+launch since 2026-11-27 12:40Z); ``ours_half_nopdl`` = the same with two plain launches; ``ours_half_mbd128`` = the merge with one program
+per query head (the shape before 2026-11-27 12:30Z; the default gives each 32 columns);
+``ours_half_w`` = the default returning per-key weights (heavy-hitter policies). Every method is timed three ways, all on the same inputs:
+  - ``graph_queued``: L layers (distinct K/V buffers, more bytes than the 50 MB L2) called
+    back to back inside one captured CUDA graph, replayed behind a GPU sleep so the events
+    time only GPU execution; time per layer (how a decode step inside a serving engine's
+    graph runs: no launch overhead, no host latency);
+  - ``graph``: the same replay without the sleep (the earlier runs' mode): the time from the
+    start event also holds the host's submission of the graph, spread over the L calls;
   - ``eager_loop``: the same L calls from a Python loop, CUDA events around the loop; time per
     layer (includes the Python/launch cost when it exceeds the GPU time);
   - ``do_bench``: ``tensor_utils.bench.time_fn`` of one call (L2 flushed before each call; the
@@ -74,15 +77,10 @@ def ragged_pool(b, h, n, d, dtype, device, lo=0.25, hi=0.75, seed=0):
     return k, v, offsets.to(device), lengths.to(device=device, dtype=torch.int32)
 
 
-def graph_ms(fns, reps, device):
-    """Per-call ms of ``fns`` run back to back inside one captured CUDA graph (CPU: a loop)."""
+def capture_graph(fns):
+    """The calls of ``fns`` captured back to back in one CUDA graph (warmed up, replayed once)."""
     for f in fns:  # compile / warm up
         f()
-    if device != "cuda":
-        t0 = time.perf_counter()
-        for f in fns:
-            f()
-        return (time.perf_counter() - t0) * 1e3 / len(fns)
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -96,16 +94,44 @@ def graph_ms(fns, reps, device):
             f()
     graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+QUEUE_SLEEP_CYCLES = 2_000_000  # about 1 ms of GPU sleep: longer than submitting any graph here
+
+
+def replay_ms(graph, reps, queued=False):
+    """Median ms of one replay between CUDA events. ``queued``: a sleep kernel keeps the GPU busy
+    while the replay is submitted, so the events time only the graph's GPU execution. Without it
+    the GPU idles between the start event and the first kernel while the CPU submits the graph
+    (the ``graph`` mode of the earlier runs: that latency, about 10-20 us, is spread over the L
+    calls, so it weighs most where L is small)."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if queued:
+            torch.cuda._sleep(QUEUE_SLEEP_CYCLES)
         start.record()
         graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def graph_ms(fns, reps, device, queued=False):
+    """Per-call ms of ``fns`` run back to back inside one captured CUDA graph (CPU: a loop)."""
+    if device != "cuda":
+        for f in fns:
+            f()
+        t0 = time.perf_counter()
+        for f in fns:
+            f()
+        return (time.perf_counter() - t0) * 1e3 / len(fns)
+    graph = capture_graph(fns)
+    ms = replay_ms(graph, reps, queued)
     del graph
-    return statistics.median(times) / len(fns)
+    return ms / len(fns)
 
 
 def loop_ms(fns, reps, device):
@@ -142,10 +168,10 @@ def copy_bandwidth(device, smoke):
 
 METHOD_KW = {  # kernel options per method name (the bare names use the defaults)
     "ours_half_pdl": dict(pdl=True),  # the merge launched with PDL
-    "ours_half_nopdl": dict(pdl=False),  # 2026-11-27 run: PDL was then the default
-    # last session's default: 64-row tiles, 3 stages, no PDL
+    "ours_half_nopdl": dict(pdl=False),  # two plain launches
+    "ours_half_mbd128": dict(merge_block_d=128),  # one merge program per query head
+    # the second session's default: 64-row tiles, 3 stages, no PDL
     "ours_half_prev": dict(block_n=64, num_warps=4, num_stages=3, pdl=False),
-    "ours_half_fused": dict(fused=True),
 }
 
 
@@ -180,7 +206,7 @@ class Case:
 
     def bytes(self, method, i=0):
         e = torch.finfo(self.dtype).bits // 8
-        if method in ("sdpa_full", "ours_full", "ours_full_fused"):
+        if method in ("sdpa_full", "ours_full"):
             rows = self.b * self.h * self.n
         elif method == "sdpa_half":
             rows = self.b * self.h * (self.n // 2)
@@ -303,6 +329,8 @@ def bench_kernel(
                 try:
                     if "graph" in modes:
                         times["graph"] = graph_ms(fns, reps, device)
+                    if "graph_queued" in modes:
+                        times["graph_queued"] = graph_ms(fns, reps, device, queued=True)
                     if "eager_loop" in modes:
                         times["eager_loop"] = loop_ms(fns, reps, device)
                     if "do_bench" in modes:
@@ -326,7 +354,7 @@ def bench_kernel(
                             dtype=str(dtype)[6:],
                             layers=layers,
                             kept_fraction=1.0
-                            if method in ("sdpa_full", "ours_full", "ours_full_fused")
+                            if method in ("sdpa_full", "ours_full")
                             else (0.5 if method == "sdpa_half" else round(case.kept, 4)),
                             ms=ms,
                             floor_ms=floor_ms,
@@ -358,12 +386,12 @@ def bench_kernel(
 
 SWEEP = [  # kernel variants for ours_half (graph + eager); the first entry is the default
     dict(),
-    dict(pdl=True),
-    dict(block_n=64, num_warps=4, num_stages=3),
-    dict(block_n=64, num_warps=4, num_stages=3, pdl=True),
+    dict(pdl=False),
+    dict(num_stages=1),
+    dict(block_n=64, num_warps=4, num_stages=1),
+    dict(block_n=64, num_warps=4, num_stages=2),
     dict(programs_per_sm=2),
     dict(programs_per_sm=8),
-    dict(num_stages=3),
 ]
 
 
@@ -563,8 +591,8 @@ def main(argv=None) -> int:
         save()
     if "kernel" in parts:
         sizes = all_sizes(args.smoke)
-        methods = ["sdpa_full", "sdpa_half", "ours_full", "ours_half", "ours_half_pdl"]
-        methods += ["ours_half_prev", "ours_half_w"]
+        methods = ["sdpa_full", "sdpa_half", "ours_full", "ours_half", "ours_half_nopdl"]
+        methods += ["ours_half_mbd128", "ours_half_w"]
         done = list(rows)
 
         def partial(new_rows):
@@ -578,7 +606,7 @@ def main(argv=None) -> int:
             [{}],
             methods,
             3 if args.smoke else 20,
-            ["graph", "eager_loop", "do_bench"],
+            ["graph_queued", "graph", "eager_loop", "do_bench"],
             on_size=partial,
         )
         save()

@@ -89,9 +89,11 @@ def _on(device, args):
     case=CASES["kvprune_ragged_decode_attention"],
     splits=st.sampled_from([None, 1, 2, 4]),
     need_weights=st.booleans(),
-    fused=st.booleans(),
+    merge_block_d=st.sampled_from([None, 16]),
 )
-def test_kernel_matches_reference_with_poisoned_outputs(case, splits, need_weights, fused, device):
+def test_kernel_matches_reference_with_poisoned_outputs(
+    case, splits, need_weights, merge_block_d, device
+):
     args, kwargs = case
     expected = naive.ragged_decode_attention(*args, **kwargs)
     with poison_allocations():
@@ -99,9 +101,9 @@ def test_kernel_matches_reference_with_poisoned_outputs(case, splits, need_weigh
             *_on(device, args),
             **kwargs,
             need_weights=need_weights,
-            fused=fused,
             num_splits=splits,
             block_n=16,
+            merge_block_d=merge_block_d,
         )
     assert out.dtype == args[0].dtype
     assert_close(out.cpu(), expected[0])
@@ -119,15 +121,20 @@ def test_kernel_many_splits_and_tiles_odd_sizes(device):
     )
     expected = naive.ragged_decode_attention(q, k, v, o, lens, 0.3)
     for splits in (1, 2, 8):
-        for need_weights, fused in ((True, False), (False, False), (False, True)):
+        for need_weights, merge_block_d in (
+            (True, None),
+            (True, 16),  # two merge programs per query head (17 of 32 columns real)
+            (False, 16),
+            (False, None),
+        ):
             with poison_allocations():
                 out, weights = triton_mod.ragged_decode_attention(
                     *_on(device, (q, k, v, o, lens)),
                     0.3,
                     need_weights=need_weights,
-                    fused=fused,
                     num_splits=splits,
                     block_n=16,
+                    merge_block_d=merge_block_d,
                 )
             assert_close(out.cpu(), expected[0])
             if need_weights:
@@ -193,14 +200,13 @@ def test_kernel_on_cuda_long_segments(dtype, lengths):
         assert_close(out, expected[0])
         assert_close(weights, expected[1], atol=1e-6, rtol=1e-3)
     with poison_allocations():  # the fast paths (no weights) and forced tile/split choices
-        for splits, block_n, fused, pdl in (
-            (None, None, False, None),  # the defaults
-            (None, None, False, False),  # merge launched without PDL
-            (None, None, True, None),
-            (None, None, True, None),  # again: the fused path's counters must be back at zero
-            (1, 64, False, True),
-            (128, 128, True, None),
-            (16, 32, False, True),
+        for splits, block_n, pdl, merge_block_d in (
+            (None, None, None, None),  # the defaults
+            (None, None, False, None),  # merge launched without PDL
+            (None, None, None, 128),  # one merge program per query head
+            (1, 64, True, None),
+            (128, 128, False, 64),
+            (16, 32, True, 16),
         ):
             fast, none = triton_mod.ragged_decode_attention(
                 q,
@@ -210,10 +216,10 @@ def test_kernel_on_cuda_long_segments(dtype, lengths):
                 lens,
                 128**-0.5,
                 need_weights=False,
-                fused=fused,
                 pdl=pdl,
                 num_splits=splits,
                 block_n=block_n,
+                merge_block_d=merge_block_d,
             )
             assert none is None
             assert_close(fast, expected[0])

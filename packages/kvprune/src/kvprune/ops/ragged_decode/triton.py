@@ -8,17 +8,19 @@ online softmax (base 2: the scale is folded with ``log2 e``) and writes a partia
 ``(m, l, acc)`` of only the ``G`` real rows. With ``WEIGHTS`` it also writes each row's raw
 logits into ``weights``.
 
-Pass 2, grid ``(segments, G [+ splits])``: programs ``0 .. G-1`` merge the partials of one query
-head into the output; with weights, programs ``G ..`` turn one split's logits into
-probabilities ``exp(logit - lse)``. Only splits that hold rows are read (empty ones are masked).
+Pass 2, grid ``(segments, G * D_PARTS [+ splits])``: each of the first programs merges the
+partials of one query head for ``BLOCK_DM`` output columns (32 by default: more, smaller
+programs finish sooner); with weights, the programs after them turn one split's logits into
+probabilities ``exp(logit - lse)``. Empty splits store ``m = -inf`` and a zero ``acc``, so the
+merge issues all its loads at once without first finding out which splits held rows.
 
-``fused`` (no weights only) skips pass 2: after storing its partial, each program bumps a
-per-segment counter and the last one to arrive merges the segment's partials (one launch).
-Not the default: on the H100 the lone merging program's dependent loads of up to 128 partials
-cost more than the second launch (17.7 vs 11.4 us at batch 1 / 4k under CUDA graphs), and a
-balanced-work-list variant with an in-kernel merge measured 1.2-2x slower at batch 1 too
-(``docs/benchmarks/kvprune.md``). ``pdl`` launches pass 2 with programmatic dependent launch
-(``gdc_launch_dependents`` in pass 1, ``gdc_wait`` in pass 2); off by default (no net gain).
+Two launches, not one: a single-launch variant (the last program of a segment to finish
+merges its partials, behind a per-segment arrival counter) measured 1.6-2.1x slower at batch 1
+on the H100 in two designs (one head at a time, and all heads in one vectorised step), and a
+balanced-work-list variant with an in-kernel merge 1.2-2x slower; all three were removed
+(``docs/benchmarks/kvprune.md``). On Hopper, pass 2 is launched with programmatic dependent
+launch (``gdc_launch_dependents`` in pass 1, ``gdc_wait`` in pass 2), so its launch overlaps
+pass 1 (``pdl=False`` or ``KVPRUNE_PDL=0`` turns it off).
 
 The split count comes from the longest segment and the SM count (enough programs to keep every
 SM streaming, never a split without a tile of rows); ``num_splits``/``block_n`` override it.
@@ -53,8 +55,6 @@ def _split_kernel(
     m_ptr,
     l_ptr,
     acc_ptr,
-    out_ptr,
-    cnt_ptr,
     qk_scale,
     G,
     D,
@@ -67,8 +67,6 @@ def _split_kernel(
     BLOCK_N: tl.constexpr,
     EVEN_D: tl.constexpr,
     WEIGHTS: tl.constexpr,
-    FUSED: tl.constexpr,
-    GROUP: tl.constexpr,
     PRECISION: tl.constexpr,
     GDC: tl.constexpr,
 ):
@@ -118,43 +116,13 @@ def _split_kernel(
     part = seg.to(tl.int64) * NUM_SPLITS + split
     tl.store(m_ptr + part * BLOCK_G + g, m_i)
     tl.store(l_ptr + part * BLOCK_G + g, l_i)
-    if start < end:  # empty splits leave acc unwritten; the merge masks them out
-        tl.store(
-            acc_ptr + (part * G + g[:, None]) * D + d[None, :],
-            acc,
-            mask=gmask[:, None] & dmask[None, :],
-        )
-    if FUSED:
-        # One launch: the last program of the segment to finish merges (threadfence-reduction
-        # pattern). The barrier orders every thread's stores before the release; the counter
-        # is reset so the buffer is ready for the next call (and CUDA-graph replays).
-        tl.debug_barrier()
-        arrived = tl.atomic_add(cnt_ptr + seg, 1, sem="acq_rel", scope="gpu")
-        if arrived == NUM_SPLITS - 1:
-            tl.debug_barrier()
-            sp = tl.arange(0, NUM_SPLITS)
-            base = seg.to(tl.int64) * NUM_SPLITS + sp
-            for gi in tl.static_range(GROUP):
-                m_all = tl.load(m_ptr + base * BLOCK_G + gi, cache_modifier=".cg")
-                l_all = tl.load(l_ptr + base * BLOCK_G + gi, cache_modifier=".cg")
-                m_max = tl.max(m_all, 0)
-                has = m_all > float("-inf")
-                w_split = tl.where(has, tl.math.exp2(m_all - tl.where(has, m_max, 0.0)), 0.0)
-                total = tl.sum(l_all * w_split, 0)
-                safe_total = tl.where(total > 0, total, 1.0)
-                acc_all = tl.load(
-                    acc_ptr + (base[:, None] * G + gi) * D + d[None, :],
-                    mask=has[:, None] & dmask[None, :],
-                    other=0.0,
-                    cache_modifier=".cg",
-                )
-                o = tl.sum(acc_all * w_split[:, None], 0) / safe_total
-                tl.store(
-                    out_ptr + (seg.to(tl.int64) * G + gi) * D + d,
-                    o.to(out_ptr.dtype.element_ty),
-                    mask=dmask,
-                )
-            tl.atomic_xchg(cnt_ptr + seg, 0, sem="relaxed", scope="gpu")
+    # written even by an empty split (zeros): the merge then loads every partial at once,
+    # without first learning which splits held rows (one round trip to L2, not two)
+    tl.store(
+        acc_ptr + (part * G + g[:, None]) * D + d[None, :],
+        acc,
+        mask=gmask[:, None] & dmask[None, :],
+    )
 
 
 @triton.jit
@@ -173,6 +141,8 @@ def _merge_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_DM: tl.constexpr,
+    D_PARTS: tl.constexpr,
     GDC: tl.constexpr,
 ):
     if GDC:  # launched early (PDL): wait until pass 1 has finished and its stores are visible
@@ -183,28 +153,28 @@ def _merge_kernel(
     base = seg.to(tl.int64) * NUM_SPLITS + sp
     # The two branches use distinct names: compiled Triton merges same-named values of an
     # if/else and rejects differing shapes.
-    if pid < G:  # the output of query head `pid`
-        mo = tl.load(m_ptr + base * BLOCK_G + pid)  # [SPLITS]
-        lo = tl.load(l_ptr + base * BLOCK_G + pid)
+    if pid < G * D_PARTS:  # BLOCK_DM output columns of query head `pid // D_PARTS`
+        head = pid // D_PARTS
+        d = (pid % D_PARTS) * BLOCK_DM + tl.arange(0, BLOCK_DM)
+        dmask = d < D
+        # independent loads, issued together (empty splits hold m = -inf and acc = 0)
+        mo = tl.load(m_ptr + base * BLOCK_G + head)  # [SPLITS]
+        lo = tl.load(l_ptr + base * BLOCK_G + head)
+        acc_all = tl.load(
+            acc_ptr + (base[:, None] * G + head) * D + d[None, :], mask=dmask[None, :], other=0.0
+        )
         mo_max = tl.max(mo, 0)
         has_o = mo > float("-inf")
         wo = tl.where(has_o, tl.math.exp2(mo - tl.where(has_o, mo_max, 0.0)), 0.0)
         total_o = tl.sum(lo * wo, 0)  # 0 only for an empty segment
         safe_o = tl.where(total_o > 0, total_o, 1.0)
-        d = tl.arange(0, BLOCK_D)
-        dmask = d < D
-        acc_all = tl.load(
-            acc_ptr + (base[:, None] * G + pid) * D + d[None, :],
-            mask=has_o[:, None] & dmask[None, :],
-            other=0.0,
-        )
         res = tl.sum(acc_all * wo[:, None], 0) / safe_o
         tl.store(
-            out_ptr + (seg.to(tl.int64) * G + pid) * D + d,
+            out_ptr + (seg.to(tl.int64) * G + head) * D + d,
             res.to(out_ptr.dtype.element_ty),
             mask=dmask,
         )
-    else:  # logits -> probabilities for the rows of split `pid - G`
+    else:  # logits -> probabilities for the rows of split `pid - G * D_PARTS`
         g = tl.arange(0, BLOCK_G)
         mw = tl.load(m_ptr + base[:, None] * BLOCK_G + g[None, :])  # [SPLITS, BLOCK_G]
         lw = tl.load(l_ptr + base[:, None] * BLOCK_G + g[None, :])
@@ -216,7 +186,7 @@ def _merge_kernel(
         gmask = g < G
         off = tl.load(off_ptr + seg).to(tl.int64)
         length = tl.load(len_ptr + seg).to(tl.int32)
-        start = (pid - G) * CHUNK
+        start = (pid - G * D_PARTS) * CHUNK
         end = tl.minimum(start + CHUNK, length)
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
@@ -236,22 +206,7 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(n: int, device: torch.device) -> torch.Tensor:
-    """Zeroed per-segment arrival counters for the fused path, kept per device (each fused
-    launch leaves them at zero again). Not safe for fused calls running concurrently on two
-    streams of one device."""
-    buf = _COUNTERS.get(device)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _COUNTERS[device] = buf
-    return buf
-
-
 MAX_SPLITS = 128
-FUSED_DEFAULT = False
 SMEM_BUDGET = 160 << 10  # of the H100's 227 KiB per block
 
 
@@ -273,14 +228,14 @@ def plan_splits(
     return max(1, min(_pow2(want), _pow2(tiles), MAX_SPLITS))
 
 
-# Off by default: on the H100 it moved the graph-mode time by -0.7 .. +1.7 us per call
-# (slower at batch 1 / 8k), no net gain (results/decode_kernel_h100.csv, decode_sweep_h100.csv).
-PDL_DEFAULT = False
+# On by default (Hopper+): with the one-round-trip merge, PDL saved 0.1-0.6 us per call at 9 of
+# 10 sizes and was even at batch 1 / 8k on the H100 (results/decode_probe_h100.csv).
+PDL_DEFAULT = True
 
 
 def _pdl_default(device: torch.device) -> bool:
-    """Programmatic dependent launch for the merge when asked for (``pdl=True``, or
-    ``KVPRUNE_PDL=1``): only on Hopper or newer, compiled (not the interpreter)."""
+    """Programmatic dependent launch for the merge unless turned off (``KVPRUNE_PDL=0``): only on
+    Hopper or newer, compiled (not the interpreter)."""
     env = os.environ.get("KVPRUNE_PDL", "")
     want = env == "1" if env in ("0", "1") else PDL_DEFAULT
     return want and device.type == "cuda" and _capability(device.index or 0) >= 9
@@ -314,24 +269,24 @@ def ragged_decode_attention(
     max_len: int | None = None,
     need_weights: bool = True,
     *,
-    fused: bool | None = None,
     pdl: bool | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
     programs_per_sm: int = 4,
+    merge_block_d: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Triton version of ``naive.ragged_decode_attention`` (same arguments and results).
 
     ``num_splits`` (a power of two), ``block_n``, ``num_warps``, ``num_stages`` and
     ``programs_per_sm`` override the launch heuristics (tests use them to exercise several
-    splits and tiles on tiny inputs; the benchmark to compare variants). ``fused`` (only
-    without weights) merges the splits inside the first launch (the last program of each
-    segment to finish does it) instead of a second launch; default: ``FUSED_DEFAULT``.
+    splits and tiles on tiny inputs; the benchmark to compare variants).
     ``pdl`` launches the merge with programmatic dependent launch (Hopper+: it is scheduled
-    while pass 1 runs and waits on it in-kernel); default ``PDL_DEFAULT`` (off), or
+    while pass 1 runs and waits on it in-kernel); default ``PDL_DEFAULT`` (on), or
     ``KVPRUNE_PDL=0/1``. Ignored (off) on devices older than compute capability 9.
+    ``merge_block_d`` (a power of two, default 32) is the number of output columns one merge
+    program handles.
     """
     check_args(q, k_pool, v_pool, offsets, lengths)
     q, k_pool, v_pool, offsets, lengths = _prep(q, k_pool, v_pool, offsets, lengths)
@@ -363,10 +318,6 @@ def ragged_decode_attention(
     work = torch.empty(2 * ml + n_seg * splits * group * dim, dtype=torch.float32, device=q.device)
     m, ell, acc = work[:ml], work[ml : 2 * ml], work[2 * ml :]
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    if fused is None:
-        fused = FUSED_DEFAULT
-    fused = bool(fused) and not need_weights and splits > 1
-    counters = _counters(n_seg, q.device) if fused else lengths
     stages = num_stages or (3 if q.dtype == torch.float32 else 2)
     launch = {"num_stages": fit_stages(stages, block_n, block_d, q.element_size())}
     launch["num_warps"] = num_warps or 4
@@ -384,8 +335,6 @@ def ragged_decode_attention(
         m,
         ell,
         acc,
-        out,
-        counters,
         float(scale) * LOG2E,
         group,
         dim,
@@ -398,15 +347,14 @@ def ragged_decode_attention(
         BLOCK_N=block_n,
         EVEN_D=block_d == dim,
         WEIGHTS=need_weights,
-        FUSED=fused,
-        GROUP=group if fused else 1,
         PRECISION=precision,
-        GDC=pdl and not fused,
+        GDC=pdl,
         **launch,
     )
-    if fused:
-        return out, weights
-    _merge_kernel[(n_seg, group + (splits if need_weights else 0))](
+    if merge_block_d is not None and (merge_block_d < 1 or merge_block_d & (merge_block_d - 1)):
+        raise ValueError(f"merge_block_d must be a power of two, got {merge_block_d}")
+    block_dm = min(block_d, merge_block_d or 32)  # output columns per merge program
+    _merge_kernel[(n_seg, group * (block_d // block_dm) + (splits if need_weights else 0))](
         out,
         offsets,
         lengths,
@@ -421,8 +369,10 @@ def ragged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
+        BLOCK_DM=block_dm,
+        D_PARTS=block_d // block_dm,
         GDC=pdl,
-        num_warps=8 if splits >= 64 else 4,  # a [splits, D] tile per program: spread it
+        num_warps=4,
         **({"launch_pdl": True} if pdl else {}),
     )
     return out, weights
