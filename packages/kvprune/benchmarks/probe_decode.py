@@ -32,16 +32,30 @@ from tensor_utils.bench import write_csv
 
 RESULTS = Path(__file__).parent / "results"
 
-KERNELS = {
-    "ours_half": {},  # the defaults (merge launched with PDL on Hopper)
-    "nopdl": dict(pdl=False),
-    "mbd128": dict(merge_block_d=128),  # one merge program per query head (the old shape)
-    "st1": dict(num_stages=1),  # no pipelining: 64 KB of shared memory, 3 programs per SM
-    "bn64_st1": dict(block_n=64, num_stages=1),
-    "bn64_st2": dict(block_n=64, num_stages=2),
-    "pps2": dict(programs_per_sm=2),
-    "pass1_only": {},
+PRESETS = {
+    # calls 3 and 5 (2026-11-27): the defaults against their neighbours
+    "defaults": {
+        "ours_half": {},  # the defaults (merge launched with PDL on Hopper)
+        "tiles128_pps4": dict(block_n=128, num_stages=2, programs_per_sm=4),  # call 3's default
+        "nopdl": dict(pdl=False),
+        "mbd128": dict(merge_block_d=128),  # one merge program per query head (the old shape)
+        "pass1_only": {},
+    },
+    # call 4: smaller tiles and more programs where the cache is small
+    "tiles": {
+        "ours_half": {},
+        "bn64_st1": dict(block_n=64, num_stages=1),
+        "bn64_st2": dict(block_n=64, num_stages=2),
+        "bn64_st2_pps8": dict(block_n=64, num_stages=2, programs_per_sm=8),
+        "bn64_st1_pps8": dict(block_n=64, num_stages=1, programs_per_sm=8),
+        "bn32_st1_pps8": dict(block_n=32, num_stages=1, programs_per_sm=8),
+        "bn32_st2_pps8": dict(block_n=32, num_stages=2, programs_per_sm=8),
+        "bn64_st2_w2": dict(block_n=64, num_stages=2, num_warps=2),
+        "pps2": dict(programs_per_sm=2),
+        "pass1_only": {},
+    },
 }
+KERNELS = dict(PRESETS["defaults"])
 
 
 @triton.jit
@@ -92,7 +106,10 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=str(RESULTS / "decode_probe_h100.csv"))
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--preset", default="defaults", choices=sorted(PRESETS))
     args = parser.parse_args(argv)
+    KERNELS.clear()
+    KERNELS.update(PRESETS[args.preset])
     if not torch.cuda.is_available():
         log("probe_decode: needs a CUDA device")
         return 0

@@ -190,7 +190,15 @@ def test_generation_with_kernel_matches_reference_backend():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("lengths", [[4096, 1, 0, 2049], [32768, 16000], [5000, 97, 12000, 3]])
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [4096, 1, 0, 2049],
+        [32768, 16000],
+        [5000, 97, 12000, 3],
+        [700] * 6 + [3000, 1, 0, 4096, 2049, 65, 128],  # many segments: the other tile regime
+    ],
+)
 def test_kernel_on_cuda_long_segments(dtype, lengths):
     q, k, v, o, lens = random_ragged_case(0, lengths, [7] * len(lengths), 4, 128, dtype, "cuda")
     expected = naive.ragged_decode_attention(q, k, v, o, lens, 128**-0.5)

@@ -24,8 +24,7 @@ pass 1 (``pdl=False`` or ``KVPRUNE_PDL=0`` turns it off).
 
 The split count comes from the longest segment and the SM count (enough programs to keep every
 SM streaming, never a split without a tile of rows); ``num_splits``/``block_n`` override it.
-Tiles: 128 rows, 4 warps, 2 pipeline stages for 16-bit inputs (64 rows, 3 stages for float32),
-from a sweep over all ten benchmark sizes.
+Tiles, stages and programs per SM: ``default_tiles`` (two regimes, from H100 probes).
 
 Same contract as ``naive.ragged_decode_attention``.
 """
@@ -34,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -228,6 +228,31 @@ def plan_splits(
     return max(1, min(_pow2(want), _pow2(tiles), MAX_SPLITS))
 
 
+class Tiles(NamedTuple):
+    block_n: int
+    stages: int
+    programs_per_sm: int
+
+
+def default_tiles(n_seg: int, dtype: torch.dtype, sm_count: int) -> Tiles:
+    """Launch defaults, from interleaved H100 probes at Llama-3-8B shapes
+    (results/decode_probe_h100.csv, 2026-11-27 calls 3 and 4):
+
+    - float32: 64-row tiles, 3 stages (a 128-row tile pair over shared memory);
+    - few segments (batch 1 of 8 KV heads: at most one per 16 SMs): 64-row tiles, one stage,
+      4 programs per SM. Every split then holds one or two small tiles, so nothing is left to
+      pipeline, and the small shared-memory footprint lets more programs stream at once:
+      11.6 against 13.0 us at batch 1 / 8k, within +-1% at the other batch-1 sizes;
+    - otherwise: 128-row tiles, 2 stages, 2 programs per SM (longer splits: 1-2% faster than
+      4 per SM at batch 4, 4k-32k, in both probes).
+    """
+    if dtype == torch.float32:
+        return Tiles(64, 3, 4)
+    if n_seg * 16 <= sm_count:
+        return Tiles(64, 1, 4)
+    return Tiles(128, 2, 2)
+
+
 # On by default (Hopper+): with the one-round-trip merge, PDL saved 0.1-0.6 us per call at 9 of
 # 10 sizes and was even at batch 1 / 8k on the H100 (results/decode_probe_h100.csv).
 PDL_DEFAULT = True
@@ -274,7 +299,7 @@ def ragged_decode_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    programs_per_sm: int = 4,
+    programs_per_sm: int | None = None,
     merge_block_d: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Triton version of ``naive.ragged_decode_attention`` (same arguments and results).
@@ -300,11 +325,11 @@ def ragged_decode_attention(
     if max_len is None:
         max_len = int(lengths.max())
     on_cpu = q.device.type == "cpu"  # the interpreter: small tiles keep tests quick
-    # 128-row tiles, 4 warps, 2 stages: fastest or within 3% of the best at every measured
-    # size (results/decode_sweep_h100.csv); float32 gets 64 (half the bytes per row)
-    block_n = block_n or (16 if on_cpu else (64 if q.dtype == torch.float32 else 128))
+    sms = 8 if on_cpu else _sm_count(q.device.index or 0)
+    tile = default_tiles(n_seg, q.dtype, sms)
+    block_n = block_n or (16 if on_cpu else tile.block_n)
+    programs_per_sm = programs_per_sm or tile.programs_per_sm
     if num_splits is None:
-        sms = 8 if on_cpu else _sm_count(q.device.index or 0)
         num_splits = plan_splits(max_len, n_seg, block_n, sms, programs_per_sm=programs_per_sm)
     splits = num_splits
     if splits < 1 or splits & (splits - 1):
@@ -318,7 +343,7 @@ def ragged_decode_attention(
     work = torch.empty(2 * ml + n_seg * splits * group * dim, dtype=torch.float32, device=q.device)
     m, ell, acc = work[:ml], work[ml : 2 * ml], work[2 * ml :]
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    stages = num_stages or (3 if q.dtype == torch.float32 else 2)
+    stages = num_stages or tile.stages
     launch = {"num_stages": fit_stages(stages, block_n, block_d, q.element_size())}
     launch["num_warps"] = num_warps or 4
     if pdl is None:
