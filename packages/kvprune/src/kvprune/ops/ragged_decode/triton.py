@@ -234,11 +234,14 @@ class Tiles(NamedTuple):
     programs_per_sm: int
 
 
-def default_tiles(n_seg: int, dtype: torch.dtype, sm_count: int) -> Tiles:
+def default_tiles(n_seg: int, dtype: torch.dtype, sm_count: int, need_weights: bool) -> Tiles:
     """Launch defaults, from interleaved H100 probes at Llama-3-8B shapes
-    (results/decode_probe_h100.csv, 2026-11-27 calls 3 and 4):
+    (results/decode_probe_h100.csv and decode_kernel_h100.csv, 2026-11-27 calls 3 to 5):
 
     - float32: 64-row tiles, 3 stages (a 128-row tile pair over shared memory);
+    - with weights: 128-row tiles, 2 stages, 4 programs per SM. The two regimes below made
+      the weights path 4-12% slower (call 5 against call 3: its pass 2 turns each split's
+      logits into probabilities, and smaller or fewer splits mean more or longer such passes);
     - few segments (batch 1 of 8 KV heads: at most one per 16 SMs): 64-row tiles, one stage,
       4 programs per SM. Every split then holds one or two small tiles, so nothing is left to
       pipeline, and the small shared-memory footprint lets more programs stream at once:
@@ -248,6 +251,8 @@ def default_tiles(n_seg: int, dtype: torch.dtype, sm_count: int) -> Tiles:
     """
     if dtype == torch.float32:
         return Tiles(64, 3, 4)
+    if need_weights:
+        return Tiles(128, 2, 4)
     if n_seg * 16 <= sm_count:
         return Tiles(64, 1, 4)
     return Tiles(128, 2, 2)
@@ -326,7 +331,7 @@ def ragged_decode_attention(
         max_len = int(lengths.max())
     on_cpu = q.device.type == "cpu"  # the interpreter: small tiles keep tests quick
     sms = 8 if on_cpu else _sm_count(q.device.index or 0)
-    tile = default_tiles(n_seg, q.dtype, sms)
+    tile = default_tiles(n_seg, q.dtype, sms, need_weights)
     block_n = block_n or (16 if on_cpu else tile.block_n)
     programs_per_sm = programs_per_sm or tile.programs_per_sm
     if num_splits is None:
