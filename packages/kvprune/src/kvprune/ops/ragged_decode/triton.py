@@ -15,7 +15,7 @@ probabilities ``exp(logit - lse)``. Empty splits store ``m = -inf`` and a zero `
 merge issues all its loads at once without first finding out which splits held rows.
 
 Two launches, not one: a single-launch variant (the last program of a segment to finish
-merges its partials, behind a per-segment arrival counter) measured 1.6-2.1x slower at batch 1
+merges its partials, behind a per-segment arrival counter) measured 1.5-2.8x slower at batch 1
 on the H100 in two designs (one head at a time, and all heads in one vectorised step), and a
 balanced-work-list variant with an in-kernel merge 1.2-2x slower; all three were removed
 (``docs/benchmarks/kvprune.md``). On Hopper, pass 2 is launched with programmatic dependent
