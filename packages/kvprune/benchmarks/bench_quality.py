@@ -3,12 +3,15 @@ baselines (StreamingLLM, H2O, SnapKV, TOVA) at the kept-KV fraction FastGen reac
 on the same prompt, against the full cache.
 
     python packages/kvprune/benchmarks/bench_quality.py [--threads 1] [--quick]
+    python packages/kvprune/benchmarks/bench_quality.py --benches ppl --no-agree --docs 8 \
+        --cont 64 --t-values 0.9,0.92,0.95 --match-t 0.9 --out results/quality_ppl_wide_cpu.csv
 
 Text is real English documentation shipped with Python (``pydoc_data.topics``).
 
 (a) ``ppl``: the first ``ctx`` tokens of a document are the prompt (compressed by the method);
-    the next 32 tokens are fed one at a time through the cache (decoding-time eviction runs)
-    and their perplexity is measured (teacher forcing).
+    the next ``--cont`` tokens (32) are fed one at a time through the cache (decoding-time
+    eviction runs) and their perplexity is measured (teacher forcing). Each row also carries
+    the summed negative log-likelihood, so perplexity can be pooled over documents.
 (b) ``needle``: a passcode sentence is inserted at a depth of a haystack of ``ctx`` tokens
     (512 and 1024; depths 0.1 .. 0.9), the chat prompt asks for it, 16 tokens are decoded
     greedily; success = the passcode appears.
@@ -53,14 +56,14 @@ def needle_code(i: int, ctx: int) -> str:
     return str(4000 + 1237 * (i + 1) + ctx % 997)
 
 
-def documents(tokenizer, ctx: int, count: int) -> list[list[int]]:
+def documents(tokenizer, ctx: int, count: int, cont: int = CONT) -> list[list[int]]:
     from pydoc_data.topics import topics
 
     docs = []
     for key in sorted(topics, key=lambda k: -len(topics[k])):
         ids = tokenizer(topics[key])["input_ids"]
-        if len(ids) >= ctx + CONT:
-            docs.append(ids[: ctx + CONT])
+        if len(ids) >= ctx + cont:
+            docs.append(ids[: ctx + cont])
         if len(docs) == count:
             break
     return docs
@@ -137,6 +140,7 @@ def prompt_fraction(cache) -> tuple[float, int]:
 
 @torch.no_grad()
 def run_ppl(model, kw, cache, ids: list[int], ctx: int):
+    """``((perplexity, summed NLL), kept fraction, KV bytes)`` of the continuation."""
     prompt = torch.tensor([ids[:ctx]])
     out = model(prompt, **{kw: cache})
     frac, nbytes = prompt_fraction(cache)
@@ -144,7 +148,7 @@ def run_ppl(model, kw, cache, ids: list[int], ctx: int):
     for tok in ids[ctx:]:
         nll -= torch.log_softmax(logits.float(), -1)[tok].item()
         logits = model(torch.tensor([[tok]]), **{kw: cache}).logits[0, -1]
-    return math.exp(nll / (len(ids) - ctx)), frac, nbytes
+    return (math.exp(nll / (len(ids) - ctx)), nll), frac, nbytes
 
 
 @torch.no_grad()
@@ -176,6 +180,13 @@ def main(argv=None) -> int:
         "with it only full and FastGen run (no baselines, no greedy agreement)",
     )
     parser.add_argument("--out", default=None, help="CSV path (default results/quality_cpu.csv)")
+    parser.add_argument("--docs", type=int, default=None, help="perplexity documents (2)")
+    parser.add_argument("--cont", type=int, default=CONT, help="continuation tokens scored")
+    parser.add_argument("--t-values", default=None, help="comma list of FastGen T (0.9,0.95,0.98)")
+    parser.add_argument(
+        "--match-t", type=float, default=MATCH_T, help="baselines run at the fraction of this T"
+    )
+    parser.add_argument("--no-agree", action="store_true", help="skip greedy agreement")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from kvprune.generate import cache_kwarg
@@ -183,11 +194,14 @@ def main(argv=None) -> int:
     model, tokenizer = load_model(args.model_dir)
     plan = sweep_plan(args.quick)
     kw = cache_kwarg(model)
-    fast = [f"fastgen_{t}" for t in T_VALUES]
+    t_values = [float(t) for t in args.t_values.split(",")] if args.t_values else T_VALUES
+    if args.match_t not in t_values:
+        parser.error(f"--match-t {args.match_t} must be one of the T values {t_values}")
+    fast = [f"fastgen_{t}" for t in t_values]
     baselines = ["streamingllm", "h2o", "snapkv", "tova"]
     windows = [int(w) for w in args.windows.split(",") if w]
     if windows:
-        fast = [f"fastgen_{t}_w{w}" for w in windows for t in T_VALUES]
+        fast = [f"fastgen_{t}_w{w}" for w in windows for t in t_values]
         baselines = []
     rows: list[dict] = []
 
@@ -199,21 +213,23 @@ def main(argv=None) -> int:
             results.append((m, None, *runner(m, None)))
         if not baselines:
             return results
-        match = next(r for r in results if r[0] == f"fastgen_{MATCH_T}")
+        match = next(r for r in results if r[0] == f"fastgen_{args.match_t}")
         for b in baselines:
             results.append((b, match[0], *runner(b, match[-2])))
         return results
 
     ctx_ppl = plan["ppl_context"]
-    n_docs = plan["docs"]
+    n_docs = args.docs or plan["docs"]
     t0 = time.perf_counter()
-    docs = documents(tokenizer, ctx_ppl, n_docs) if "ppl" in args.benches else []
+    docs = documents(tokenizer, ctx_ppl, n_docs, args.cont) if "ppl" in args.benches else []
+    if len(docs) < n_docs:
+        parser.error(f"only {len(docs)} documents hold {ctx_ppl + args.cont} tokens")
     for d, ids in enumerate(docs):
 
         def ppl_runner(method, frac, ids=ids):
             return run_ppl(model, kw, make_cache(model, tokenizer, method, frac), ids, ctx_ppl)
 
-        for method, matched, ppl, frac, nbytes in methods_for(ppl_runner):
+        for method, matched, (ppl, nll), frac, nbytes in methods_for(ppl_runner):
             rows.append(
                 dict(
                     bench="ppl",
@@ -224,6 +240,8 @@ def main(argv=None) -> int:
                     kept_fraction=round(frac, 4),
                     kv_bytes=nbytes,
                     value=ppl,
+                    nll_sum=nll,
+                    tokens=args.cont,
                 )
             )
             print(
@@ -231,7 +249,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
-        if windows:
+        if windows or args.no_agree:
             continue
         prompt = torch.tensor([ids[:ctx_ppl]])
 

@@ -6,12 +6,15 @@
   ``docs/benchmarks/kvprune.png``: quality versus kept fraction, one point per method
   (averaged over documents / needle depths and contexts);
 - ``results/decode_kernel_h100.csv`` -> ``docs/benchmarks/kvprune-decode.png``: decode-attention
-  speed-up over full-cache SDPA per context, CUDA-graph timing.
+  speed-up over full-cache SDPA per context, CUDA-graph timing;
+- ``results/quality_ppl_wide_cpu.csv`` -> ``docs/benchmarks/kvprune-ppl-wide.png``: pooled
+  perplexity change against freed fraction over 8 documents.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -126,6 +129,39 @@ def plot_decode(plt) -> None:
     print(f"wrote {DOCS / 'kvprune-decode.png'}")
 
 
+def plot_ppl_wide(plt) -> None:
+    """Pooled perplexity change against freed fraction, 8 documents (quality_ppl_wide_cpu.csv)."""
+    path = RESULTS / "quality_ppl_wide_cpu.csv"
+    if not path.exists():
+        return
+    nll, tokens, kept = defaultdict(float), defaultdict(int), defaultdict(list)
+    for r in csv.DictReader(path.open()):
+        nll[r["method"]] += float(r["nll_sum"])
+        tokens[r["method"]] += int(r["tokens"])
+        kept[r["method"]].append(float(r["kept_fraction"]))
+    full = math.exp(nll["full"] / tokens["full"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method in nll:
+        if method == "full":
+            continue
+        freed = 1 - sum(kept[method]) / len(kept[method])
+        change = (math.exp(nll[method] / tokens[method]) / full - 1) * 100
+        fast = method.startswith("fastgen")
+        ax.plot(freed * 100, change, "o" if fast else "s", color="C0" if fast else "C1")
+        ax.annotate(method, (freed * 100, change), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")  # fmt: skip
+    ax.axhline(2, color="r", lw=0.8, label="goal: within 2%")
+    ax.axvline(40, color="k", lw=0.5, ls=":", label="40% freed")
+    ax.set_xlabel("KV entries freed after the prompt (%, mean over documents)")
+    ax.set_ylabel("pooled perplexity change vs full cache (%)")
+    ax.set_title("SmolLM2-135M, 8 documents x 64 tokens, CPU (measured)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "kvprune-ppl-wide.png", dpi=110)
+    print(f"wrote {DOCS / 'kvprune-ppl-wide.png'}")
+
+
 def main() -> None:
     import matplotlib
 
@@ -134,6 +170,7 @@ def main() -> None:
 
     plot_quality(plt)
     plot_decode(plt)
+    plot_ppl_wide(plt)
 
 
 if __name__ == "__main__":

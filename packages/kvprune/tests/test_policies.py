@@ -51,9 +51,16 @@ def check_rule(profile: Profile, plan) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(profile=profiles(), t=st.floats(0.05, 1.0), reduce=st.sampled_from(["min", "mean"]))
-def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce):
-    policy = FastGen(recovery=t, group_reduce=reduce, profile_window=10**6)
+@given(
+    profile=profiles(),
+    t=st.floats(0.05, 1.0),
+    reduce=st.sampled_from(["min", "mean"]),
+    recovery_rows=st.sampled_from([None, 1, 3]),
+)
+def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce, recovery_rows):
+    policy = FastGen(
+        recovery=t, group_reduce=reduce, profile_window=10**6, recovery_rows=recovery_rows
+    )
     plan = policy.plan(profile)
     b, h = profile.shape
     check_rule(profile, plan)
@@ -73,9 +80,12 @@ def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce
                 masses = []
                 for g in range(profile.attn.shape[2]):
                     rows = []
-                    for r in range(profile.attn.shape[3]):
+                    n_rows = profile.attn.shape[3]
+                    for r in range(n_rows):
                         if not profile.row_valid[bi, r]:
                             continue
+                        if recovery_rows is not None and r < n_rows - recovery_rows:
+                            continue  # the test judges only the last recovery_rows rows
                         n = profile.attn.shape[-1]
                         row_pos = int(profile.pos[bi, n - profile.attn.shape[3] + r])
                         win = int(params["window"][bi, hi])
@@ -164,5 +174,7 @@ def test_bad_policy_arguments_are_rejected():
         FastGen(ladder=(("special", "nope"),))
     with pytest.raises(ValueError, match="frequent_ratio"):
         FastGen(frequent_ratio=1.5)
+    with pytest.raises(ValueError, match="recovery_rows"):
+        FastGen(recovery_rows=0)
     with pytest.raises(ValueError, match="kept_fraction"):
         H2O(kept_fraction=0.0)
