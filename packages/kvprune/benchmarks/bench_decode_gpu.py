@@ -11,12 +11,14 @@ a floor = bytes it must read / bandwidth.
 ``sdpa_full`` = ``F.scaled_dot_product_attention`` of one query token over K/V
 ``[B, 8, n, 128]`` with ``enable_gqa`` (transformers' SDPA decode path); ``sdpa_half`` = the
 same over n/2 (what a uniform per-head compression would run); ``ours_full`` = the ragged
-kernel with every head keeping n rows (kernel parity); ``ours_half`` = the ragged kernel (its
-defaults: 128-row tiles, 2 launches) over a pool where each KV head keeps its own 25..75% of
-n (mean 50%), no per-key weights (the target; its merge is launched with programmatic dependent
-launch since 2026-11-27 12:40Z); ``ours_half_nopdl`` = the same with two plain launches; ``ours_half_mbd128`` = the merge with one program
-per query head (the shape before 2026-11-27 12:30Z; the default gives each 32 columns);
-``ours_half_w`` = the default returning per-key weights (heavy-hitter policies). Every method is timed three ways, all on the same inputs:
+kernel with every head keeping n rows (kernel parity); ``ours_half`` = the ragged kernel with
+its defaults (``default_tiles``; the merge launched with programmatic dependent launch on
+Hopper) over a pool where each KV head keeps its own 25..75% of n (mean 50%), no per-key
+weights (the target); ``ours_half_nopdl`` = the same with two plain launches;
+``ours_half_mbd128`` = the merge with one program per query head (the shape before
+2026-11-27; the default gives each 32 columns); ``ours_half_w`` = the default returning
+per-key weights (heavy-hitter policies). Every method is timed four ways, all on the same
+inputs:
   - ``graph_queued``: L layers (distinct K/V buffers, more bytes than the 50 MB L2) called
     back to back inside one captured CUDA graph, replayed behind a GPU sleep so the events
     time only GPU execution; time per layer (how a decode step inside a serving engine's
@@ -119,19 +121,27 @@ def replay_ms(graph, reps, queued=False):
     return statistics.median(times)
 
 
-def graph_ms(fns, reps, device, queued=False):
-    """Per-call ms of ``fns`` run back to back inside one captured CUDA graph (CPU: a loop)."""
+GRAPH_MODES = {"graph_queued": True, "graph": False}  # mode -> replay queued behind a sleep
+
+
+def graph_times(fns, reps, device, modes) -> dict[str, float]:
+    """Per-call ms of ``fns`` run back to back inside one captured CUDA graph, for each graph
+    mode in ``modes`` (one capture, replayed each way; CPU: a timed loop)."""
+    wanted = [m for m in GRAPH_MODES if m in modes]
+    if not wanted:
+        return {}
     if device != "cuda":
         for f in fns:
             f()
         t0 = time.perf_counter()
         for f in fns:
             f()
-        return (time.perf_counter() - t0) * 1e3 / len(fns)
+        ms = (time.perf_counter() - t0) * 1e3 / len(fns)
+        return dict.fromkeys(wanted, ms)
     graph = capture_graph(fns)
-    ms = replay_ms(graph, reps, queued)
+    times = {m: replay_ms(graph, reps, GRAPH_MODES[m]) / len(fns) for m in wanted}
     del graph
-    return ms / len(fns)
+    return times
 
 
 def loop_ms(fns, reps, device):
@@ -167,11 +177,8 @@ def copy_bandwidth(device, smoke):
 
 
 METHOD_KW = {  # kernel options per method name (the bare names use the defaults)
-    "ours_half_pdl": dict(pdl=True),  # the merge launched with PDL
     "ours_half_nopdl": dict(pdl=False),  # two plain launches
     "ours_half_mbd128": dict(merge_block_d=128),  # one merge program per query head
-    # the second session's default: 64-row tiles, 3 stages, no PDL
-    "ours_half_prev": dict(block_n=64, num_warps=4, num_stages=3, pdl=False),
 }
 
 
@@ -327,10 +334,7 @@ def bench_kernel(
                 fns = case.fns(method, ragged, kernel_kw)
                 times = {}
                 try:
-                    if "graph" in modes:
-                        times["graph"] = graph_ms(fns, reps, device)
-                    if "graph_queued" in modes:
-                        times["graph_queued"] = graph_ms(fns, reps, device, queued=True)
+                    times.update(graph_times(fns, reps, device, modes))
                     if "eager_loop" in modes:
                         times["eager_loop"] = loop_ms(fns, reps, device)
                     if "do_bench" in modes:

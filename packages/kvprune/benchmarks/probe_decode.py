@@ -26,7 +26,15 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_decode_gpu import Case, capture_graph, copy_bandwidth, layers_for, log, replay_ms
+from bench_decode_gpu import (
+    Case,
+    capture_graph,
+    check_case,
+    copy_bandwidth,
+    layers_for,
+    log,
+    replay_ms,
+)
 
 from tensor_utils.bench import write_csv
 
@@ -55,7 +63,6 @@ PRESETS = {
         "pass1_only": {},
     },
 }
-KERNELS = dict(PRESETS["defaults"])
 
 
 @triton.jit
@@ -68,8 +75,7 @@ class _NoLaunch:
         return lambda *a, **k: None
 
 
-def make_fns(case, method):
-    from kvprune.ops.ragged_decode import naive
+def make_fns(case, method, kernels):
     from kvprune.ops.ragged_decode import triton as tm
 
     if method.startswith("sdpa"):
@@ -77,7 +83,7 @@ def make_fns(case, method):
     if method == "empty_kernel":
         x = torch.empty(1, device="cuda")
         return [lambda: _empty[(1,)](x) for _ in range(case.layers)]
-    kw = KERNELS[method]
+    kw = kernels[method]
 
     def ragged(*a, **k):
         if method != "pass1_only":
@@ -89,14 +95,9 @@ def make_fns(case, method):
             tm._merge_kernel = saved
 
     if method != "pass1_only":  # correctness first, on layer 0
-        k, v, off, lens = case.half[0]
-        out, _ = ragged(case.qr[0], k, v, off, lens, case.scale, case.n, False, **kw)
-        ref, _ = naive.ragged_decode_attention(
-            case.qr[0].float(), k.float(), v.float(), off, lens, case.scale
-        )
-        err = float((out.float() - ref).norm() / ref.norm())
-        if not err < 1e-2:
-            raise RuntimeError(f"{method}: relative error {err:.2e}")
+        errors = check_case(case, ragged, kw)
+        if not max(errors) < 1e-2:
+            raise RuntimeError(f"{method}: relative errors {errors}")
     return case.fns("ours_half", ragged, kw)
 
 
@@ -108,14 +109,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--preset", default="defaults", choices=sorted(PRESETS))
     args = parser.parse_args(argv)
-    KERNELS.clear()
-    KERNELS.update(PRESETS[args.preset])
+    kernels = PRESETS[args.preset]
     if not torch.cuda.is_available():
         log("probe_decode: needs a CUDA device")
         return 0
     bw = copy_bandwidth("cuda", False)
     log(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.3f} TB/s")
-    methods = ["sdpa_full", "sdpa_half", *KERNELS, "empty_kernel"]
+    methods = ["sdpa_full", "sdpa_half", *kernels, "empty_kernel"]
     for b in (int(x) for x in args.batches.split(",")):
         for n in (4096, 8192, 16384, 32768):
             layers = layers_for(b, n, False)
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             graphs = {}
             for m in methods:
                 try:
-                    graphs[m] = capture_graph(make_fns(case, m))
+                    graphs[m] = capture_graph(make_fns(case, m, kernels))
                 except Exception as exc:  # keep the other methods
                     log(f"B={b} n={n} {m}: FAILED {type(exc).__name__}: {exc}"[:300])
             per_round = {(m, q): [] for m in graphs for q in (True, False)}
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                         dict(
                             bench="decode_probe",
                             method=m,
-                            config=" ".join(f"{k}={v}" for k, v in KERNELS.get(m, {}).items()),
+                            config=" ".join(f"{k}={v}" for k, v in kernels.get(m, {}).items()),
                             mode="graph_queued" if queued else "graph",
                             batch=b,
                             context=n,

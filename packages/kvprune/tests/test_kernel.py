@@ -163,6 +163,15 @@ def test_bad_arguments_raise():
 
 
 @pytest.mark.triton
+def test_bad_launch_overrides_raise_before_any_launch(device):
+    args = _on(device, random_ragged_case(0, [3, 4], [0, 0], 2, 8, torch.float32))
+    with pytest.raises(ValueError, match="num_splits must be a power of two"):
+        triton_mod.ragged_decode_attention(*args, 1.0, num_splits=3)
+    with pytest.raises(ValueError, match="merge_block_d must be a power of two"):
+        triton_mod.ragged_decode_attention(*args, 1.0, merge_block_d=24)
+
+
+@pytest.mark.triton
 def test_generation_with_kernel_matches_reference_backend():
     model = tiny_model("llama", layers=2)
     ids = torch.randint(3, 101, (2, 20), generator=torch.Generator().manual_seed(0))

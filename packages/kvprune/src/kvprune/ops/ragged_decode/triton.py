@@ -240,7 +240,7 @@ def default_tiles(n_seg: int, dtype: torch.dtype, sm_count: int, need_weights: b
 
     - float32: 64-row tiles, 3 stages (a 128-row tile pair over shared memory);
     - with weights: 128-row tiles, 2 stages, 4 programs per SM. The two regimes below made
-      the weights path 4-12% slower (call 5 against call 3: its pass 2 turns each split's
+      the weights path 3-12% slower at 7 of 8 sizes (call 5 against call 3: its pass 2 turns each split's
       logits into probabilities, and smaller or fewer splits mean more or longer such passes);
     - few segments (batch 1 of 8 KV heads: at most one per 16 SMs): 64-row tiles, one stage,
       4 programs per SM. Every split then holds one or two small tiles, so nothing is left to
@@ -258,8 +258,9 @@ def default_tiles(n_seg: int, dtype: torch.dtype, sm_count: int, need_weights: b
     return Tiles(128, 2, 2)
 
 
-# On by default (Hopper+): with the one-round-trip merge, PDL saved 0.1-0.6 us per call at 9 of
-# 10 sizes and was even at batch 1 / 8k on the H100 (results/decode_probe_h100.csv).
+# On by default (Hopper+): with the one-round-trip merge, PDL saved 0.2-0.6 us per call at 7 of
+# 8 sizes and was even at batch 1 / 8k (call 2), and 0.3-1.3 us at every size with the final
+# tiles (call 6) on the H100 (results/decode_probe_h100.csv, decode_kernel_h100.csv).
 PDL_DEFAULT = True
 
 
@@ -339,6 +340,8 @@ def ragged_decode_attention(
     splits = num_splits
     if splits < 1 or splits & (splits - 1):
         raise ValueError(f"num_splits must be a power of two, got {splits}")
+    if merge_block_d is not None and (merge_block_d < 1 or merge_block_d & (merge_block_d - 1)):
+        raise ValueError(f"merge_block_d must be a power of two, got {merge_block_d}")
     chunk = max(block_n, -(-max(max_len, 1) // splits))
     chunk = -(-chunk // block_n) * block_n
     block_g = max(16, _pow2(group))
@@ -381,8 +384,6 @@ def ragged_decode_attention(
         GDC=pdl,
         **launch,
     )
-    if merge_block_d is not None and (merge_block_d < 1 or merge_block_d & (merge_block_d - 1)):
-        raise ValueError(f"merge_block_d must be a power of two, got {merge_block_d}")
     block_dm = min(block_d, merge_block_d or 32)  # output columns per merge program
     _merge_kernel[(n_seg, group * (block_d // block_dm) + (splits if need_weights else 0))](
         out,
