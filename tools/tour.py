@@ -31,7 +31,7 @@ def foundation_part(ctx) -> list[str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tensor_utils.bench import PeakMemory
+    from tensor_utils_dev.bench import PeakMemory
     from tensor_utils.checkpoint import open_checkpoint
 
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def load_part(path: Path):
 
 
 def main(argv: list[str]) -> int:
-    from tensor_utils.models import smollm2_dir
+    from tensor_utils_dev.models import smollm2_dir
 
     wanted = set(argv)
     print(

@@ -17,10 +17,7 @@ MEMBER_GLOBS = ("shared/*", "packages/*")
 class Member:
     name: str  # distribution name, e.g. "expo-merge"
     path: Path  # folder holding pyproject.toml
-
-    @property
-    def module(self) -> str:
-        return self.name.replace("-", "_")
+    module: str  # import name: `[tool.uv.build-backend] module-name`, else the name with `_`
 
     @property
     def src(self) -> Path:
@@ -35,6 +32,12 @@ class Member:
         return self.path / "benchmarks"
 
     @property
+    def published(self) -> bool:
+        """False for development-only members (classifier ``Private :: Do Not Upload``)."""
+        data = tomllib.loads((self.path / "pyproject.toml").read_text())
+        return "Private :: Do Not Upload" not in data["project"].get("classifiers", [])
+
+    @property
     def is_package(self) -> bool:
         """A toolkit package (under packages/), as opposed to the shared helpers."""
         return self.path.parent.name == "packages"
@@ -44,8 +47,11 @@ def members() -> list[Member]:
     found = []
     for pattern in MEMBER_GLOBS:
         for pyproject in sorted(ROOT.glob(f"{pattern}/pyproject.toml")):
-            project = tomllib.loads(pyproject.read_text())["project"]
-            found.append(Member(project["name"], pyproject.parent))
+            data = tomllib.loads(pyproject.read_text())
+            name = data["project"]["name"]
+            backend = data.get("tool", {}).get("uv", {}).get("build-backend", {})
+            module = backend.get("module-name", name.replace("-", "_"))
+            found.append(Member(name, pyproject.parent, module))
     return found
 
 

@@ -156,7 +156,7 @@ if __name__ == "__main__":
     from tempfile import TemporaryDirectory
     from types import SimpleNamespace
 
-    from tensor_utils.models import smollm2_dir
+    from tensor_utils_dev.models import smollm2_dir
 
     with TemporaryDirectory() as tmp:
         for line in run(SimpleNamespace(model_dir=smollm2_dir(), workdir=Path(tmp), device="cpu")):

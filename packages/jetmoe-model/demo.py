@@ -107,7 +107,7 @@ if __name__ == "__main__":
     from pathlib import Path
     from types import SimpleNamespace
 
-    from tensor_utils.models import smollm2_dir
+    from tensor_utils_dev.models import smollm2_dir
 
     for line in run(SimpleNamespace(model_dir=smollm2_dir(), workdir=Path("."), device="cpu")):
         print(line)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from tensor_utils.bench import PeakMemory, evict_page_cache, write_csv
+from tensor_utils_dev.bench import PeakMemory, evict_page_cache, write_csv
 from tensor_utils.checkpoint import SafetensorsWriter, TensorSpec, open_checkpoint
 
 RESULTS = Path(__file__).parent / "results"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from expo_merge.ops.extrapolate import extrapolate
 
-from tensor_utils.bench import time_fn, write_csv
+from tensor_utils_dev.bench import time_fn, write_csv
 
 ALPHA = 0.3
 RESULTS = Path(__file__).parent / "results"

@@ -22,7 +22,7 @@ from expo_merge import (
 from expo_merge.stream import ChunkReader
 
 from tensor_utils.checkpoint import Checkpoint, CheckpointError, open_checkpoint
-from tensor_utils.testing import assert_matches_float64
+from tensor_utils_dev.testing import assert_matches_float64
 
 
 def load(path):

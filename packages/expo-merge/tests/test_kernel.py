@@ -13,8 +13,8 @@ from expo_merge.ops.extrapolate import extrapolate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensor_utils.testing import assert_matches_float64, nan_like, poison_allocations
-from tensor_utils.testing.strategies import float_dtypes, random_tensor, seeds, shapes
+from tensor_utils_dev.testing import assert_matches_float64, nan_like, poison_allocations
+from tensor_utils_dev.testing.strategies import float_dtypes, random_tensor, seeds, shapes
 
 alphas = st.floats(min_value=-25, max_value=25, allow_nan=False, allow_infinity=False)
 ODD_SIZES = (1, 7, 4095, 4097, 3 * 4096 + 5)

@@ -10,8 +10,8 @@ from expo_merge.ops.extrapolate import compute_dtype, extrapolate, naive
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensor_utils.testing import assert_matches_float64, ulp
-from tensor_utils.testing.strategies import float_dtypes, random_tensor, seeds, shapes
+from tensor_utils_dev.testing import assert_matches_float64, ulp
+from tensor_utils_dev.testing.strategies import float_dtypes, random_tensor, seeds, shapes
 
 alphas = st.floats(min_value=-30, max_value=30, allow_nan=False, allow_infinity=False)
 

@@ -14,8 +14,8 @@ from expo_merge import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensor_utils.testing import assert_matches_float64
-from tensor_utils.testing.strategies import random_tensor, seeds, state_dicts
+from tensor_utils_dev.testing import assert_matches_float64
+from tensor_utils_dev.testing.strategies import random_tensor, seeds, state_dicts
 
 alphas = st.floats(min_value=-5, max_value=5, allow_nan=False, allow_infinity=False)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from _common import RESULTS, galore_torch_classes
 
-from tensor_utils.bench import write_csv
+from tensor_utils_dev.bench import write_csv
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / ".carry-galore/corpus_smollm2_v32000.npz"
 

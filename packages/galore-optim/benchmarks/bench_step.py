@@ -26,7 +26,7 @@ from _common import (
     state_bytes,
 )
 
-from tensor_utils.bench import write_csv
+from tensor_utils_dev.bench import write_csv
 
 
 def _time_steps(opt, params, grads, n, *, sync) -> list[float]:

@@ -13,7 +13,7 @@ Corpus: English technical prose available offline on this machine, deduplicated 
    escapes stripped to plain text; the ~16.6k generated ``gcloud`` command pages are left out
    (one template repeated: they would be most of the corpus and make it unnaturally easy).
 
-Tokenizer: the real SmolLM2 tokenizer (``tensor_utils.models.smollm2_dir()``, 49152 ids). To get
+Tokenizer: the real SmolLM2 tokenizer (``tensor_utils_dev.models.smollm2_dir()``, 49152 ids). To get
 GaLore's LLaMA-60M shape exactly (vocab 32000), ids are remapped by training-split frequency:
 the 31999 most frequent SmolLM2 ids keep a slot (ranked 0..31998), every other id becomes one
 ``<unk>`` id 31999. Documents end with SmolLM2's end-of-text id (remapped like any other).
@@ -174,7 +174,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from tensor_utils.models import smollm2_dir
+    from tensor_utils_dev.models import smollm2_dir
 
     tok_dir = args.tokenizer or smollm2_dir()
     tok = AutoTokenizer.from_pretrained(str(tok_dir))

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_runs_on_real_smollm2(tmp_path):
-    models = pytest.importorskip("tensor_utils.models")
+    models = pytest.importorskip("tensor_utils_dev.models")
     try:
         model_dir = models.smollm2_dir()
     except models.ModelUnavailableError as exc:

@@ -8,8 +8,8 @@ from galore_optim.ops.quant8 import naive as quant_naive
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensor_utils.testing import assert_close, poison_allocations
-from tensor_utils.testing.strategies import random_tensor, seeds
+from tensor_utils_dev.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
 small = st.integers(min_value=1, max_value=40)
 

@@ -12,7 +12,7 @@ from galore_testlib import batches, galore_groups, lm_loss, max_param_diff, tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensor_utils.testing.strategies import seeds
+from tensor_utils_dev.testing.strategies import seeds
 
 galore_torch = pytest.importorskip("galore_torch")
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -14,7 +14,7 @@ from galore_optim.projector import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensor_utils.testing.strategies import random_tensor, seeds
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
 dims = st.integers(min_value=2, max_value=24)
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from jetmoe_model import JetMoEConfig  # noqa: E402
 from jetmoe_model.modeling import JetMoEMoE  # noqa: E402
 
-from tensor_utils.bench import PeakMemory, time_fn, write_csv  # noqa: E402
+from tensor_utils_dev.bench import PeakMemory, time_fn, write_csv  # noqa: E402
 
 D, F, E, K = 2048, 5632, 8, 2
 FLOP_PER_PAIR = 2 * (D * 2 * F + F * D)  # forward, per (token, expert) pair

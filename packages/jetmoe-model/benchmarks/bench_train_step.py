@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM  # noqa: E402
 
-from tensor_utils.bench import PeakMemory, write_csv  # noqa: E402
+from tensor_utils_dev.bench import PeakMemory, write_csv  # noqa: E402
 
 CONFIG = dict(
     vocab_size=32000,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from bench_moe_layer import D, F, K, make_input, make_layers  # noqa: E402
 from jetmoe_model.ops.experts import triton as kernels  # noqa: E402
 
-from tensor_utils.bench import time_fn, write_csv  # noqa: E402
+from tensor_utils_dev.bench import time_fn, write_csv  # noqa: E402
 
 
 def cfg(bm, bn, bk, warps, stages, group_m=None):

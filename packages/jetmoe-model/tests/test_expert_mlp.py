@@ -18,8 +18,8 @@ from jetmoe_model.ops.experts import triton as kernels
 from jetmoe_model.routing import random_expert_index, sort_by_expert
 from jetmoe_testlib import TINY, randomize_
 
-from tensor_utils.testing import assert_close, poison_allocations
-from tensor_utils.testing.strategies import random_tensor, seeds
+from tensor_utils_dev.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
 pytestmark = pytest.mark.triton
 

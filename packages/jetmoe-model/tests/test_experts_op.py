@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from jetmoe_model.ops.experts import expert_linear, naive, resolve_backend
 from jetmoe_model.routing import random_expert_index, sort_by_expert
 
-from tensor_utils.testing import assert_close
-from tensor_utils.testing.strategies import random_tensor, seeds
+from tensor_utils_dev.testing import assert_close
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
 
 @st.composite

@@ -13,7 +13,7 @@ from jetmoe_model.ops.experts import triton as kernels
 from jetmoe_model.routing import top_k_route
 from jetmoe_testlib import TINY, randomize_, transformers_twin
 
-from tensor_utils.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing import assert_close, poison_allocations
 
 pytestmark = pytest.mark.gpu
 

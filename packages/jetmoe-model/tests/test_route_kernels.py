@@ -15,8 +15,8 @@ from jetmoe_model.ops.routing import top_k_route as dispatch_route
 from jetmoe_model.ops.routing import triton as route_kernels
 from jetmoe_model.routing import top_k_route
 
-from tensor_utils.testing import assert_close, poison_allocations
-from tensor_utils.testing.strategies import random_tensor, seeds
+from tensor_utils_dev.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
 pytestmark = pytest.mark.triton
 

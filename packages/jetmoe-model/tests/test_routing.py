@@ -13,7 +13,7 @@ from jetmoe_model.routing import (
     top_k_route,
 )
 
-from tensor_utils.testing.strategies import random_tensor, seeds
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
 
 @st.composite

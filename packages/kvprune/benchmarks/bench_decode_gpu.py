@@ -27,7 +27,7 @@ inputs:
     start event also holds the host's submission of the graph, spread over the L calls;
   - ``eager_loop``: the same L calls from a Python loop, CUDA events around the loop; time per
     layer (includes the Python/launch cost when it exceeds the GPU time);
-  - ``do_bench``: ``tensor_utils.bench.time_fn`` of one call (L2 flushed before each call; the
+  - ``do_bench``: ``tensor_utils_dev.bench.time_fn`` of one call (L2 flushed before each call; the
     flush hides the host launch cost), as the first session measured.
 Target: ``ours_half`` at least 1.6x faster than ``sdpa_full``.
 
@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tensor_utils.bench import PeakMemory, time_fn, write_csv
+from tensor_utils_dev.bench import PeakMemory, time_fn, write_csv
 
 RESULTS = Path(__file__).parent / "results"
 LLAMA3_8B = dict(hidden=4096, heads=32, kv_heads=8, head_dim=128, intermediate=14336)

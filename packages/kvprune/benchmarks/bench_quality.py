@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from tensor_utils.bench import write_csv
+from tensor_utils_dev.bench import write_csv
 
 RESULTS = Path(__file__).parent / "results"
 T_VALUES = (0.9, 0.95, 0.98)
@@ -89,8 +89,8 @@ def haystack(tokenizer, ctx: int, depth: float, code: str) -> str:
 
 
 def model_dir(path: str | None = None) -> Path:
-    """The SmolLM2 safetensors directory: ``path``, else ``tensor_utils.models.smollm2_dir()``."""
-    from tensor_utils.models import smollm2_dir
+    """The SmolLM2 safetensors directory: ``path``, else ``tensor_utils_dev.models.smollm2_dir()``."""
+    from tensor_utils_dev.models import smollm2_dir
 
     return Path(path) if path else smollm2_dir()
 

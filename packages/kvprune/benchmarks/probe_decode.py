@@ -36,7 +36,7 @@ from bench_decode_gpu import (
     replay_ms,
 )
 
-from tensor_utils.bench import write_csv
+from tensor_utils_dev.bench import write_csv
 
 RESULTS = Path(__file__).parent / "results"
 

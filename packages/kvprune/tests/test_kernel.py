@@ -12,7 +12,7 @@ from kvprune import FastGen, KVPruneCache
 from kvprune.generate import cache_kwarg
 from kvprune.ops.ragged_decode import CASES, naive, ragged_decode_attention, random_ragged_case
 
-from tensor_utils.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing import assert_close, poison_allocations
 
 triton_mod = pytest.importorskip("kvprune.ops.ragged_decode.triton")
 

@@ -13,7 +13,7 @@ README = Path(__file__).parents[1] / "README.md"
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from tensor_utils.models import load_smollm2
+    from tensor_utils_dev.models import load_smollm2
 
     return load_smollm2()
 

@@ -17,7 +17,7 @@ from tensor_utils.checkpoint import (
     plan_shards,
     save_safetensors,
 )
-from tensor_utils.testing.strategies import state_dicts
+from tensor_utils_dev.testing.strategies import state_dicts
 
 
 def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:

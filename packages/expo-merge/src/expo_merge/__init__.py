@@ -5,9 +5,10 @@
 - ``expo_merge.ops.extrapolate``: the fused per-tensor op (Triton on CUDA, PyTorch otherwise).
 """
 
-__version__ = "0.1.0"
+__version__ = package_version("expo-merge", __file__)
 
 from .errors import (
+from tensor_utils.version import package_version
     ExpoMergeError,
     MismatchError,
     OutputError,

@@ -13,8 +13,9 @@ from .base import GALORE_DEFAULTS, GaLoreOptimizer, is_galore_group
 from .layerwise import LayerwiseGaLore
 from .param_groups import galore_param_groups, galore_target_names
 from .projector import GaLoreProjector
+from tensor_utils.version import package_version
 
-__version__ = "0.1.0"
+__version__ = package_version("galore-optim", __file__)
 
 __all__ = [
     "GALORE_DEFAULTS",

@@ -32,6 +32,7 @@ from .modeling import (
 )
 from .ops.experts import expert_linear
 from .routing import (
+from tensor_utils.version import package_version
     Routing,
     load_balancing_loss,
     router_z_loss,
@@ -39,7 +40,7 @@ from .routing import (
     top_k_route,
 )
 
-__version__ = "0.1.0"
+__version__ = package_version("jetmoe-model", __file__)
 
 
 def register_auto_classes() -> None:

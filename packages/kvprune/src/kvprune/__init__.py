@@ -11,8 +11,9 @@ from .errors import UnsupportedError
 from .generate import generate
 from .policies import H2O, TOVA, FastGen, Full, Policy, SnapKV, StreamingLLM
 from .report import Report
+from tensor_utils.version import package_version
 
-__version__ = "0.1.0"
+__version__ = package_version("kvprune", __file__)
 
 __all__ = [
     "H2O",

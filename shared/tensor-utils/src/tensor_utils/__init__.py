@@ -1,11 +1,14 @@
-"""Shared helpers for the toolkit's packages (no package-specific logic lives here).
+"""Runtime layer shared by the toolkit's packages (nothing specific to one technique lives here).
 
+- ``tensor_utils.ops``: the op registry: a reference plus named backends per op, resolved once
+  per device type and dtype, and registered as ``torch.library`` custom ops for ``torch.compile``.
 - ``tensor_utils.checkpoint``: stream tensors out of safetensors / sharded HF dirs / .pt files,
-  write sharded safetensors atomically.
-- ``tensor_utils.dispatch``: Triton-or-reference backend selection.
-- ``tensor_utils.testing``: tolerances, float64 comparisons, NaN poisoning, hypothesis strategies.
-- ``tensor_utils.bench``: timing, peak memory, tagged CSV rows.
-- ``tensor_utils.models``: the SmolLM2-135M-Instruct test model (extra ``models``).
+  read positional chunks with prefetch, write sharded safetensors with an atomic replace.
+- ``tensor_utils.version``: ``package_version``, the single source of each ``__version__``.
+
+Test, benchmark and test-model helpers live in the development-only ``tensor_utils_dev``.
 """
 
-__version__ = "0.1.0"
+from .version import package_version
+
+__version__ = package_version("llm-efficiency-tensor-utils", __file__)

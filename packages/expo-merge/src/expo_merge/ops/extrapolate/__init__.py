@@ -24,7 +24,7 @@ def _cases():
     """Small inputs for the cross-package kernel-vs-reference suite (interpreter-safe: no bf16)."""
     from hypothesis import strategies as st
 
-    from tensor_utils.testing.strategies import random_tensor, seeds, shapes
+    from tensor_utils_dev.testing.strategies import random_tensor, seeds, shapes
 
     half_or_single = st.sampled_from([torch.float32, torch.float16])
 

@@ -24,7 +24,7 @@ def _cases():
     import torch
     from hypothesis import strategies as st
 
-    from tensor_utils.testing.strategies import random_tensor, seeds
+    from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
     @st.composite
     def case(draw, with_moments: bool):

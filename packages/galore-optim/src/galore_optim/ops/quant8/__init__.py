@@ -37,7 +37,7 @@ def _cases():
     import torch
     from hypothesis import strategies as st
 
-    from tensor_utils.testing.strategies import random_tensor, seeds
+    from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
     def moment(numel, kind, seed):
         # Several decades inside each block, as Adam moments have.
@@ -73,7 +73,7 @@ def _cases():
 
 def _codes_within_one_step(actual, expected):
     """Float outputs as usual; 8-bit codes may differ by one step at a rounding tie (rarely)."""
-    from tensor_utils.testing import assert_close
+    from tensor_utils_dev.testing import assert_close
 
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):

@@ -54,7 +54,7 @@ expert_mlp.select = lambda x, backend=None: resolve_backend(x, backend)
 def _fp16_slack(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
     """Two chained matmuls: the fused kernel rounds the activation once where the reference
     rounds h, silu(g) and the product; fp16 gets a few ulps of slack, fp32 the default."""
-    from tensor_utils.testing import assert_close
+    from tensor_utils_dev.testing import assert_close
 
     assert len(actual) == len(expected)
     for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
@@ -70,7 +70,7 @@ def _cases():
     """Small random routings (empty experts, odd sizes) for the cross-package property suite."""
     from hypothesis import strategies as st
 
-    from tensor_utils.testing.strategies import random_tensor, seeds
+    from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
     from ...routing import random_expert_index, sort_by_expert
 

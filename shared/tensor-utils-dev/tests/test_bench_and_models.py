@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tensor_utils import bench, models
+from tensor_utils_dev import bench, models
 
 
 def test_time_fn_cpu_returns_ordered_quantiles():
