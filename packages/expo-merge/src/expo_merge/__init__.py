@@ -5,10 +5,11 @@
 - ``expo_merge.ops.extrapolate``: the fused per-tensor op (Triton on CUDA, PyTorch otherwise).
 """
 
+from tensor_utils.version import package_version
+
 __version__ = package_version("expo-merge", __file__)
 
 from .errors import (
-from tensor_utils.version import package_version
     ExpoMergeError,
     MismatchError,
     OutputError,

@@ -16,6 +16,8 @@ classes under ``model_type="jetmoe"`` (taking that name over from transformers' 
 
 from __future__ import annotations
 
+from tensor_utils.version import package_version
+
 from .configuration import ALIASES, EXPERT_BACKENDS, JetMoEConfig, JetMoEConfigError
 from .loading import (
     CheckpointMismatchError,
@@ -32,7 +34,6 @@ from .modeling import (
 )
 from .ops.experts import expert_linear
 from .routing import (
-from tensor_utils.version import package_version
     Routing,
     load_balancing_loss,
     router_z_loss,
