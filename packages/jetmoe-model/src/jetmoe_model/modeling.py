@@ -39,6 +39,9 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.utils import ModelOutput
 
+from tensor_utils.checkpoint import CheckpointNotFoundError
+
+from .checkpoint import check_checkpoint
 from .configuration import JetMoEConfig
 from .ops.expert_mlp import expert_mlp
 from .ops.expert_mlp import triton_kernels as expert_mlp_kernels
@@ -337,10 +340,6 @@ class JetMoEPreTrainedModel(PreTrainedModel):
         config (transformers itself only warns and re-initialises mismatched tensors)."""
         path = Path(str(pretrained_model_name_or_path))
         if path.is_dir() and not kwargs.get("ignore_mismatched_sizes"):
-            from tensor_utils.checkpoint import CheckpointNotFoundError
-
-            from .loading import check_checkpoint
-
             config = kwargs.get("config")
             if not isinstance(config, JetMoEConfig):
                 config = JetMoEConfig.from_pretrained(path)
