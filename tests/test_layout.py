@@ -88,3 +88,103 @@ def test_op_folders_follow_the_convention(m):
         assert (op / "__init__.py").exists(), (
             f"{op}: missing __init__.py with the dispatching function"
         )
+
+
+def _module_name(m, path) -> str:
+    parts = list(path.relative_to(m.src).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking_block(node) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Name | ast.Attribute) and ast.unparse(test).endswith(
+        "TYPE_CHECKING"
+    )
+
+
+def _imports(tree):
+    """Every import statement, at module level or inside functions and classes, except under
+    ``if TYPE_CHECKING:`` (never executed)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if _is_type_checking_block(node):
+            stack += node.orelse
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        stack += list(ast.iter_child_nodes(node))
+
+
+def internal_import_graph(m) -> dict[str, set[str]]:
+    """module -> the modules of the same distribution it imports. ``from .a import b`` counts
+    ``a`` (and ``a.b`` when that is a module); a parent package's ``__init__``, which Python
+    runs on the way, is not counted unless it is named."""
+    files = {_module_name(m, p): p for p in (m.src / m.module).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _imports(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each cycle found by a depth-first walk, as the list of modules around it."""
+    cycles, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, path)
+        path.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+@pytest.mark.parametrize("m", MEMBERS, ids=lambda m: m.name)
+def test_no_import_cycles(m):
+    """No module imports, directly or through others, a module that imports it back; imports
+    inside functions count too (deferring an import hides a cycle, it does not remove it)."""
+    cycles = import_cycles(internal_import_graph(m))
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path):
+    """The checker itself: a two-module cycle through a function-level import is found."""
+    from tools.workspace import Member
+
+    pkg = tmp_path / "src" / "demo_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("def f():\n    from .b import g\n    return g\n")
+    (pkg / "b.py").write_text("from . import a\n\ng = 1\n")
+    (pkg / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import c\n"
+    )
+    graph = internal_import_graph(Member("demo-pkg", tmp_path, "demo_pkg"))
+    assert graph == {
+        "demo_pkg": {"demo_pkg.a"},
+        "demo_pkg.a": {"demo_pkg.b"},
+        "demo_pkg.b": {"demo_pkg", "demo_pkg.a"},
+        "demo_pkg.c": set(),
+    }
+    assert ["demo_pkg.a", "demo_pkg.b", "demo_pkg.a"] in import_cycles(graph)

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from tensor_utils.checkpoint import Checkpoint, open_checkpoint, parse_size
 from tensor_utils.checkpoint.reader import SAFETENSORS_INDEX, TORCH_INDEX, TORCH_SUFFIXES
+from tensor_utils.version import package_version
 
-from . import __version__
 from .errors import ExpoMergeError, OutputError, QuantizedCheckpointError
 from .ops.extrapolate import extrapolate
 from .outputs import SafetensorsSink, TorchFileSink
@@ -566,7 +566,7 @@ def _make_sink(kind, path, plans, a_ckpt: Checkpoint, alpha, shard_size, extras,
         "expo_merge.alpha": repr(alpha),
         "expo_merge.sft": s_ckpt.path.name,
         "expo_merge.aligned": a_ckpt.path.name,
-        "expo_merge.version": __version__,
+        "expo_merge.version": package_version("expo-merge", __file__),
     }
     metadata = {**a_ckpt.metadata, **provenance}
     if kind == "safetensors":
