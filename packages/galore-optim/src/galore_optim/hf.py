@@ -21,6 +21,15 @@ from typing import Any
 
 from torch import nn
 
+try:  # the `hf` extra: fail here, with one line, rather than later inside Trainer
+    import accelerate  # noqa: F401  (Trainer refuses to run without it)
+    import transformers  # noqa: F401
+except ImportError as err:
+    raise ImportError(
+        f"galore_optim.hf needs the `hf` extra ({err.name} is not installed): "
+        'pip install "galore-optim[hf]"'
+    ) from None
+
 from .adafactor import GaLoreAdafactor
 from .adamw import GaLoreAdamW
 from .adamw8bit import GaLoreAdamW8bit

