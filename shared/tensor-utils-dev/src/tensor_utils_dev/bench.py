@@ -179,6 +179,14 @@ def environment_tags(device: str | None = None, packages: Iterable[str] = ()) ->
     return tags
 
 
+def results_dir(script: str | os.PathLike) -> Path:
+    """The folder a benchmark script writes its CSVs to: ``$BENCH_RESULTS`` when set (the bench
+    session and ``tools/run_gpu.py`` set it, so their runs never append to the committed
+    results), else the ``results/`` folder beside the script (``results_dir(__file__)``)."""
+    env = os.environ.get("BENCH_RESULTS")
+    return Path(env) if env else Path(script).resolve().parent / "results"
+
+
 def write_csv(
     path: str | os.PathLike,
     rows: Iterable[Mapping[str, object]],
