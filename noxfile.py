@@ -65,9 +65,12 @@ def props(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    uv_sync(session, "--only-group", "lint")
+    """ruff, then pyright (basic mode, `[tool.pyright]` in the root pyproject) over every
+    member's src. Pyright resolves imports from this venv: every member with every extra."""
+    uv_sync(session, "--all-packages", "--all-extras", "--group", "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("pyright", "--pythonpath", os.path.join(session.bin, "python"))
 
 
 @nox.session(default=False)
