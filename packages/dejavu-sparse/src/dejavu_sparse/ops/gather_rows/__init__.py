@@ -1,0 +1,31 @@
+"""Gathered-row GEMV/GEMM: ``gather_rows(x, weight, idx) == x @ weight[idx].T`` computing only
+the selected rows (``naive.py`` is the contract). Backends: ``triton`` (CUDA), ``chunked``
+(plain PyTorch, reads only the selected rows; the CPU default), and the reference."""
+
+from __future__ import annotations
+
+from tensor_utils.ops import Backend, Op
+
+from . import naive
+
+gather_rows = Op(
+    "dejavu_sparse::gather_rows",
+    reference=naive.gather_rows,
+    backends=[
+        Backend(
+            "triton",
+            "dejavu_sparse.ops.gather_rows.triton:gather_rows",
+            aot="dejavu_sparse.ops.gather_rows.triton:aot_launches",
+        ),
+        Backend(
+            "chunked",
+            "dejavu_sparse.ops.gather_rows.chunked:gather_rows",
+            device_types=("cpu", "cuda"),
+            requires=(),
+            interpretable=False,
+        ),
+    ],
+    cases="dejavu_sparse.ops.gather_rows.cases:cases",
+)
+
+__all__ = ["gather_rows", "naive"]
