@@ -27,17 +27,18 @@ SAFETENSORS_TO_TORCH: dict[str, torch.dtype] = {
 TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_TO_TORCH.items()}
 
 
-def torch_dtype(name: str, *, where: str = "") -> torch.dtype:
-    """Torch dtype for a safetensors dtype name, or a one-line error naming ``where``."""
-    try:
-        return SAFETENSORS_TO_TORCH[name]
-    except (KeyError, TypeError):
+def torch_dtype(name: object, *, where: str = "") -> torch.dtype:
+    """Torch dtype for a safetensors dtype name (any header value is accepted: a non-string is
+    an unknown dtype), or a one-line error naming ``where``."""
+    dtype = SAFETENSORS_TO_TORCH.get(name) if isinstance(name, str) else None
+    if dtype is None:
         known = ", ".join(SAFETENSORS_TO_TORCH)
         raise UnsupportedDtypeError(
             f"{where}: unknown dtype {name!r} (known: {known})"
             if where
             else f"unknown dtype {name!r}"
-        ) from None
+        )
+    return dtype
 
 
 def safetensors_dtype(dtype: torch.dtype, *, where: str = "") -> str:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -47,7 +48,7 @@ class Checkpoint:
     shard_of: dict[str, str] = field(default_factory=dict)
     index_metadata: dict = field(default_factory=dict)
     _state_dicts: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
-    _handle: tuple[Path, object] | None = field(default=None, repr=False)
+    _handle: tuple[Path, BinaryIO] | None = field(default=None, repr=False)
 
     # -- mapping-like access -------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -47,6 +47,13 @@ class TensorInfo:
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
 
+    @property
+    def byte_range(self) -> tuple[int, int]:
+        """``(start, end)`` in ``file``; only tensors of safetensors files have one."""
+        if self.start is None or self.end is None:
+            raise ValueError(f"tensor {self.name!r} of {self.file} has no byte range")
+        return self.start, self.end
+
 
 def _reject_duplicate_keys(path: Path):
     def hook(pairs):
@@ -106,18 +113,19 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
     data_start = 8 + header_len
     data_size = file_size - data_start
     infos = [_parse_entry(path, name, entry, data_start) for name, entry in header.items()]
-    infos.sort(key=lambda info: (info.start, info.end))
+    infos.sort(key=lambda info: info.byte_range)
     cursor = data_start
     for info in infos:
-        if info.start < cursor:
+        start, end = info.byte_range
+        if start < cursor:
             raise CorruptCheckpointError(
                 f"{path}: tensor {info.name!r} overlaps the tensor before it"
             )
-        if info.start > cursor:
+        if start > cursor:
             raise CorruptCheckpointError(
-                f"{path}: {info.start - cursor} unindexed bytes before tensor {info.name!r}"
+                f"{path}: {start - cursor} unindexed bytes before tensor {info.name!r}"
             )
-        cursor = info.end
+        cursor = end
     if cursor - data_start > data_size:
         raise CorruptCheckpointError(
             f"{path}: data section needs {cursor - data_start} bytes but the file holds "
@@ -144,12 +152,11 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
         or offsets[0] > offsets[1]
     ):
         raise CorruptCheckpointError(f"{where}: data_offsets {offsets!r} are not [begin, end]")
-    info = TensorInfo(
-        name, dtype, tuple(shape), path, data_start + offsets[0], data_start + offsets[1]
-    )
-    if info.end - info.start != info.nbytes:
+    start, end = data_start + offsets[0], data_start + offsets[1]
+    info = TensorInfo(name, dtype, tuple(shape), path, start, end)
+    if end - start != info.nbytes:
         raise CorruptCheckpointError(
-            f"{where}: data_offsets span {info.end - info.start} bytes but "
+            f"{where}: data_offsets span {end - start} bytes but "
             f"{dtype} {list(shape)} needs {info.nbytes}"
         )
     return info
@@ -157,7 +164,8 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
 
 def read_tensor(info: TensorInfo, handle=None) -> torch.Tensor:
     """Read one tensor's bytes into a fresh CPU tensor (one allocation, one read)."""
-    return read_range(info, 0, info.end - info.start, handle).reshape(info.shape)
+    start, end = info.byte_range
+    return read_range(info, 0, end - start, handle).reshape(info.shape)
 
 
 def read_range(info: TensorInfo, byte_start: int, nbytes: int, handle=None) -> torch.Tensor:
@@ -168,8 +176,8 @@ def read_range(info: TensorInfo, byte_start: int, nbytes: int, handle=None) -> t
         own = handle is None
         f = open(info.file, "rb") if own else handle  # noqa: SIM115 - closed below
         try:
-            f.seek(info.start + byte_start)
-            got = f.readinto(memoryview(buffer.numpy()))
+            f.seek(info.byte_range[0] + byte_start)
+            got = f.readinto(buffer.numpy().data)
         finally:
             if own:
                 f.close()

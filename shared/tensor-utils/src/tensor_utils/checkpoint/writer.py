@@ -290,7 +290,7 @@ class SafetensorsWriter:
         shard, offset = self._offsets[name]
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         try:
-            self._pwrite_all(self._fds[shard], memoryview(data), offset + byte_offset)
+            self._pwrite_all(self._fds[shard], data.data, offset + byte_offset)
         except OSError as err:
             self.abort()
             if err.errno == errno.ENOSPC:
