@@ -1,0 +1,5 @@
+"""Megalodon."""
+
+from tensor_utils.version import package_version
+
+__version__ = package_version("megalodon-model", __file__)
