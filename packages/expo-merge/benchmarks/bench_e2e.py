@@ -1,17 +1,20 @@
-"""End to end on the CPU: a synthetic >=1B-parameter bf16 pair as sharded HF directories.
+"""End to end on the CPU: a synthetic bf16 Llama-shaped pair as sharded HF directories.
 
 Measured in one run, on the same files, once with a warm page cache (every input read just
 before) and once cold (``evict_page_cache`` on both inputs before every timed command):
 
 - the I/O floor: read every SFT shard, copy every ALIGNED shard (shutil.copyfile + fsync);
 - ``expo-merge SFT ALIGNED --alpha 0.3`` (subprocess; time and peak anonymous RSS);
-- mergekit's task_arithmetic recipe (base = SFT, ALIGNED weight 1 + alpha), installed in its own
-  environment (``--mergekit`` path to its ``mergekit-yaml``), same files; its output is compared
-  with ours tensor by tensor.
+- mergekit's task_arithmetic recipe (base = SFT, ALIGNED weight 1 + alpha), when a
+  ``mergekit-yaml`` is found (``--mergekit``; mergekit lives in its own environment), on the same
+  files; its output is compared with ours tensor by tensor.
 
-Every row records the 1-minute load average before the command (other jobs share the cores).
+Every row records the 1-minute load average before the command (other jobs may share the cores).
+The default ``--preset small`` (19M parameters) runs in under a minute; the page's numbers are
+the 1.1B TinyLlama-shaped pair with both tools' site-packages byte-compiled first:
 
-    python packages/expo-merge/benchmarks/bench_e2e.py --mergekit /tmp/mk/bin/mergekit-yaml
+    python packages/expo-merge/benchmarks/bench_e2e.py --preset tinyllama --repeats 3 \
+        --compile-bytecode --mergekit /path/to/mergekit-env/bin/mergekit-yaml
 """
 
 from __future__ import annotations
@@ -28,13 +31,12 @@ from pathlib import Path
 
 import torch
 
-from tensor_utils_dev.bench import PeakMemory, evict_page_cache, write_csv
 from tensor_utils.checkpoint import SafetensorsWriter, TensorSpec, open_checkpoint
+from tensor_utils_dev.bench import PeakMemory, evict_page_cache, results_dir, write_csv
 
-RESULTS = Path(__file__).parent / "results"
 ALPHA = 0.3
 # TinyLlama-1.1B shapes (untied lm_head): 1.10B parameters, 2.2 GB in bf16.
-CONFIG = {
+TINYLLAMA = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "hidden_size": 2048,
@@ -51,9 +53,18 @@ CONFIG = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+# The same architecture at 19M parameters (39 MB in bf16): the quick default.
+SMALL = TINYLLAMA | {
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+}
+PRESETS = {"small": SMALL, "tinyllama": TINYLLAMA}
 
 
-def llama_shapes(c=CONFIG):
+def llama_shapes(c: dict) -> dict[str, tuple[int, ...]]:
     h, i, v, kv = (
         c["hidden_size"],
         c["intermediate_size"],
@@ -79,13 +90,13 @@ def llama_shapes(c=CONFIG):
     return shapes
 
 
-def make_pair(root: Path, shard_size: str) -> tuple[Path, Path]:
+def make_pair(root: Path, config: dict, shard_size: str) -> tuple[Path, Path]:
     sft, aligned = root / "sft", root / "aligned"
     if (root / "done").exists():
         return sft, aligned
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    shapes = llama_shapes()
+    shapes = llama_shapes(config)
     specs = [TensorSpec(n, torch.bfloat16, s) for n, s in shapes.items()]
     g = torch.Generator().manual_seed(0)
     with (
@@ -100,7 +111,7 @@ def make_pair(root: Path, shard_size: str) -> tuple[Path, Path]:
             )  # DPO-sized delta
             del base
     for d in (sft, aligned):
-        (d / "config.json").write_text(json.dumps(CONFIG))
+        (d / "config.json").write_text(json.dumps(config))
     (root / "done").write_text("ok")
     return sft, aligned
 
@@ -128,9 +139,10 @@ def io_floor(sft: Path, aligned: Path, out: Path) -> float:
 def compile_bytecode(python: str) -> float:
     """Byte-compile an interpreter's site-packages, as ``pip install`` does by default.
 
-    uv installs without .pyc files and this machine sets PYTHONDONTWRITEBYTECODE=1, so every
-    ``import torch`` would recompile torch's sources (about 6 s here, vs 2.4 s compiled): a cost
-    of this machine's setup, not of either tool. Applied to both tools' environments alike."""
+    uv installs without .pyc files, and with PYTHONDONTWRITEBYTECODE=1 every ``import torch``
+    then recompiles torch's sources (measured 5.4-6.3 s per ``import torch`` on the 2-core
+    machine, 2.4 s compiled): a cost of how the environment was installed, not of either tool.
+    Applied to both tools' environments alike."""
     t0 = time.perf_counter()
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
@@ -186,24 +198,23 @@ def io_floor_read(inputs: Sequence[Path]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", default="/tmp/expo-bench")
-    parser.add_argument(
-        "--mergekit", default=shutil.which("mergekit-yaml") or "/tmp/mk/bin/mergekit-yaml"
-    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--workdir", default="/tmp/expo-bench", help="the pair is kept here")
+    parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "")
     parser.add_argument("--shard-size", default="1GB")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
-        "--no-compile-bytecode",
-        dest="compile_bytecode",
-        action="store_false",
-        help="measure with whatever bytecode caches the environments have",
+        "--compile-bytecode",
+        action="store_true",
+        help="byte-compile both tools' site-packages first, as pip install does",
     )
     parser.add_argument("--cache", choices=["warm", "cold", "both"], default="both")
-    parser.add_argument("--out", default=RESULTS / "e2e_cpu.csv")
+    parser.add_argument("--out", default=None, help="CSV (default: results/e2e_<device>.csv)")
     parser.add_argument("--device", default="cpu", help="expo-merge --device (cuda: fused kernel)")
     args = parser.parse_args()
-    root = Path(args.workdir)
-    sft, aligned = make_pair(root / "pair", args.shard_size)
+    out_csv = args.out or results_dir(__file__) / f"e2e_{args.device}.csv"
+    root = Path(args.workdir) / args.preset
+    sft, aligned = make_pair(root / "pair", PRESETS[args.preset], args.shard_size)
     nbytes = sum(f.stat().st_size for f in aligned.glob("*.safetensors"))
     params = sum(info.numel for info in open_checkpoint(aligned).tensors.values())
     io_bytes = 3 * nbytes
@@ -239,7 +250,9 @@ def main() -> None:
         "1B",
         "--allow-crimes",
     ]
-    have_mk = Path(args.mergekit).exists()
+    have_mk = bool(args.mergekit) and Path(args.mergekit).exists()
+    if not have_mk:
+        print("mergekit-yaml not found (--mergekit): measuring the floor and expo-merge only")
     if args.compile_bytecode:
         pythons = [sys.executable] + (
             [str(Path(args.mergekit).parent / "python")] if have_mk else []
@@ -324,7 +337,7 @@ def main() -> None:
             }
         )
     rows += summaries
-    write_csv(args.out, rows)
+    write_csv(out_csv, rows)
     print(json.dumps(summaries, indent=2))
 
 

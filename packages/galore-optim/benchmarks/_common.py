@@ -6,11 +6,12 @@ import importlib
 import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+from tensor_utils_dev.bench import results_dir
+
+RESULTS = results_dir(__file__)
 
 # GaLore's LLaMA configs (d_model, ffn, layers) from its benchmark_c4 scripts.
 LLAMA = {

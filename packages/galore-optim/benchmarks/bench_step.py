@@ -1,12 +1,16 @@
-"""Optimizer step time, refresh (SVD) time and optimizer-state memory on LLaMA-1B layer shapes.
+"""Optimizer step time, refresh (SVD) time and optimizer-state memory on one LLaMA layer's
+GaLore target matrices (q, k, v, o, gate, up, down), fp32, T = 200.
 
 Compares galore-torch 1.0, galore-optim (exact / randomized / warm solvers, Triton and
-reference backends, 8-bit states) and torch.optim.AdamW(fused=True) on the seven GaLore target
-matrices of one LLaMA-1B layer (4 x 2048x2048, 3 x 2048x5461), fp32, rank 512, T = 200.
-Step times are medians over steps that do not refresh; refresh time is the extra time of a
-refresh step; "amortized" adds refresh / T. Whole-model figures are 24x these (24 layers).
+reference backends, 8-bit states) and torch.optim.AdamW (fused on CUDA). Step times are medians
+over steps that do not refresh; refresh time is the extra time of a refresh step; "amortized"
+adds refresh / T. Runs on CUDA when available, else on the CPU. The default (``--model tiny``:
+64 x 172 matrices, rank 16) is a quick check that every optimizer runs, about a minute on a
+CPU; the page's numbers are LLaMA-1B shapes (4 x 2048x2048, 3 x 2048x5461; a whole model is 24
+such layers) on the GPU:
 
-    python benchmarks/bench_step.py [--model 1b] [--rank 512] [--gap 200] [--steps 20]
+    python tools/run_gpu.py galore-optim --bench bench_step.py -- --model 1b --rank 512
+    python tools/run_gpu.py galore-optim --bench bench_step.py -- --model 1b --rank 128
 """
 
 from __future__ import annotations
@@ -79,8 +83,8 @@ def run_one(name, make_opt, shapes, grads_src, *, steps: int, gap: int, device: 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="1b", choices=sorted(LLAMA))
-    ap.add_argument("--rank", type=int, default=512)
+    ap.add_argument("--model", default="tiny", choices=sorted(LLAMA))
+    ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--gap", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default=str(RESULTS / "step.csv"))
@@ -126,9 +130,11 @@ def main() -> None:
             [{"params": ps, **hp, "solver": "exact"}], lr=1e-3, weight_decay=0.0
         ),
     }
-    try:  # galore-torch's 8-bit class needs bitsandbytes
+    try:  # galore-torch's 8-bit class needs bitsandbytes, and its step synchronizes CUDA
         from galore_torch.adamw8bit import AdamW8bit as RefAdamW8bit
 
+        if device != "cuda":
+            raise ImportError("its step calls torch.cuda.synchronize(); CUDA only")
         candidates["galore_torch_8bit"] = lambda ps: RefAdamW8bit(
             [{"params": ps, **hp}], lr=1e-3, weight_decay=0.0
         )

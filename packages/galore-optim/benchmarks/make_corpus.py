@@ -1,7 +1,7 @@
-"""Build the token stream for ``bench_convergence.py`` (runs on a machine with the tokenizer;
-the GPU machine has none, so the ids travel as a file).
+"""Build the token stream for ``bench_convergence_gpu.py`` (needs the SmolLM2 tokenizer; the
+GPU run needs only the resulting file of ids).
 
-Corpus: English technical prose available offline on this machine, deduplicated by exact text:
+Corpus: English technical prose available offline on a Linux machine, deduplicated by exact text:
 
 1. the Python language/library reference topics shipped with CPython (``pydoc_data.topics``);
 2. every docstring (module, class, function; via ``ast``) of the standard library (tests
@@ -151,7 +151,10 @@ def documents():
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parents[3] / "build" / "corpus_smollm2_v32000.npz"),
+    )
     ap.add_argument("--max-train-tokens", type=int, default=17_000_000)
     ap.add_argument("--max-val-tokens", type=int, default=1_000_000)
     ap.add_argument("--tokenizer", help="tokenizer directory (default: smollm2_dir())")

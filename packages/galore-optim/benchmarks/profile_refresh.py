@@ -71,7 +71,8 @@ def orth_qr(y):
 
 
 # -- candidates: left basis (p, r) of A (p, q) -----------------------------------------------
-def cand_current(a, r, gen):
+def cand_randomized_svd(a, r, gen):
+    """``projector.randomized_svd``: both factors, through an SVD of the k x n sketch."""
     u, _ = P.randomized_svd(a, r, generator=gen)
     return u
 
@@ -300,7 +301,7 @@ def run_cands(args, d, ffn, ranks, reps, gen, rec):
     # ---- candidate solvers ----
     cands = {
         "package_randomized": cand_package,
-        "current_randomized": cand_current,
+        "randomized_svd": cand_randomized_svd,
         "rr_eigh_it2_sync": make_rr(2, orth_cholqr2_sync),
         "rr_eigh_it2": make_rr(2, orth_cholqr2_nosync),
         "rr_eigh_it1": make_rr(1, orth_cholqr2_nosync),

@@ -1,6 +1,6 @@
 """Plots for docs/benchmarks/jetmoe-model.md from the CSVs in results/ (needs matplotlib, the
-`bench` dependency group). Uses the newest measurement session (rows within 30 minutes of the
-newest row), the newest row per (impl, mode, tokens, routing) in it.
+`bench` dependency group). Uses the newest measurement (rows within 30 minutes of the newest
+row), the newest row per (impl, mode, tokens, routing) in it.
 
     python packages/jetmoe-model/benchmarks/plot_results.py
 """
@@ -23,7 +23,7 @@ COLORS = {
 
 
 def latest(rows, key, window_min: float = 30.0):
-    """The newest row per key, from the newest measurement session only (rows within
+    """The newest row per key, from the newest measurement only (rows within
     ``window_min`` minutes of the newest), so one plot never mixes machines or code versions."""
     from datetime import datetime, timedelta
 

@@ -5,10 +5,12 @@ benchmarks/results/kernel_sweep.csv. Used to pick the defaults in ops/experts/tr
 
     python packages/jetmoe-model/benchmarks/tune_kernels.py [--tokens 1024,8192,32768]
 
-Run 5 additions: ``--profile LOG`` also times the run-4 path (routing as its own autograd node,
+``--profile LOG`` also times the unfused-routing path (routing as its own autograd node,
 ``FUSE_ROUTE = False``) next to the fused one and the cost of one bare Triton / ATen launch;
-``--dh`` times the dh GEMM candidates at 8,192 tokens (kernel alone, then the layer) and
-``--pick FILE`` writes the fastest one's config overrides (JSON) for ``bench_moe_layer.py``.
+``--dh`` times the dh GEMM candidates at 8,192 tokens (kernel alone, then the layer);
+``--persistent`` and ``--glu`` time the persistent-grid and GLU tile candidates next to cuBLAS;
+``--pick FILE`` writes the fastest one's config overrides (JSON) for ``bench_moe_layer_gpu.py``.
+Needs CUDA; run it through ``tools/run_gpu.py jetmoe-model --bench tune_kernels.py -- ...``.
 """
 
 from __future__ import annotations
@@ -18,18 +20,12 @@ import gc
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
+from bench_moe_layer_gpu import D, F, K, make_input, make_layers
+from jetmoe_model.ops.experts import triton as kernels
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
-
-from bench_moe_layer import D, F, K, make_input, make_layers  # noqa: E402
-from jetmoe_model.ops.experts import triton as kernels  # noqa: E402
-
-from tensor_utils_dev.bench import time_fn, write_csv  # noqa: E402
+from tensor_utils_dev.bench import results_dir, time_fn, write_csv
 
 
 def cfg(bm, bn, bk, warps, stages, group_m=None):
@@ -254,7 +250,7 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
     """Where the time of one layer call goes at small sizes: host enqueue time per call (N calls
     back to back, no sync in between) against the wall time per call (all calls, synced), the
     do_bench median, and a torch.profiler summary (CPU ops, CUDA kernels) of one call; for the
-    fused routing path, the run-4 path (routing node + layer node) and grouped_mm, and the fused
+    fused routing path, the unfused one (routing node + layer node) and grouped_mm, and the fused
     path's forward+backward once more with Python's garbage collector off."""
     from jetmoe_model.ops.expert_mlp import triton as mlp
     from torch.profiler import ProfilerActivity, profile
@@ -265,7 +261,7 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
     rows = launch_costs()
     variants = (
         ("triton fused route", "triton", True, True),
-        ("triton route node (run 4)", "triton", False, True),
+        ("triton route node", "triton", False, True),
         ("grouped_mm", "grouped_mm", True, True),
         ("triton fused route, gc off", "triton", True, False),
     )
@@ -328,8 +324,7 @@ def _with_h_early(c, h_early):
 
 
 # dh GEMM candidates (``--dh``): the glu_bwd epilogue over sorted rows with the h loads after (0)
-# or before (1) the K loop, a few tiles (run 5 also timed a separate sorted-row kernel, since
-# folded into the general one as H_EARLY: kernel_sweep.csv)
+# or before (1) the K loop (the general kernel's H_EARLY option), a few tiles: kernel_sweep.csv
 DH = {
     "sorted 128x128x64/8/4 h late": _with_h_early(cfg(128, 128, 64, 8, 4, 8), 0),
     "sorted 128x128x64/8/4 h early": _with_h_early(cfg(128, 128, 64, 8, 4, 8), 1),
@@ -374,9 +369,9 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
     from jetmoe_model.ops.expert_mlp import triton as mlp
 
     late = DH["sorted 128x128x64/8/4 h late"]
-    # label: (dh overrides, fused routing); "run-4 path": routing node + dh loads after the loop
+    # label: (dh overrides, fused routing); "unfused routing": routing node + dh loads after the loop
     layer = {"defaults": (None, True), best[0]: (best[2], True), "h late": (late, True),
-             "run-4 path": (late, False)}  # fmt: skip
+             "unfused routing": (late, False)}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in layer}
     for _ in range(2):  # ABAB: the layer's run-to-run spread is ~1-2%
         for label, (c, fuse) in layer.items():
@@ -414,8 +409,10 @@ PERSISTENT = {
     "persistent flatten ws": {"PERSISTENT": 1, "FLATTEN": 1, "WARP_SPECIALIZE": 1},
 }
 XTY_PERSISTENT = {k: v for k, v in PERSISTENT.items() if not v.get("WARP_SPECIALIZE")}
-# the layer as run 5 ran it: one program per tile, dh in the GEMM's epilogue
-RUN5 = {kind: {"PERSISTENT": 0} for kind in ("gemm", "gemm_t", "glu", "glu_bwd", "xty")}
+# every GEMM kind with one program per tile and dh in the GEMM's epilogue (no persistent grid)
+ONE_PROGRAM_PER_TILE = {
+    kind: {"PERSISTENT": 0} for kind in ("gemm", "gemm_t", "glu", "glu_bwd", "xty")
+}
 
 
 def _first(out):
@@ -444,8 +441,8 @@ def compiled_candidates(fn, key: str, variants: dict, tag: str) -> dict:
 
 def interleaved(fns: dict, rounds: int, *, rep: int, overrides: dict | None = None):
     """``(medians, all times)``: each ``fns[label]`` timed once per pass, in turn, over ``rounds``
-    passes (timings on the lent GPU drift within a process; interleaving spreads the drift over
-    every candidate); the median of its per-pass medians. ``overrides[label] = (key, config)``
+    passes (GPU timings drift within a process; interleaving spreads the drift over every
+    candidate); the median of its per-pass medians. ``overrides[label] = (key, config)``
     sits in ``CONFIG_OVERRIDES`` while that label is timed."""
     import statistics
 
@@ -465,7 +462,7 @@ def interleaved(fns: dict, rounds: int, *, rep: int, overrides: dict | None = No
 
 def dense_roofline(tokens: int, backward: bool):
     """The roofline call: two dense bf16 GEMMs with the layer's FLOPs at ``tokens`` (as
-    ``bench_moe_layer.py`` times it), forward (no grad) or forward+backward."""
+    ``bench_moe_layer_gpu.py`` times it), forward (no grad) or forward+backward."""
     a = torch.randn(tokens * K, D, device="cuda", dtype=torch.bfloat16)
     w1 = torch.randn(D, 2 * F, device="cuda", dtype=torch.bfloat16) * 0.02
     w2 = torch.randn(F, D, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -496,8 +493,8 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     """Each GEMM kind of the layer (sorted operands, as the layer runs them) with each
     ``PERSISTENT`` candidate, timed interleaved over ``rounds`` passes next to cuBLAS on the
     same dense shape, and dh both ways (the GEMM's glu_bwd epilogue; a plain GEMM + the
-    elementwise pass); then the layer (forward, forward+backward) as run 5 ran it, with the
-    current defaults and with the per-kind picks (> 2% faster than the default), against
+    elementwise pass); then the layer (forward, forward+backward) with one program per tile
+    everywhere, with the current defaults and with the per-kind picks (> 2% faster than the default), against
     grouped_mm and the dense roofline, interleaved too. The picks go to ``pick`` (JSON)."""
     from jetmoe_model.ops.expert_mlp import triton as mlp
 
@@ -579,7 +576,7 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     for mode in ("fwd", "fwd+bwd"):
         fns = {"dense_roofline": dense_roofline(tokens, mode == "fwd+bwd"),
                "grouped_mm": layer(mode, "grouped_mm", {}),
-               "triton run 5": layer(mode, "triton", RUN5, 1 << 40),
+               "triton one program per tile": layer(mode, "triton", ONE_PROGRAM_PER_TILE, 1 << 40),
                "triton": layer(mode, "triton", {}),
                "triton picks": layer(mode, "triton", picks)}  # fmt: skip
         med, times = interleaved(fns, rounds, rep=40)
@@ -609,7 +606,7 @@ def glu_probe(ours, tokens: int, rounds: int, pick: str = "") -> list[dict]:
     """The GLU GEMM without ``h`` (what the no-grad forward runs) for each ``GLU_FWD`` candidate,
     interleaved over ``rounds``; then the layer's no-grad forward with the fastest candidate
     against the defaults and the dense roofline, interleaved. A candidate > 2% faster in the
-    layer goes to ``pick`` (JSON overrides for ``bench_moe_layer.py --overrides``)."""
+    layer goes to ``pick`` (JSON overrides for ``bench_moe_layer_gpu.py --overrides``)."""
     o = layer_operands(ours, tokens)
     gg, p, off = kernels.gather_gemm_scatter, o["p"], o["off"]
     fn = lambda: gg(o["x_s"], o["w_in"], off, None, 1, None, p, epilogue="glu")  # noqa: E731
@@ -643,7 +640,7 @@ def glu_probe(ours, tokens: int, rounds: int, pick: str = "") -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", default="1024,8192,32768")
-    parser.add_argument("--out", default=str(HERE / "results" / "kernel_sweep.csv"))
+    parser.add_argument("--out", default=str(results_dir(__file__) / "kernel_sweep.csv"))
     parser.add_argument("--sweep", default="fwd", choices=["fwd", "bwd", "kernels", "none"])
     parser.add_argument("--breakdown", action="store_true", help="also time each kernel alone")
     parser.add_argument("--profile", default="", help="host/GPU profile log path (at 1,024 tokens)")

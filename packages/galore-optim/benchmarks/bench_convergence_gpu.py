@@ -9,9 +9,18 @@ concurrently on one GPU); every run sees the same initialization and the same ba
 GaLore hyperparameters follow GaLore's 60M recipe: rank 128, T 200, scale 0.25, lr 0.01;
 AdamW uses lr 1e-3. Linear warm-up (10%) then cosine decay to 10%, bf16 autocast, fp32 weights.
 
-    python benchmarks/bench_convergence.py --steps 1000 --runs adamw --out conv_adamw.csv
-    python benchmarks/bench_convergence.py --summarize conv_*.csv --out convergence.csv
+Needs CUDA and the token file (``make_corpus.py``, written to ``build/`` by default). The
+page's runs, one process per optimizer (concurrent processes on one GPU are fine), then merged:
 
+    python packages/galore-optim/benchmarks/make_corpus.py          # on a machine with SmolLM2
+    B=packages/galore-optim/benchmarks
+    for r in adamw galore_torch galore_optim_exact galore_optim_randomized; do
+      python tools/run_gpu.py galore-optim --bench bench_convergence_gpu.py -- --runs $r \
+        --out build/gpu/conv_$r.csv &
+    done; wait
+    python $B/bench_convergence_gpu.py --summarize build/gpu/conv_*.csv --out $B/results/convergence.csv
+
+``--runs adamw_lr2e-3`` etc. set AdamW's learning rate (the sweep in ``convergence_adamw_lr.csv``).
 ``GALORE_BENCH_TINY=1`` shrinks the model (d 64, 2 layers, rank 16, T 20) for a CPU smoke test.
 """
 
@@ -31,7 +40,7 @@ from _common import RESULTS, galore_torch_classes
 
 from tensor_utils_dev.bench import write_csv
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / ".carry-galore/corpus_smollm2_v32000.npz"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "build" / "corpus_smollm2_v32000.npz"
 
 
 def load_corpus(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -113,6 +122,12 @@ def main() -> None:
         return
     tiny = os.environ.get("GALORE_BENCH_TINY") == "1"
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cuda" and not tiny:
+        raise SystemExit("bench_convergence_gpu: needs CUDA (GALORE_BENCH_TINY=1: CPU smoke test)")
+    if not Path(args.corpus).is_file():
+        raise SystemExit(
+            f"bench_convergence_gpu: no token file {args.corpus}; build it with make_corpus.py"
+        )
     train_data, val_data, info = load_corpus(args.corpus)
     vocab = info["vocab"]
     tokens_per_step = args.batch * args.seq

@@ -3,22 +3,21 @@
 Bandwidth = bytes moved / median time: 3 tensors' bytes (read sft, read aligned, write out) for
 the ExPO ops, 2 for the copy. Target: the fused kernel reaches >= 90% of copy bandwidth.
 
-    python packages/expo-merge/benchmarks/bench_kernel.py [--out results/kernel.csv]
+Needs CUDA (run through ``tools/run_gpu.py``):
+
+    python tools/run_gpu.py expo-merge --bench bench_kernel_gpu.py [-- --sizes 1048576,16777216]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import torch
 from expo_merge.ops.extrapolate import extrapolate
 
-from tensor_utils_dev.bench import time_fn, write_csv
+from tensor_utils_dev.bench import results_dir, time_fn, write_csv
 
 ALPHA = 0.3
-RESULTS = Path(__file__).parent / "results"
 
 
 def unfused(sft, aligned, alpha):
@@ -72,11 +71,11 @@ def measure(n: int, dtype: torch.dtype) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=os.environ.get("BENCH_OUT", RESULTS / "kernel.csv"))
+    parser.add_argument("--out", default=results_dir(__file__) / "kernel.csv")
     parser.add_argument("--sizes", default="1048576,16777216,134217728,268435456")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("bench_kernel needs a CUDA device")
+        raise SystemExit("bench_kernel_gpu: needs a CUDA device")
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         for n in (int(x) for x in args.sizes.split(",")):

@@ -8,8 +8,13 @@ vocab 32000; batch 4 x 2048 tokens.
 ``--rounds R`` (R > 1) times the backends interleaved instead: all models are built first, then
 R rounds each run ``--steps`` steps of every backend in turn, and the median over all of a
 backend's steps is reported (rows ``bench=train_step_interleaved``, no peak memory: the models
-share the GPU). On the lent H100 step times drifted by up to 20% within one process, so only
-interleaved timings compare backends fairly; the sequential mode gives the peak memory.
+share the GPU). On an H100 the same backend's step time drifted by up to 20% within one process,
+so only interleaved timings compare backends fairly; the sequential mode gives the peak memory.
+Needs CUDA; the page's runs:
+
+    python tools/run_gpu.py jetmoe-model --bench bench_train_step_gpu.py -- --rounds 8 \
+        --impls triton,grouped_mm,transformers --out build/gpu/train_step_interleaved.csv
+    python tools/run_gpu.py jetmoe-model --bench bench_train_step_gpu.py -- --impls triton
 """
 
 from __future__ import annotations
@@ -18,16 +23,11 @@ import argparse
 import gc
 import sys
 import time
-from pathlib import Path
 
 import torch
+from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-
-from jetmoe_model import JetMoEConfig, JetMoEForCausalLM  # noqa: E402
-
-from tensor_utils_dev.bench import PeakMemory, write_csv  # noqa: E402
+from tensor_utils_dev.bench import PeakMemory, results_dir, write_csv
 
 CONFIG = dict(
     vocab_size=32000,
@@ -74,10 +74,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--out", default=str(HERE / "results" / "train_step.csv"))
+    parser.add_argument("--out", default=str(results_dir(__file__) / "train_step.csv"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_train_step: needs CUDA; nothing measured")
+        print("bench_train_step_gpu: needs CUDA; nothing measured")
         return 0
     if args.rounds > 1:
         return interleaved(args)

@@ -10,9 +10,12 @@ Routing uniform (random router) or skewed (a shared input direction that the rou
 time per call enqueuing 20 calls back to back without a sync, in this process right after the
 timing (a row whose ``host_ms`` reaches ``median_ms`` is host-bound). ``--overrides FILE``: Triton
 config overrides (JSON, ``{kind: {key: value}}``, e.g. picked by ``tune_kernels.py --pick``),
-recorded in the triton rows. CSV: benchmarks/results/moe_layer.csv.
+recorded in the triton rows. CSV: benchmarks/results/moe_layer.csv. Needs CUDA; the page's runs:
 
-    python packages/jetmoe-model/benchmarks/bench_moe_layer.py [--tokens 1,16,1024]
+    python tools/run_gpu.py jetmoe-model --bench bench_moe_layer_gpu.py        # every backend
+    python tools/run_gpu.py jetmoe-model --bench bench_moe_layer_gpu.py -- --rounds 7 \
+        --tokens 1024,8192,32768 --impls grouped_mm,triton,dense_roofline \
+        --out build/gpu/moe_layer_interleaved.csv                               # interleaved
 """
 
 from __future__ import annotations
@@ -22,17 +25,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
+from jetmoe_model import JetMoEConfig
+from jetmoe_model.modeling import JetMoEMoE
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-
-from jetmoe_model import JetMoEConfig  # noqa: E402
-from jetmoe_model.modeling import JetMoEMoE  # noqa: E402
-
-from tensor_utils_dev.bench import PeakMemory, time_fn, write_csv  # noqa: E402
+from tensor_utils_dev.bench import PeakMemory, results_dir, time_fn, write_csv
 
 D, F, E, K = 2048, 5632, 8, 2
 FLOP_PER_PAIR = 2 * (D * 2 * F + F * D)  # forward, per (token, expert) pair
@@ -253,7 +251,7 @@ def bench_size(ours, theirs, smoe, tokens: int, skew: bool, rep: int, overrides:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", default="1,16,256,1024,4096,8192,32768")
-    parser.add_argument("--out", default=str(HERE / "results" / "moe_layer.csv"))
+    parser.add_argument("--out", default=str(results_dir(__file__) / "moe_layer.csv"))
     parser.add_argument("--rep", type=int, default=40)
     parser.add_argument("--routings", default="uniform,skewed")
     parser.add_argument("--overrides", default="", help="JSON file of Triton config overrides")
@@ -261,7 +259,7 @@ def main(argv=None) -> int:
     parser.add_argument("--impls", default="", help="comma-separated subset of the backends")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_moe_layer: needs CUDA (H100 numbers); nothing measured")
+        print("bench_moe_layer_gpu: needs CUDA (H100 numbers); nothing measured")
         return 0
     overrides = ""
     if args.overrides and os.path.exists(args.overrides):
