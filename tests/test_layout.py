@@ -214,8 +214,9 @@ def _imports(tree):
 
 def internal_import_graph(m) -> dict[str, set[str]]:
     """module -> the modules of the same distribution it imports. ``from .a import b`` counts
-    ``a`` (and ``a.b`` when that is a module); a parent package's ``__init__``, which Python
-    runs on the way, is not counted unless it is named."""
+    ``a.b`` when that is a submodule, else ``a`` (``from . import sub`` loads the submodule and
+    needs nothing of the package's ``__init__``, which Python runs on the way anyway; a name
+    taken from a package's ``__init__``, ``from . import __version__``, counts the package)."""
     files = {_module_name(m, p): p for p in (m.src / m.module).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
@@ -230,7 +231,9 @@ def internal_import_graph(m) -> dict[str, set[str]]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            targets |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+            submodules = {f"{module}.{alias.name}" for alias in node.names} & files.keys()
+            names_from_module = len(submodules) < len(node.names)
+            targets |= submodules | ({module} if names_from_module else set())
         graph[name] = {t for t in targets if t in files and t != name}
     return graph
 
@@ -273,6 +276,7 @@ def test_the_cycle_check_sees_a_cycle(tmp_path):
     (pkg / "__init__.py").write_text("from .a import f\n")
     (pkg / "a.py").write_text("def f():\n    from .b import g\n    return g\n")
     (pkg / "b.py").write_text("from . import a\n\ng = 1\n")
+    (pkg / "d.py").write_text("from . import f\n")  # a name from __init__: counts the package
     (pkg / "c.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import c\n"
     )
@@ -280,7 +284,50 @@ def test_the_cycle_check_sees_a_cycle(tmp_path):
     assert graph == {
         "demo_pkg": {"demo_pkg.a"},
         "demo_pkg.a": {"demo_pkg.b"},
-        "demo_pkg.b": {"demo_pkg", "demo_pkg.a"},
+        "demo_pkg.b": {"demo_pkg.a"},
+        "demo_pkg.d": {"demo_pkg"},
         "demo_pkg.c": set(),
     }
     assert ["demo_pkg.a", "demo_pkg.b", "demo_pkg.a"] in import_cycles(graph)
+
+
+# --- Install lines in the READMEs -----------------------------------------------------------
+
+
+def install_lines(m) -> list[str]:
+    """What a published member's README must show: today's lines (clone, git URL, both with the
+    shared package) next to the future PyPI line, and the CPU-only torch index."""
+    folder = m.path.relative_to(ROOT).as_posix()
+    git = f"git+{REPOSITORY}#subdirectory="
+    if m.name == SHARED:
+        return [
+            f"uv pip install ./{folder}",
+            f'"{SHARED} @ {git}{folder}"',
+            f"pip install {SHARED}",
+            "https://download.pytorch.org/whl/cpu",
+        ]
+    return [
+        f"uv pip install ./shared/tensor-utils ./{folder}",
+        f'"{SHARED} @ {git}shared/tensor-utils"',
+        f'"{m.name} @ {git}{folder}"',
+        f"pip install {m.name}",
+        "https://download.pytorch.org/whl/cpu",
+    ]
+
+
+@pytest.mark.parametrize("m", [m for m in MEMBERS if m.published], ids=lambda m: m.name)
+def test_readme_gives_install_lines_that_work_today(m):
+    readme = (m.path / "README.md").read_text()
+    missing = [line for line in install_lines(m) if line not in readme]
+    assert not missing, f"{m.name}/README.md lacks: {missing}"
+
+
+def test_top_readme_explains_installing():
+    readme = (ROOT / "README.md").read_text()
+    for line in [
+        "uv pip install ./shared/tensor-utils ./packages/",
+        f'"{SHARED} @ git+{REPOSITORY}#subdirectory=shared/tensor-utils"',
+        "--index-url https://download.pytorch.org/whl/cpu",
+        "nox -s floors",
+    ]:
+        assert line in readme, line
