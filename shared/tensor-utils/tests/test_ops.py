@@ -179,6 +179,6 @@ def test_reference_without_schema_types_is_refused_in_one_line():
     def untyped(x, s):
         return x * s
 
-    with pytest.raises(TypeError, match="cannot register with torch.library"):
+    with pytest.raises(TypeError, match=r"cannot register with torch\.library"):
         Op(f"tu_test::op{next(_ids)}", reference=untyped)
     Op(f"tu_test::op{next(_ids)}", reference=untyped, library=False)  # opting out works

@@ -71,3 +71,93 @@ def check_fits_h100(compiled: Compiled) -> None:
             f"{compiled.kernel} [{compiled.label}]: {compiled.shared_bytes} bytes of shared "
             f"memory, over the H100's {H100_MAX_SHARED_BYTES} per block"
         )
+
+
+def missing_aot(ops: Iterable[Op]) -> list[str]:
+    """``"op[backend]"`` for every Triton backend that declares no ``aot`` function."""
+    return [
+        f"{op.name}[{b.name}]"
+        for op in ops
+        for b in op.backends.values()
+        if "triton" in b.requires and b.aot is None
+    ]
+
+
+def representative(launches: Iterable[tuple[str, KernelLaunch]]) -> list[tuple[str, KernelLaunch]]:
+    """The first launch of each kernel (per backend): the quick subset of a full sweep."""
+    seen: set[tuple[str, str]] = set()
+    chosen = []
+    for backend, launch in launches:
+        key = (backend, getattr(launch.kernel, "__name__", str(launch.kernel)))
+        if key not in seen:
+            seen.add(key)
+            chosen.append((backend, launch))
+    return chosen
+
+
+def compile_ops(modules: Iterable[str], *, full: bool) -> list[dict]:
+    """Import ``modules`` (registering their ops) and compile every launch of their ops' Triton
+    backends (``full``) or the first per kernel; one record per launch, errors included.
+
+    Must run without ``TRITON_INTERPRET=1`` (the interpreter replaces ``triton.jit`` kernels by
+    Python functions): use :func:`compile_ops_in_subprocess` from an interpreted process."""
+    import importlib
+
+    from tensor_utils.ops import registry
+
+    modules = list(modules)
+    for module in modules:
+        importlib.import_module(module)
+    namespaces = {module.split(".")[0] for module in modules}
+    records = []
+    for op in registry().values():
+        if op.namespace not in namespaces:
+            continue
+        found = launches(op)
+        for backend, launch in found if full else representative(found):
+            record = {"op": op.name, "backend": backend, "label": launch.label}
+            record["kernel"] = getattr(launch.kernel, "__name__", str(launch.kernel))
+            try:
+                compiled = compile_for_h100(launch)
+                record["shared_bytes"] = compiled.shared_bytes
+                check_fits_h100(compiled)
+            except Exception as exc:  # reported per launch by the caller
+                record["error"] = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+            records.append(record)
+    return records
+
+
+def compile_ops_in_subprocess(modules: Iterable[str], *, full: bool, timeout: float = 3600):
+    """:func:`compile_ops` in a fresh interpreter without ``TRITON_INTERPRET`` (``PYTHONPATH``
+    and the rest of the environment are inherited)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    cmd = [sys.executable, "-m", "tensor_utils_dev.aot", *(["--full"] if full else []), *modules]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"AOT compile process failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tensor_utils_dev.aot [--full] MODULE...``: JSON list of compile records."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--full", action="store_true", help="every launch, not one per kernel")
+    parser.add_argument("modules", nargs="+", help="op modules to import, e.g. expo_merge.ops")
+    args = parser.parse_args(argv)
+    print(json.dumps(compile_ops(args.modules, full=args.full)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,8 +32,11 @@ Every op is also registered with ``torch.library`` as the custom op ``<namespace
 (schema inferred from the reference's annotations, fake implementation = the reference unless
 ``fake=`` is given, autograd from ``autograd=``). Under ``torch.compile`` a call goes through that
 custom op, so the compiler sees one opaque node whose eager implementation is the same cached
-dispatch; eager calls skip it. ``library=False`` opts out for ops whose signature the schema
-language cannot express; the compiler then traces the Python dispatch itself.
+dispatch; eager calls skip it. Where the public signature is no schema (an ``out=`` argument
+that is also returned, say), ``schema=`` gives the schema-typed signature the custom op takes
+(backends are called with those arguments) and ``compiled_call(custom_op, *args, **kwargs)``
+maps a public call onto it under the compiler. ``library=False`` opts out for ops whose results
+the schema language cannot express; the compiler then traces the Python dispatch itself.
 
 Test hooks (``cases``, ``check``) and Triton ahead-of-time compile specs (``Backend.aot``) are
 ``"module:attribute"`` strings, imported only when a test asks: hypothesis and the development
@@ -42,6 +45,7 @@ helpers are not runtime dependencies.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -171,6 +175,8 @@ class Backend:
     that must import (``("triton",)`` for Triton kernels). ``interpretable``: may be forced onto
     CPU tensors under ``TRITON_INTERPRET=1``. ``aot``: ``"module:function"`` returning the
     kernel launches to compile ahead of time for the H100 (see ``tensor_utils_dev.aot``).
+    ``auto``: ``False`` for a backend that runs only when named (``backend=`` or the override),
+    e.g. one with input restrictions the reference does not have.
     """
 
     name: str
@@ -180,6 +186,7 @@ class Backend:
     requires: tuple[str, ...] = ("triton",)
     interpretable: bool = True
     aot: str | None = None
+    auto: bool = True
 
     def __post_init__(self) -> None:
         if self.name in (AUTO, REFERENCE):
@@ -254,6 +261,8 @@ class Op:
         mutates_args: Iterable[str] = (),
         fake: Callable[..., Any] | None = None,
         autograd: tuple[Callable[..., Any], Callable[..., Any]] | None = None,
+        schema: Callable[..., Any] | None = None,
+        compiled_call: Callable[..., Any] | None = None,
         doc: str | None = None,
     ) -> None:
         self.namespace, self.short_name = _qualified(name)
@@ -269,6 +278,8 @@ class Op:
         self._check = check
         self.dispatch_arg = dispatch_arg
         self.mutates_args = tuple(mutates_args)
+        self._schema = schema
+        self._compiled_call = compiled_call
         self._cache: dict[tuple[torch.dtype, bool, bool], Callable[..., Any]] = {}
         self._first_arg = dispatch_arg == 0
         functools.update_wrapper(self, reference)  # type: ignore[arg-type]
@@ -297,7 +308,9 @@ class Op:
                 return value
         return None
 
-    def select(self, device_type: str, dtype: torch.dtype | None, backend: str | None = None) -> str:
+    def select(
+        self, device_type: str, dtype: torch.dtype | None, backend: str | None = None
+    ) -> str:
         """The backend name a call on this device type and dtype runs (``reference`` or a key of
         ``backends``). Raises ``ValueError``/``RuntimeError`` with one line on a bad request."""
         requested = (backend or "").strip().lower() or None
@@ -309,9 +322,8 @@ class Op:
             return REFERENCE
         if requested == AUTO:
             for b in self.backends.values():
-                if device_type in b.device_types and b.runs_on(device_type, dtype, forced=False):
-                    if b.importable():
-                        return b.name
+                if b.auto and b.runs_on(device_type, dtype, forced=False) and b.importable():
+                    return b.name
             return REFERENCE
         b = self.backends.get(requested)
         if b is None:
@@ -358,6 +370,8 @@ class Op:
     def __call__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
         if backend is None:
             if self._library_call is not None and torch.compiler.is_compiling():
+                if self._compiled_call is not None:
+                    return self._compiled_call(self._library_call, *args, **kwargs)
                 return self._library_call(*args, **kwargs)
             # Fast path: the cache key avoids building a torch.device (0.4 us) for CUDA and CPU.
             t = args[0] if self._first_arg and args else self._dispatch_tensor(args, kwargs)
@@ -386,6 +400,7 @@ class Op:
 
     def _register_library(self, fake, autograd):
         name, table = self.name, _ops  # closure cells: the clone below runs in another module
+        signature = self._schema or self.reference
         existing = getattr(getattr(torch.ops, self.namespace), self.short_name, None)
 
         # The registered implementation looks the op up by name at call time, so a module
@@ -400,13 +415,13 @@ class Op:
                 name,
                 mutates_args=self.mutates_args,
                 schema=None,
-            )(_with_globals(implementation, self.reference))
+            )(_with_globals(implementation, signature))
         except Exception as exc:  # schema inference failed: say which op and why, in one line
             raise TypeError(
                 f"{name}: cannot register with torch.library ({exc}); annotate the reference "
                 "with schema types or pass library=False"
             ) from exc
-        custom.register_fake(fake or self.reference)
+        custom.register_fake(fake or signature)
         if autograd is not None:
             backward, setup_context = autograd
             custom.register_autograd(backward, setup_context=setup_context)
@@ -436,15 +451,7 @@ class Op:
         clone.__dict__.update(self.__dict__)
         clone.backends = dict(self.backends)
         base = self.backends[name]
-        clone.backends[name] = Backend(
-            base.name,
-            impl,
-            base.device_types,
-            base.dtypes,
-            base.requires,
-            base.interpretable,
-            base.aot,
-        )
+        clone.backends[name] = dataclasses.replace(base, impl=impl)
         clone._cache = {}
         clone.library_op = clone._library_call = None
         return clone
