@@ -2,52 +2,53 @@
 
 ``extrapolate`` runs the Triton kernel for CUDA tensors (when triton imports) and the PyTorch
 reference otherwise; ``backend="reference"|"triton"`` or ``TENSOR_UTILS_BACKEND`` override.
+Registered as ``expo_merge::extrapolate`` (``tensor_utils.ops``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from tensor_utils.dispatch import dispatched
+from tensor_utils.ops import Backend, Op
 
 from . import naive
 from .naive import compute_dtype
 
-extrapolate = dispatched(
-    "expo_extrapolate",
+
+def _functional(
+    sft: torch.Tensor,
+    aligned: torch.Tensor,
+    alpha: float,
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The custom op's signature: ``extrapolate`` without ``out=`` (a custom op may not return
+    one of its inputs)."""
+    return naive.extrapolate(sft, aligned, alpha, out_dtype=out_dtype)
+
+
+def _compiled_call(custom_op, sft, aligned, alpha, *, out_dtype=None, out=None):
+    """Under ``torch.compile``: the functional custom op, then a copy into ``out``."""
+    if out is None:
+        return custom_op(sft, aligned, alpha, out_dtype=out_dtype)
+    naive.check_args(sft, aligned, out_dtype, out)
+    out.copy_(custom_op(sft, aligned, alpha, out_dtype=out.dtype))
+    return out
+
+
+extrapolate = Op(
+    "expo_merge::extrapolate",
     reference=naive.extrapolate,
-    triton="expo_merge.ops.extrapolate.triton:extrapolate",
-)
-
-
-def _cases():
-    """Small inputs for the cross-package kernel-vs-reference suite (interpreter-safe: no bf16)."""
-    from hypothesis import strategies as st
-
-    from tensor_utils_dev.testing.strategies import random_tensor, seeds, shapes
-
-    half_or_single = st.sampled_from([torch.float32, torch.float16])
-
-    @st.composite
-    def case(draw):
-        shape = draw(shapes(max_dims=3, max_side=37))
-        in_dtype, out_dtype = draw(half_or_single), draw(half_or_single)
-        seed = draw(seeds())
-        sft, aligned = (
-            random_tensor(shape, in_dtype, seed),
-            random_tensor(shape, in_dtype, seed + 1),
+    backends=[
+        Backend(
+            "triton",
+            "expo_merge.ops.extrapolate.triton:extrapolate",
+            aot="expo_merge.ops.extrapolate.triton:aot_launches",
         )
-        alpha = draw(st.floats(min_value=-2.0, max_value=8.0, allow_nan=False))
-        return (sft, aligned, alpha), {"out_dtype": out_dtype}
-
-    return case()
-
-
-def __getattr__(name):
-    # CASES needs hypothesis (a test dependency): built only when the test suite asks for it.
-    if name == "CASES":
-        return {"expo_extrapolate": _cases()}
-    raise AttributeError(name)
-
+    ],
+    cases="expo_merge.ops.extrapolate.cases:cases",
+    schema=_functional,
+    compiled_call=_compiled_call,
+)
 
 __all__ = ["compute_dtype", "extrapolate", "naive"]

@@ -83,3 +83,37 @@ def extrapolate(
         out.copy_(target)
         return out
     return target
+
+
+FLOAT_TYPES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+}
+
+
+def aot_launches():
+    """Every configuration ``extrapolate`` launches: each (sft, aligned, out) float dtype triple
+    (``FP64`` follows from them, as in the launcher), ``BLOCK``/``NUM_WARPS`` fixed."""
+    from tensor_utils.ops import KernelLaunch
+
+    for s_dtype, s in FLOAT_TYPES.items():
+        for a_dtype, a in FLOAT_TYPES.items():
+            for o_dtype, o in FLOAT_TYPES.items():
+                fp64 = compute_dtype(s_dtype, a_dtype, o_dtype) == torch.float64
+                signature = {
+                    "sft_ptr": f"*{s}",
+                    "aligned_ptr": f"*{a}",
+                    "out_ptr": f"*{o}",
+                    "n_elements": "i32",
+                    "alpha_hi": "fp32",
+                    "alpha_lo": "fp32",
+                }
+                yield KernelLaunch(
+                    _extrapolate_kernel,
+                    signature,
+                    {"BLOCK": BLOCK, "FP64": fp64},
+                    num_warps=NUM_WARPS,
+                    label=f"{s}-{a}->{o}",
+                )
