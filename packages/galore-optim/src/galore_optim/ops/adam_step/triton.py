@@ -250,3 +250,60 @@ def projected_adam_step(
         BLOCK=_BLOCK,
     )
     apply_update(weight, norm, left, right, side, step_size, scale, decay)
+
+
+_FLOATS = ("fp32", "fp16", "bf16")
+
+
+def aot_launches():
+    """Every configuration the adam-step launchers use: each gradient dtype with moments in the
+    same dtype or fp32, ``APPLY`` on (full-rank AdamW) and off (projected); the back-projection
+    GEMM in each operand dtype (fp32: IEEE dots, 64x64x32 tiles, 4 warps; half types: 128x128x64,
+    8 warps) writing a weight of that dtype or fp32; the elementwise update."""
+    from tensor_utils.ops import KernelLaunch
+
+    for t in _FLOATS:
+        for moment in dict.fromkeys((t, "fp32")):
+            for apply in (True, False):
+                signature = {
+                    "g_ptr": f"*{t}",
+                    "m_ptr": f"*{moment}",
+                    "v_ptr": f"*{moment}",
+                    "n_ptr": f"*{t}",
+                    "w_ptr": f"*{t}",
+                    "numel": "i32",
+                    **dict.fromkeys(("beta1", "beta2", "eps", "step_size", "decay"), "fp32"),
+                }
+                yield KernelLaunch(
+                    _moments_kernel,
+                    signature,
+                    {"APPLY": apply, "BLOCK": _BLOCK},
+                    label=f"moments {t} m={moment} apply={apply}",
+                )
+        ieee = t == "fp32"
+        for w in dict.fromkeys((t, "fp32")):
+            signature = {
+                "a_ptr": f"*{t}",
+                "b_ptr": f"*{t}",
+                "w_ptr": f"*{w}",
+                **dict.fromkeys(("M", "N", "K"), "i32"),
+                **dict.fromkeys(
+                    ("stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_wm", "stride_wn"),
+                    "i32",
+                ),
+                "alpha": "fp32",
+                "decay": "fp32",
+            }
+            block = (64, 64, 32) if ieee else (128, 128, 64)
+            constexprs = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), block, strict=True))
+            yield KernelLaunch(
+                _backproject_kernel,
+                signature,
+                {"IEEE": ieee, **constexprs, "GROUP_M": 8},
+                num_warps=4 if ieee else 8,
+                num_stages=3,
+                label=f"backproject {t} w={w}",
+            )
+        signature = {"w_ptr": f"*{t}", "u_ptr": f"*{t}", "numel": "i32"}
+        signature.update(alpha="fp32", decay="fp32")
+        yield KernelLaunch(_axpy_decay_kernel, signature, {"BLOCK": _BLOCK}, label=f"axpy {t}")

@@ -207,3 +207,35 @@ def adam8bit_moments(grad, m_codes, m_absmax, v_codes, v_absmax, beta1, beta2, e
             QB=QBLOCK,
         )
     return norm
+
+
+def aot_launches():
+    """Every configuration the 8-bit launchers use: quantize from each float dtype and dequantize,
+    both code kinds, and the fused Adam update for each gradient dtype (``ROWS``/``QBLOCK``
+    fixed, default warps and stages)."""
+    from tensor_utils.ops import KernelLaunch
+
+    const = {"ROWS": _ROWS, "QB": QBLOCK}
+    sizes = {"numel": "i32", "nblocks": "i32"}
+    for signed, code in ((True, "i8"), (False, "u8")):
+        for x in ("fp32", "fp16", "bf16"):
+            signature = {"x_ptr": f"*{x}", "code_ptr": f"*{code}", "absmax_ptr": "*fp32", **sizes}
+            yield KernelLaunch(
+                _quantize_kernel, signature, {"SIGNED": signed, **const}, label=f"quantize {x}"
+            )
+        signature = {"code_ptr": f"*{code}", "absmax_ptr": "*fp32", "out_ptr": "*fp32", **sizes}
+        yield KernelLaunch(
+            _dequantize_kernel, signature, {"SIGNED": signed, **const}, label=f"dequantize {code}"
+        )
+    for g in ("fp32", "fp16", "bf16"):
+        signature = {
+            "g_ptr": f"*{g}",
+            "mc_ptr": "*i8",
+            "ma_ptr": "*fp32",
+            "vc_ptr": "*u8",
+            "va_ptr": "*fp32",
+            "n_ptr": "*fp32",
+            **sizes,
+            **dict.fromkeys(("beta1", "beta2", "eps"), "fp32"),
+        }
+        yield KernelLaunch(_adam8bit_kernel, signature, const, label=f"adam8bit {g}")
