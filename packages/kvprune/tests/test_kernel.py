@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from kv_helpers import tiny_model, token_table
 from kvprune import FastGen, KVPruneCache
 from kvprune.generate import cache_kwarg
-from kvprune.ops.ragged_decode import CASES, naive, ragged_decode_attention, random_ragged_case
+from kvprune.ops.ragged_decode import naive, ragged_decode_attention
+from kvprune.ops.ragged_decode.cases import cases, random_ragged_case
 
 from tensor_utils_dev.testing import assert_close, poison_allocations
 
@@ -86,7 +87,7 @@ def _on(device, args):
 @pytest.mark.triton
 @settings(max_examples=25, deadline=None)
 @given(
-    case=CASES["kvprune_ragged_decode_attention"],
+    case=cases(),
     splits=st.sampled_from([None, 1, 2, 4]),
     need_weights=st.booleans(),
     merge_block_d=st.sampled_from([None, 16]),

@@ -1,4 +1,5 @@
-"""Hypothesis strategy for the cross-package kernel-vs-reference suite (needs hypothesis)."""
+"""Random ragged caches on which the kernel must equal the reference (test support: needs
+hypothesis). fp32/fp16 on the CPU (the interpreter has no bf16 math), bf16 too on CUDA."""
 
 from __future__ import annotations
 
@@ -33,16 +34,19 @@ def random_ragged_case(
 
 
 @st.composite
-def _cases(draw):
+def _case(draw, dtypes: tuple[torch.dtype, ...]):
     n_seg = draw(st.integers(1, 4))
     lengths = draw(st.lists(st.integers(0, 40), min_size=n_seg, max_size=n_seg))
     slack = draw(st.lists(st.integers(0, 3), min_size=n_seg, max_size=n_seg))
     group = draw(st.integers(1, 3))
     dim = draw(st.sampled_from([1, 3, 8, 17, 32]))
-    dtype = draw(st.sampled_from([torch.float32, torch.float16]))
+    dtype = draw(st.sampled_from(dtypes))
     seed = draw(st.integers(0, 2**31 - 1))
     q, k, v, offsets, lens = random_ragged_case(seed, lengths, slack, group, dim, dtype)
     return (q, k, v, offsets, lens, dim**-0.5), {}
 
 
-CASES = {"kvprune_ragged_decode_attention": _cases()}
+def cases():
+    """``(args, kwargs)`` of ``ragged_decode_attention``: up to 4 segments of 0-40 rows."""
+    extra = (torch.bfloat16,) if torch.cuda.is_available() else ()
+    return _case((torch.float32, torch.float16, *extra))

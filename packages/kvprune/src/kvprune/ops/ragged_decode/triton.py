@@ -407,3 +407,88 @@ def ragged_decode_attention(
         **({"launch_pdl": True} if pdl else {}),
     )
     return out, weights
+
+
+AOT_HEAD_DIMS = (64, 96, 128, 256)  # 96: a padded BLOCK_D (EVEN_D off)
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def aot_launches():
+    """The launch configurations of both passes on the GPU, for head dims ``AOT_HEAD_DIMS``
+    (group sizes up to 16, so ``BLOCK_G`` 16): every dtype, with and without weights, every
+    tile set ``default_tiles`` can return for them (stages through ``fit_stages``), PDL on and
+    off, and for the merge every power-of-two split count up to ``MAX_SPLITS`` (its tile shape
+    depends on it; pass 1 only indexes with it, so the extremes 1 and ``MAX_SPLITS``)."""
+    from tensor_utils.ops import KernelLaunch
+
+    splits_all = [1 << i for i in range(MAX_SPLITS.bit_length())]
+    for dtype, t in _TRITON_TYPES.items():
+        elem = torch.empty((), dtype=dtype).element_size()
+        precision = "ieee" if dtype == torch.float32 else "tf32"
+        for dim in AOT_HEAD_DIMS:
+            block_d = max(16, _pow2(dim))
+            for weights in (True, False):
+                tiles = {
+                    default_tiles(n_seg, dtype, 132, weights)[:2] for n_seg in (1, 8, 64, 1024)
+                }
+                for gdc in (True, False):
+                    for block_n, stages in sorted(tiles):
+                        for splits in (1, MAX_SPLITS):
+                            yield KernelLaunch(
+                                _split_kernel,
+                                {
+                                    "q_ptr": f"*{t}",
+                                    "k_ptr": f"*{t}",
+                                    "v_ptr": f"*{t}",
+                                    "off_ptr": "*i64",
+                                    "len_ptr": "*i32",
+                                    "w_ptr": "*fp32" if weights else f"*{t}",
+                                    "m_ptr": "*fp32",
+                                    "l_ptr": "*fp32",
+                                    "acc_ptr": "*fp32",
+                                    "qk_scale": "fp32",
+                                    **dict.fromkeys(("G", "D", "stride_k", "stride_v"), "i32"),
+                                    "CHUNK": "i32",
+                                },
+                                {
+                                    "NUM_SPLITS": splits,
+                                    "BLOCK_G": 16,
+                                    "BLOCK_D": block_d,
+                                    "BLOCK_N": block_n,
+                                    "EVEN_D": block_d == dim,
+                                    "WEIGHTS": weights,
+                                    "PRECISION": precision,
+                                    "GDC": gdc,
+                                },
+                                num_warps=4,
+                                num_stages=fit_stages(stages, block_n, block_d, elem),
+                                label=f"split {t} D={dim} weights={weights} "
+                                f"BLOCK_N={block_n} splits={splits} pdl={gdc}",
+                            )
+                        for splits in splits_all:
+                            block_dm = min(block_d, 32)
+                            yield KernelLaunch(
+                                _merge_kernel,
+                                {
+                                    "out_ptr": f"*{t}",
+                                    "off_ptr": "*i64",
+                                    "len_ptr": "*i32",
+                                    "w_ptr": "*fp32" if weights else f"*{t}",
+                                    "m_ptr": "*fp32",
+                                    "l_ptr": "*fp32",
+                                    "acc_ptr": "*fp32",
+                                    **dict.fromkeys(("G", "D", "CHUNK"), "i32"),
+                                },
+                                {
+                                    "NUM_SPLITS": splits,
+                                    "BLOCK_G": 16,
+                                    "BLOCK_D": block_d,
+                                    "BLOCK_N": block_n,
+                                    "BLOCK_DM": block_dm,
+                                    "D_PARTS": block_d // block_dm,
+                                    "GDC": gdc,
+                                },
+                                num_warps=4,
+                                label=f"merge {t} D={dim} weights={weights} "
+                                f"BLOCK_N={block_n} splits={splits} pdl={gdc}",
+                            )
