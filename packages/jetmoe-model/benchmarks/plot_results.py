@@ -105,7 +105,8 @@ def main() -> int:
     path = RESULTS / "moe_layer_interleaved.csv"
     if path.exists():  # the newest interleaved run: each backend's time over the dense roofline's
         rows = sorted(csv.DictReader(path.open()), key=lambda r: r["timestamp"])
-        rows = [r for r in rows if r.get("run", "") == rows[-1].get("run", "")]  # one code version
+        # one kernel configuration: the newest rows' (``config``, e.g. "defaults")
+        rows = [r for r in rows if r.get("config", "") == rows[-1].get("config", "")]
         rows = latest(rows, lambda r: (r["impl"], r["mode"], r["tokens"], r["routing"]))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         for ax, mode in zip(axes, ("fwd", "fwd+bwd"), strict=True):
@@ -133,7 +134,7 @@ def main() -> int:
         axes[0].set_ylabel("time / dense GEMM pair of the same FLOPs")
         axes[0].legend(fontsize=7)
         fig.suptitle("JetMoE-8B MoE layer vs the dense roofline, interleaved medians, H100 "
-                     f"(run {rows[-1].get('run', '?')})", fontsize=10)  # fmt: skip
+                     f"(kernel config: {rows[-1].get('config') or 'as run'})", fontsize=10)  # fmt: skip
         fig.tight_layout()
         fig.savefig(DOCS / "jetmoe-model-moe-layer-vs-roofline.png", dpi=110)
         print(f"wrote {DOCS / 'jetmoe-model-moe-layer-vs-roofline.png'}")
