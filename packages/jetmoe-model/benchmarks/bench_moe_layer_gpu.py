@@ -263,11 +263,12 @@ def main(argv=None) -> int:
         return 0
     overrides = ""
     if args.overrides and os.path.exists(args.overrides):
-        from jetmoe_model.ops.experts import triton as kernels
+        from jetmoe_model.ops.options import kernel_options, set_kernel_options
 
         with open(args.overrides) as fh:
             picked = json.load(fh)
-        kernels.CONFIG_OVERRIDES.update(picked)
+        table = {**kernel_options().config_overrides, **picked}
+        set_kernel_options(kernel_options().replace(config_overrides=table))
         overrides = json.dumps(picked, sort_keys=True)
         print(f"Triton config overrides: {overrides}")
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -6,7 +6,7 @@ benchmarks/results/kernel_sweep.csv. Used to pick the defaults in ops/experts/tr
     python packages/jetmoe-model/benchmarks/tune_kernels.py [--tokens 1024,8192,32768]
 
 ``--profile LOG`` also times the unfused-routing path (routing as its own autograd node,
-``FUSE_ROUTE = False``) next to the fused one and the cost of one bare Triton / ATen launch;
+``unfused_moe.py``) next to the fused one and the cost of one bare Triton / ATen launch;
 ``--dh`` times the dh GEMM candidates at 8,192 tokens (kernel alone, then the layer);
 ``--persistent`` and ``--glu`` time the persistent-grid and GLU tile candidates next to cuBLAS;
 ``--pick FILE`` writes the fastest one's config overrides (JSON) for ``bench_moe_layer_gpu.py``.
@@ -24,8 +24,31 @@ import time
 import torch
 from bench_moe_layer_gpu import D, F, K, make_input, make_layers
 from jetmoe_model.ops.experts import triton as kernels
+from jetmoe_model.ops.options import kernel_options, set_kernel_options
+from unfused_moe import use_route_node
 
 from tensor_utils_dev.bench import results_dir, time_fn, write_csv
+
+
+class _Overrides:
+    """The ``config_overrides`` of the kernel options in force, edited like a dict by the sweeps
+    (each edit installs a new ``KernelOptions``)."""
+
+    def __setitem__(self, key: str, config: dict) -> None:
+        set_kernel_options(kernel_options().with_override(key, config))
+
+    def pop(self, key: str, default=None) -> None:
+        set_kernel_options(kernel_options().with_override(key, None))
+
+    def clear(self) -> None:
+        set_kernel_options(kernel_options().replace(config_overrides={}))
+
+    def update(self, table: dict) -> None:
+        merged = {**kernel_options().config_overrides, **table}
+        set_kernel_options(kernel_options().replace(config_overrides=merged))
+
+
+OVERRIDES = _Overrides()
 
 
 def cfg(bm, bn, bk, warps, stages, group_m=None):
@@ -109,7 +132,7 @@ SWEEPS = {
 
 def breakdown(ours, tokens: int) -> list[dict]:
     """Each kernel / stage of the Triton layer timed alone (same routing as the layer), as the
-    layer runs them: Triton routing, x gathered to sorted order (above GATHER_X_MIN_PAIRS),
+    layer runs them: Triton routing, x gathered to sorted order (above ``gather_x_min_pairs``),
     the combine's backward writing dy in sorted order, every backward GEMM on sorted rows."""
     from jetmoe_model.ops.expert_mlp import triton as mlp
     from jetmoe_model.ops.routing import triton as route_kernels
@@ -202,7 +225,7 @@ def kernel_sweep(ours, tokens: int) -> list[dict]:
     for key, configs in KERNELS.items():
         fn, flops = calls[key]
         for i, c in enumerate(configs):
-            kernels.CONFIG_OVERRIDES[key] = c
+            OVERRIDES[key] = c
             try:
                 with torch.no_grad():
                     t = time_fn(fn, warmup=10, rep=40).median_ms
@@ -210,7 +233,7 @@ def kernel_sweep(ours, tokens: int) -> list[dict]:
                 print(f"T={tokens} {key}{i}: failed {type(exc).__name__}: {exc}"[:300], flush=True)
                 continue
             finally:
-                kernels.CONFIG_OVERRIDES.pop(key)
+                OVERRIDES.pop(key)
             tf = flops / (t * 1e-3) / 1e12
             rows.append(dict(bench="kernel_sweep", kernel=key, config=i, tokens=tokens,
                              median_ms=t, tflops=tf, label=f"{key}{i}", sweep="kernels", **c))  # fmt: skip
@@ -252,7 +275,6 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
     do_bench median, and a torch.profiler summary (CPU ops, CUDA kernels) of one call; for the
     fused routing path, the unfused one (routing node + layer node) and grouped_mm, and the fused
     path's forward+backward once more with Python's garbage collector off."""
-    from jetmoe_model.ops.expert_mlp import triton as mlp
     from torch.profiler import ProfilerActivity, profile
 
     x = make_input(tokens, False).requires_grad_()
@@ -267,7 +289,7 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
     )
     for label, backend, fuse, gc_on in variants:
         ours.input_linear.config.expert_backend = backend
-        mlp.FUSE_ROUTE = fuse
+        use_route_node(ours, not fuse)
         for mode in ("fwd", "fwd+bwd"):
             if not gc_on and mode == "fwd":
                 continue
@@ -315,7 +337,7 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
                 ev.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
             )
             log.flush()
-    mlp.FUSE_ROUTE = True
+    use_route_node(ours, False)
     return rows
 
 
@@ -345,7 +367,7 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
     fn = lambda: gg(o["dy_s"], o["w_out"], off, None, 1, None, p,  # noqa: E731
                     epilogue="glu_bwd", h=o["h"], **bwd)  # fmt: skip
     for label, c in DH.items():
-        kernels.CONFIG_OVERRIDES["glu_bwd"] = c
+        OVERRIDES["glu_bwd"] = c
         try:
             with torch.no_grad():
                 t = time_fn(fn, warmup=10, rep=40).median_ms
@@ -353,7 +375,7 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
             print(f"T={tokens} dh {label}: failed {type(exc).__name__}: {exc}"[:300], flush=True)
             continue
         finally:
-            kernels.CONFIG_OVERRIDES.pop("glu_bwd", None)
+            OVERRIDES.pop("glu_bwd", None)
         tf = flops / (t * 1e-3) / 1e12
         rows.append(dict(bench="dh_candidates", label=label, tokens=tokens, median_ms=t,
                          tflops=tf, **c))  # fmt: skip
@@ -366,7 +388,6 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
     g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
     params = list(ours.parameters())
     ours.input_linear.config.expert_backend = "triton"
-    from jetmoe_model.ops.expert_mlp import triton as mlp
 
     late = DH["sorted 128x128x64/8/4 h late"]
     # label: (dh overrides, fused routing); "unfused routing": routing node + dh loads after the loop
@@ -376,15 +397,15 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
     for _ in range(2):  # ABAB: the layer's run-to-run spread is ~1-2%
         for label, (c, fuse) in layer.items():
             if c is not None:
-                kernels.CONFIG_OVERRIDES["glu_bwd"] = c
-            mlp.FUSE_ROUTE = fuse
+                OVERRIDES["glu_bwd"] = c
+            use_route_node(ours, not fuse)
             times[label].append(
                 time_fn(
                     lambda: torch.autograd.grad(ours(x)[0], [x, *params], g), warmup=5, rep=40
                 ).median_ms
             )
-            kernels.CONFIG_OVERRIDES.pop("glu_bwd", None)
-            mlp.FUSE_ROUTE = True
+            OVERRIDES.pop("glu_bwd", None)
+            use_route_node(ours, False)
     for label, ts in times.items():
         rows.append(dict(bench="dh_layer", label=f"layer fwd+bwd, dh {label}", tokens=tokens,
                          mode="fwd+bwd", median_ms=min(ts)))  # fmt: skip
@@ -400,7 +421,7 @@ def dh_candidates(ours, tokens: int, pick: str) -> list[dict]:
 
 
 # persistent-grid candidates (``--persistent``), layered over each kind's default tiles (which
-# above 4,096 pairs already carry ``kernels.PERSISTENT_LARGE``)
+# above 4,096 pairs already carry ``KernelOptions.persistent_large``)
 PERSISTENT = {
     "one program per tile": {"PERSISTENT": 0},
     "persistent": {"PERSISTENT": 1, "FLATTEN": 0, "WARP_SPECIALIZE": 0},
@@ -420,7 +441,7 @@ def _first(out):
 
 
 def compiled_candidates(fn, key: str, variants: dict, tag: str) -> dict:
-    """The ``variants`` (``CONFIG_OVERRIDES[key]`` values) that compile, each run once and its
+    """The ``variants`` (``config_overrides[key]`` values) that compile, each run once and its
     output compared with the default config's (max abs difference printed; a failure to compile
     is a printed miss)."""
     ok = {}
@@ -428,14 +449,14 @@ def compiled_candidates(fn, key: str, variants: dict, tag: str) -> dict:
         try:
             with torch.no_grad():
                 base = _first(fn())
-                kernels.CONFIG_OVERRIDES[key] = c
+                OVERRIDES[key] = c
                 err = (_first(fn()).float() - base.float()).abs().max().item()
             ok[label] = c
             print(f"{tag} {label}: compiled, max diff vs default {err:.3g}", flush=True)
         except Exception as exc:  # a candidate that does not compile is a printed miss
             print(f"{tag} {label}: failed {type(exc).__name__}: {exc}"[:400], flush=True)
         finally:
-            kernels.CONFIG_OVERRIDES.pop(key, None)
+            OVERRIDES.pop(key, None)
     return ok
 
 
@@ -443,7 +464,7 @@ def interleaved(fns: dict, rounds: int, *, rep: int, overrides: dict | None = No
     """``(medians, all times)``: each ``fns[label]`` timed once per pass, in turn, over ``rounds``
     passes (GPU timings drift within a process; interleaving spreads the drift over every
     candidate); the median of its per-pass medians. ``overrides[label] = (key, config)``
-    sits in ``CONFIG_OVERRIDES`` while that label is timed."""
+    sits in the kernel options' ``config_overrides`` while that label is timed."""
     import statistics
 
     times = {label: [] for label in fns}
@@ -451,12 +472,12 @@ def interleaved(fns: dict, rounds: int, *, rep: int, overrides: dict | None = No
         for label, fn in fns.items():
             key, c = (overrides or {}).get(label, (None, None))
             if key is not None:
-                kernels.CONFIG_OVERRIDES[key] = c
+                OVERRIDES[key] = c
             try:
                 times[label].append(time_fn(fn, warmup=5, rep=rep).median_ms)
             finally:
                 if key is not None:
-                    kernels.CONFIG_OVERRIDES.pop(key, None)
+                    OVERRIDES.pop(key, None)
     return {label: statistics.median(v) for label, v in times.items()}, times
 
 
@@ -558,14 +579,14 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
     x = make_input(tokens, False).requires_grad_()
     g = torch.randn(1, tokens, D, device="cuda", dtype=torch.bfloat16)
     params = list(ours.parameters())
-    split_default = mlp.DH_SPLIT_MIN_PAIRS
+    split_default = kernel_options().dh_split_min_pairs
 
     def layer(mode, backend, overrides, split=split_default):
         def run():
             ours.input_linear.config.expert_backend = backend
-            kernels.CONFIG_OVERRIDES.clear()
-            kernels.CONFIG_OVERRIDES.update(overrides)
-            mlp.DH_SPLIT_MIN_PAIRS = split
+            OVERRIDES.clear()
+            OVERRIDES.update(overrides)
+            set_kernel_options(kernel_options().replace(dh_split_min_pairs=split))
             if mode == "fwd":
                 with torch.no_grad():
                     return ours(x)[0]
@@ -580,8 +601,8 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
                "triton": layer(mode, "triton", {}),
                "triton picks": layer(mode, "triton", picks)}  # fmt: skip
         med, times = interleaved(fns, rounds, rep=40)
-        kernels.CONFIG_OVERRIDES.clear()
-        mlp.DH_SPLIT_MIN_PAIRS = split_default
+        OVERRIDES.clear()
+        set_kernel_options(kernel_options().replace(dh_split_min_pairs=split_default))
         _print_layer(rows, tokens, mode, med, times, 16, {
             label: dict(bench="persistent_layer",
                         overrides=json.dumps(picks) if label == "triton picks" else "")
@@ -702,7 +723,6 @@ def main(argv=None) -> int:
         pick = args.pick and args.pick.replace(".json", f"_{tokens}.json")
         write_csv(args.out, persistent_probe(ours, tokens, args.rounds, pick))
         torch.cuda.empty_cache()
-    from jetmoe_model.ops.expert_mlp import triton as mlp
 
     for tokens in [int(t) for t in args.tokens.split(",") if t]:
         rows: list[dict] = []
@@ -713,23 +733,23 @@ def main(argv=None) -> int:
             ours.input_linear.config.expert_backend = backend
             measure(rows, tokens, f"{backend} default", "fwd", fwd(x))
             measure(rows, tokens, f"{backend} default", "fwd+bwd", fwd_bwd(x, g))
-        kernels.USE_TMA = False
+        set_kernel_options(kernel_options().replace(use_tma=False))
         measure(rows, tokens, "triton no-TMA", "fwd", fwd(x))
         measure(rows, tokens, "triton no-TMA", "fwd+bwd", fwd_bwd(x, g))
-        kernels.USE_TMA = True
+        set_kernel_options(kernel_options().replace(use_tma=True))
         if args.candidates:  # each threshold flipped against the defaults above
-            for name, mod, attr, value in (
-                ("TMA at every size", kernels, "TMA_MIN_PAIRS", 0),
-                ("x gathered in the GEMM", mlp, "GATHER_X_MIN_PAIRS", 1 << 40),
-                ("x gathered first", mlp, "GATHER_X_MIN_PAIRS", 0),
+            for name, attr, value in (
+                ("TMA at every size", "tma_min_pairs", 0),
+                ("x gathered in the GEMM", "gather_x_min_pairs", 1 << 40),
+                ("x gathered first", "gather_x_min_pairs", 0),
             ):
-                old = getattr(mod, attr)
+                old = getattr(kernel_options(), attr)
                 if (tokens * K > value) == (tokens * K > old):
                     continue  # same behaviour as the default at this size
-                setattr(mod, attr, value)
+                set_kernel_options(kernel_options().replace(**{attr: value}))
                 measure(rows, tokens, f"triton {name}", "fwd", fwd(x))
                 measure(rows, tokens, f"triton {name}", "fwd+bwd", fwd_bwd(x, g))
-                setattr(mod, attr, old)
+                set_kernel_options(kernel_options().replace(**{attr: old}))
         if args.breakdown:
             rows += breakdown(ours, tokens)
             write_csv(args.out, rows)
@@ -738,12 +758,12 @@ def main(argv=None) -> int:
             rows += kernel_sweep(ours, tokens)
         for key, configs, mode in SWEEPS.get(args.sweep, ()):
             for i, c in enumerate(configs):
-                kernels.CONFIG_OVERRIDES[key] = c
+                OVERRIDES[key] = c
                 fn = fwd(x) if mode == "fwd" else fwd_bwd(x, g)
                 measure(
                     rows, tokens, f"{key}{i}", mode, fn, kernel=key, config=i, sweep=args.sweep, **c
                 )
-            kernels.CONFIG_OVERRIDES.pop(key)
+            OVERRIDES.pop(key)
         write_csv(args.out, rows)  # per size: a timeout keeps what was measured
         torch.cuda.empty_cache()
     return 0

@@ -1,5 +1,5 @@
 """Shared helpers for the jetmoe-model tests: tiny configs, random weights, transformers' twin
-(random routings: ``jetmoe_model.routing.random_expert_index``)."""
+(random routings: ``jetmoe_model.ops.experts.cases.random_expert_index``), kernel options."""
 
 from __future__ import annotations
 
@@ -48,3 +48,31 @@ def transformers_twin(ours, attn: str = "eager"):
     theirs = JetMoeForCausalLM(theirs_cfg)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return theirs.to(next(ours.parameters()).dtype).eval()
+
+
+def set_kernel_options(monkeypatch, **changes) -> None:
+    """Use the current kernel options with ``changes`` for this test (restored afterwards)."""
+    from jetmoe_model.ops import options
+
+    monkeypatch.setattr(options, "_current", options.kernel_options().replace(**changes))
+
+
+def set_kernel_override(monkeypatch, kind: str, config: dict | None) -> None:
+    """``config_overrides[kind] = config`` (``None``: removed) for this test."""
+    from jetmoe_model.ops import options
+
+    monkeypatch.setattr(options, "_current", options.kernel_options().with_override(kind, config))
+
+
+def route_node_path():
+    """``use_route_node`` of ``benchmarks/unfused_moe.py`` (the two-node Triton layer path kept
+    for comparison with the fused layer op)."""
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from unfused_moe import use_route_node
+
+    return use_route_node

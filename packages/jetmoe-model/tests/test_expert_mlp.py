@@ -15,8 +15,16 @@ from jetmoe_model import JetMoEConfig
 from jetmoe_model.modeling import JetMoEMoE
 from jetmoe_model.ops.expert_mlp import expert_mlp
 from jetmoe_model.ops.experts import triton as kernels
-from jetmoe_model.routing import random_expert_index, sort_by_expert
-from jetmoe_testlib import TINY, randomize_
+from jetmoe_model.ops.experts.cases import random_expert_index
+from jetmoe_model.ops.options import kernel_options
+from jetmoe_model.routing import sort_by_expert
+from jetmoe_testlib import (
+    TINY,
+    randomize_,
+    route_node_path,
+    set_kernel_options,
+    set_kernel_override,
+)
 
 from tensor_utils_dev.testing import assert_close, poison_allocations
 from tensor_utils_dev.testing.strategies import random_tensor, seeds
@@ -85,13 +93,12 @@ def test_fused_mlp_equals_loop_for_random_routings(tokens, experts, top_k, d, f,
 @pytest.mark.parametrize("tma", [True, False])
 def test_fused_mlp_tma_and_pointer_paths(tma, monkeypatch):
     # d, f multiples of 4 (fp32): the TMA descriptors are eligible; 40 tokens straddle tiles
-    monkeypatch.setattr(kernels, "USE_TMA", tma)
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # TMA at test sizes too
+    set_kernel_options(monkeypatch, use_tma=tma, tma_min_pairs=0)  # TMA at test sizes too
     check_mlp(40, 6, 2, 32, 24, torch.float32, seed=5)
 
 
 def test_dispatch_picks_tma_only_for_aligned_contiguous_operands(monkeypatch):
-    monkeypatch.setattr(kernels, "USE_TMA", True)
+    set_kernel_options(monkeypatch, use_tma=True)
     device = _device()
     aligned = torch.zeros(4, 24, 32, device=device)
     assert kernels._tma_ok(aligned) == (
@@ -100,9 +107,10 @@ def test_dispatch_picks_tma_only_for_aligned_contiguous_operands(monkeypatch):
     assert not kernels._tma_ok(torch.zeros(4, 24, 33, device=device))  # 132-byte rows
     assert not kernels._tma_ok(aligned.transpose(1, 2))  # not row-major
     # small batches keep pointer loads (descriptor encoding costs more than it saves there)
-    assert not kernels._tma_ok(aligned, kernels.TMA_MIN_PAIRS)
-    assert kernels._tma_ok(aligned, kernels.TMA_MIN_PAIRS + 1) == kernels._tma_ok(aligned)
-    monkeypatch.setattr(kernels, "USE_TMA", False)
+    min_pairs = kernel_options().tma_min_pairs
+    assert not kernels._tma_ok(aligned, min_pairs)
+    assert kernels._tma_ok(aligned, min_pairs + 1) == kernels._tma_ok(aligned)
+    set_kernel_options(monkeypatch, use_tma=False)
     assert not kernels._tma_ok(aligned)
 
 
@@ -186,8 +194,7 @@ def test_triton_combine_and_its_gradients(dtype):
 @pytest.mark.parametrize("tma", [True, False])
 def test_xty_tma_path_with_partial_row_blocks(tma, monkeypatch):
     # sorted operands, 16-row blocks: experts of 0, 5, 16, 23 rows (tails and whole blocks)
-    monkeypatch.setattr(kernels, "USE_TMA", tma)
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # TMA at test sizes too
+    set_kernel_options(monkeypatch, use_tma=tma, tma_min_pairs=0)  # TMA at test sizes too
     device = _device()
     counts, offsets, pairs = _straddling_experts(device)
     x = torch.randn(pairs, 32, device=device)
@@ -205,11 +212,10 @@ def _large_size_path(monkeypatch):
     """What the layer runs above 4,096 pairs, at test sizes: persistent grids for every GEMM kind
     (loop flattening and warp specialization are compiler hints the interpreter ignores), dh as
     a plain GEMM + the elementwise SwiGLU backward."""
-    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
 
-    for kind, options in kernels.PERSISTENT_LARGE.items():
-        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, kind, options)
-    monkeypatch.setattr(mlp_kernels, "DH_SPLIT_MIN_PAIRS", 0)
+    opts = kernel_options()
+    overrides = {**opts.config_overrides, **opts.persistent_large}
+    set_kernel_options(monkeypatch, config_overrides=overrides, dh_split_min_pairs=0)
 
 
 @pytest.mark.parametrize("fuse_route", [True, False])
@@ -224,16 +230,18 @@ def test_moe_layer_training_gradients_match_reference(tokens, gather_x, tma, lar
     # its own node), fused MLP + combine node (x gathered into sorted order first, or inside
     # the GEMM with dW_in reading a sorted copy (TMA) or gathering rows; the large-size path:
     # persistent GEMMs, split dh); every gradient
-    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
 
-    monkeypatch.setattr(mlp_kernels, "FUSE_ROUTE", fuse_route)
-    monkeypatch.setattr(mlp_kernels, "GATHER_X_MIN_PAIRS", 0 if gather_x else 1 << 30)
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0 if tma else 1 << 30)
+    set_kernel_options(
+        monkeypatch,
+        gather_x_min_pairs=0 if gather_x else 1 << 30,
+        tma_min_pairs=0 if tma else 1 << 30,
+    )
     if large:
         _large_size_path(monkeypatch)
     device = _device()
     cfg = JetMoEConfig(**{**TINY, "expert_backend": "reference"})
     layer = randomize_(JetMoEMoE(cfg)).to(device)
+    route_node_path()(layer, not fuse_route)  # False: the two-node path (benchmarks/)
     x = torch.randn(1, tokens, TINY["hidden_size"], device=device, requires_grad=True)
     g = torch.randn(1, tokens, TINY["hidden_size"], device=device)
     results = {}
@@ -255,8 +263,7 @@ def test_dh_epilogue_with_early_and_late_h_loads_and_split(tma, monkeypatch):
     # of 0, 5, 16, 23 rows (an empty expert, tiles straddling experts)
     from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
 
-    monkeypatch.setattr(kernels, "USE_TMA", tma)
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
+    set_kernel_options(monkeypatch, use_tma=tma, tma_min_pairs=0)
     device = _device()
     _, offsets, pairs = _straddling_experts(device)
     dy = torch.randn(pairs, 32, device=device)
@@ -264,12 +271,12 @@ def test_dh_epilogue_with_early_and_late_h_loads_and_split(tma, monkeypatch):
     h = torch.randn(pairs, 48, device=device)
     got = {}
     for h_early in (True, False):
-        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, "glu_bwd", {"H_EARLY": int(h_early)})
+        set_kernel_override(monkeypatch, "glu_bwd", {"H_EARLY": int(h_early)})
         with poison_allocations():
             got[h_early], _ = kernels.gather_gemm_scatter(dy, w_out, offsets, None, 1, None, pairs,
                                                           transpose_weight=True, allow_gemv=False,
                                                           epilogue="glu_bwd", h=h)  # fmt: skip
-    monkeypatch.delitem(kernels.CONFIG_OVERRIDES, "glu_bwd")
+    set_kernel_override(monkeypatch, "glu_bwd", None)
     _large_size_path(monkeypatch)
     with poison_allocations():
         got["split"] = mlp_kernels._dh(dy, w_out, offsets, h, pairs)
@@ -295,7 +302,7 @@ def test_dh_epilogue_with_early_and_late_h_loads_and_split(tma, monkeypatch):
 def test_persistent_grid_equals_one_program_per_tile(epilogue, transpose, scatter, monkeypatch):
     # the same tiles walked by 3 looping programs (the interpreter's persistent grid) or one
     # program each: bit-identical outputs; experts of 0, 5, 16, 23 rows, 16-row tiles
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
+    set_kernel_options(monkeypatch, tma_min_pairs=0)
     device = _device()
     _, offsets, pairs = _straddling_experts(device)
     x = torch.randn(pairs, 32, device=device)
@@ -309,7 +316,7 @@ def test_persistent_grid_equals_one_program_per_tile(epilogue, transpose, scatte
     key = kernels.config_key(epilogue, transpose)
     got = []
     for persistent in (0, 1):
-        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, key, {"PERSISTENT": persistent})
+        set_kernel_override(monkeypatch, key, {"PERSISTENT": persistent})
         with poison_allocations():
             y, h_out = kernels.gather_gemm_scatter(
                 x, w, offsets, None, 1, dst, pairs, transpose_weight=transpose, allow_gemv=False,
@@ -325,7 +332,7 @@ def test_persistent_grid_equals_one_program_per_tile(epilogue, transpose, scatte
 def test_persistent_weight_gradient_equals_one_program_per_tile(sorted_rows, monkeypatch):
     # dW = dy^T x per expert, tiles walked by 3 looping programs or one program each: identical;
     # sorted operands (TMA row blocks + masked tail) or gathered rows; experts of 0, 5, 16, 23
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)
+    set_kernel_options(monkeypatch, tma_min_pairs=0)
     device = _device()
     _, offsets, pairs = _straddling_experts(device)
     x = torch.randn(pairs, 40, device=device)
@@ -333,7 +340,7 @@ def test_persistent_weight_gradient_equals_one_program_per_tile(sorted_rows, mon
     src = None if sorted_rows else torch.randperm(pairs, device=device, dtype=torch.int32)
     got = []
     for persistent in (0, 1):
-        monkeypatch.setitem(kernels.CONFIG_OVERRIDES, "xty", {"PERSISTENT": persistent})
+        set_kernel_override(monkeypatch, "xty", {"PERSISTENT": persistent})
         with poison_allocations():
             got.append(kernels.grouped_xty(x, dy, offsets, src, 1, src, torch.Size([4, 24, 40]),
                                            pairs))  # fmt: skip

@@ -7,8 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jetmoe_model.ops.experts import expert_linear, naive, resolve_backend
-from jetmoe_model.routing import random_expert_index, sort_by_expert
+from jetmoe_model.ops.experts import expert_linear, naive
+from jetmoe_model.ops.experts.cases import random_expert_index
+from jetmoe_model.routing import sort_by_expert
 
 from tensor_utils_dev.testing import assert_close
 from tensor_utils_dev.testing.strategies import random_tensor, seeds
@@ -113,7 +114,7 @@ def test_orders_and_backend_names_are_checked():
     x, w = torch.randn(1, 8), torch.randn(2, 8, 8)
     with pytest.raises(ValueError, match="input_order 'tokens'"):
         expert_linear(x, w, routing.sorted_pair, routing.expert_offsets, input_order="tokens")
-    with pytest.raises(ValueError, match="expert backend 'fast'"):
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
         expert_linear(x, w, routing.sorted_pair, routing.expert_offsets, backend="fast")
     with pytest.raises(ValueError, match=r"multiples of 4 for torch\.float32"):
         w7 = torch.randn(2, 7, 8)
@@ -121,15 +122,23 @@ def test_orders_and_backend_names_are_checked():
 
 
 def test_backend_selection(monkeypatch):
+    from tensor_utils import ops
+
     x = torch.randn(2, 2)
-    monkeypatch.delenv("JETMOE_EXPERT_BACKEND", raising=False)
     monkeypatch.delenv("TENSOR_UTILS_BACKEND", raising=False)
-    assert resolve_backend(x) == "reference"  # CPU tensors
-    assert resolve_backend(x, "loop") == "reference"
-    assert resolve_backend(x, "grouped_mm") == "grouped_mm"
-    monkeypatch.setenv("JETMOE_EXPERT_BACKEND", "grouped_mm")
-    assert resolve_backend(x) == "grouped_mm"
-    assert resolve_backend(x, "reference") == "reference"  # the argument wins
-    monkeypatch.setenv("JETMOE_EXPERT_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="JETMOE_EXPERT_BACKEND"):
-        resolve_backend(x)
+    ops._reset_override_from_env()
+    select = expert_linear.select
+    assert select(x.device.type, x.dtype) == "reference"  # CPU tensors
+    assert select(x.device.type, x.dtype, "loop") == "reference"
+    assert select(x.device.type, x.dtype, "grouped_mm") == "grouped_mm"
+    assert select("cuda", x.dtype, "grouped_mm") == "grouped_mm"
+    monkeypatch.setenv("TENSOR_UTILS_BACKEND", "grouped_mm")
+    ops._reset_override_from_env()
+    try:
+        assert select(x.device.type, x.dtype) == "grouped_mm"
+        assert select(x.device.type, x.dtype, "reference") == "reference"  # the argument wins
+    finally:
+        monkeypatch.delenv("TENSOR_UTILS_BACKEND")
+        ops._reset_override_from_env()
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        select(x.device.type, x.dtype, "bogus")

@@ -9,9 +9,15 @@ from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 from jetmoe_model.modeling import JetMoEMoE
 from jetmoe_model.ops.expert_mlp import expert_mlp
 from jetmoe_model.ops.experts import expert_linear, naive
-from jetmoe_model.ops.experts import triton as kernels
+from jetmoe_model.ops.options import kernel_options
 from jetmoe_model.routing import top_k_route
-from jetmoe_testlib import TINY, randomize_, transformers_twin
+from jetmoe_testlib import (
+    TINY,
+    randomize_,
+    route_node_path,
+    set_kernel_options,
+    transformers_twin,
+)
 
 from tensor_utils_dev.testing import assert_close, poison_allocations
 
@@ -62,8 +68,7 @@ def test_bf16_kernels_against_fp32_loop(tokens, input_order):
     ("d", "f", "tma"), [(264, 200, True), (264, 200, False), (130, 75, True)]
 )  # TMA descriptors, pointer loads forced, pointer loads because rows are not 16-byte aligned
 def test_bf16_fused_swiglu_mlp_against_fp32_loop(tokens, d, f, tma, monkeypatch):
-    monkeypatch.setattr(kernels, "USE_TMA", tma)
-    monkeypatch.setattr(kernels, "TMA_MIN_PAIRS", 0)  # TMA at test sizes too
+    set_kernel_options(monkeypatch, use_tma=tma, tma_min_pairs=0)  # TMA at test sizes too
     torch.manual_seed(tokens + d)
     experts, top_k = 8, 2
     logits = torch.randn(tokens, experts, device="cuda")
@@ -106,13 +111,11 @@ def tie_free_router_(layer, x):
 
 
 def check_bf16_layer_gradients(tokens, device, monkeypatch, fuse_route):
-    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
-
-    monkeypatch.setattr(mlp_kernels, "FUSE_ROUTE", fuse_route)
     cfg = JetMoEConfig(**{**TINY, "hidden_size": 256, "intermediate_size": 192,
                           "num_local_experts": 8})  # fmt: skip
     torch.manual_seed(tokens)
     layer = randomize_(JetMoEMoE(cfg), scale=0.05).to(device).bfloat16()
+    route_node_path()(layer, not fuse_route)  # False: the two-node path (benchmarks/)
     x = torch.randn(tokens, 256, device=device, dtype=torch.bfloat16)
     tie_free_router_(layer, x)
     x = x.view(1, tokens, 256).requires_grad_()
@@ -139,9 +142,8 @@ def test_bf16_layer_gradients_above_the_large_tile_threshold(fuse_route, monkeyp
     # the forward, dy written through pair_position, the routing's backward (fused into the
     # combine's or its own node); every gradient against the loop backend in bf16 on the same
     # routing, by relative norm error
-    from jetmoe_model.ops.expert_mlp import triton as mlp_kernels
-
-    assert max(mlp_kernels.GATHER_X_MIN_PAIRS, kernels.TMA_MIN_PAIRS) < 2100 * 2
+    opts = kernel_options()
+    assert max(opts.gather_x_min_pairs, opts.tma_min_pairs) < 2100 * 2
     check_bf16_layer_gradients(2100, "cuda", monkeypatch, fuse_route)
 
 

@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jetmoe_model.ops.experts import expert_linear, naive
-from jetmoe_model.routing import random_expert_index, sort_by_expert
+from jetmoe_model.ops.experts.cases import random_expert_index
+from jetmoe_model.routing import sort_by_expert
 
 from tensor_utils_dev.testing import assert_close, poison_allocations
 from tensor_utils_dev.testing.strategies import random_tensor, seeds

@@ -19,7 +19,9 @@ transformers' ``JetMoe*`` port exactly, so their state dicts load unchanged::
     lm_head.weight                                              (tied to embed_tokens)
 
 Both expert layers run the one expert operator (``jetmoe_model.ops.experts.expert_linear``) with
-the backend from ``config.expert_backend``. The KV cache holds the shared K/V once per layer
+the backend from ``config.expert_backend``; a SwiGLU MoE MLP runs as one op after the router
+matmul (``jetmoe_model.ops.expert_mlp.moe_layer``: routing, experts, combine, bias). The KV
+cache holds the shared K/V once per layer
 (``num_key_value_heads`` heads); each of the top-k attention experts reuses them ("tiled": query
 head ``j * H_kv + h`` of expert slot ``j`` attends with KV head ``h``).
 """
@@ -43,9 +45,9 @@ from tensor_utils.checkpoint import CheckpointNotFoundError
 
 from .checkpoint import check_checkpoint
 from .configuration import JetMoEConfig
-from .ops.expert_mlp import expert_mlp
-from .ops.expert_mlp import triton_kernels as expert_mlp_kernels
-from .ops.experts import expert_linear, resolve_backend
+from .ops.expert_mlp import moe_layer
+from .ops.expert_mlp.naive import combine
+from .ops.experts import expert_linear
 from .ops.routing import top_k_route
 from .routing import TopKRouting, load_balancing_loss, router_z_loss
 
@@ -131,12 +133,6 @@ class JetMoETopKGating(nn.Module):
         return top_k_route(self.layer(x).float(), self.top_k, x.dtype, backend=backend)
 
 
-def combine(y_pairs: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """Gate-weighted sum of each token's k expert outputs: ``[T * k, D], [T, k] -> [T, D]``."""
-    tokens, top_k = gates.shape
-    return (y_pairs.view(tokens, top_k, -1) * gates.unsqueeze(-1)).sum(1)
-
-
 class JetMoEMoE(nn.Module):
     """MoE MLP: top-k of E SwiGLU experts, plus one output bias per layer."""
 
@@ -145,7 +141,8 @@ class JetMoEMoE(nn.Module):
         d, f, e = config.hidden_size, config.intermediate_size, config.num_local_experts
         self.input_size, self.hidden_size = d, f
         self.activation = ACT2FN[config.activation_function]
-        # SiLU gates run through the expert-MLP op (fused SwiGLU on the Triton backend)
+        # SiLU gates run through the MoE-layer op (routing + fused SwiGLU experts + combine as
+        # one autograd node on the Triton backend)
         self.swiglu = config.activation_function == "silu"
         self.bias = nn.Parameter(torch.empty(d))
         self.input_linear = ParallelExperts(e, d, 2 * f, config)
@@ -155,34 +152,31 @@ class JetMoEMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        w_in, w_out = self.input_linear.weight, self.output_linear.weight
-        backend = resolve_backend(flat, self.input_linear.config.expert_backend)
-        if backend == "triton" and self.swiglu and expert_mlp_kernels().FUSE_ROUTE:
-            # routing + experts + combine as one node: 4-5 launches forward after the router
-            # matmul, and the routing's backward folded into the combine's backward kernel;
-            # route.logits keeps the router's dtype (the auxiliary losses upcast)
-            out, route = expert_mlp_kernels().routed_swiglu_moe(
-                flat, self.router.layer(flat), w_in, w_out, self.bias, self.router.top_k
+        backend = self.input_linear.config.expert_backend
+        if self.swiglu:
+            # Triton: routing + experts + combine as one node, 4-5 launches forward after the
+            # router matmul, the routing's backward folded into the combine's backward kernel;
+            # route.logits keeps the router's dtype there (the auxiliary losses upcast)
+            out, route = moe_layer(
+                flat,
+                self.router.layer(flat),
+                self.input_linear.weight,
+                self.output_linear.weight,
+                self.bias,
+                self.router.top_k,
+                backend=backend,
             )
             return out.view(shape), route
         route = self.router(flat, backend)
         routing = route.routing
-        if backend == "triton" and self.swiglu:
-            # experts + combine as one node: 3 launches forward (decode too), fused backward
-            out = expert_mlp_kernels().swiglu_moe(
-                flat, w_in, w_out, route.gates, self.bias, routing
-            )
-            return out.view(shape), route
-        if self.swiglu:
-            y = expert_mlp(
-                flat, w_in, w_out, routing.sorted_pair, routing.expert_offsets, backend=backend
-            )
-        else:
-            h = self.input_linear(flat, routing, "token", "sorted")
-            gate, up = h.chunk(2, dim=-1)
-            y = self.output_linear(self.activation(gate) * up, routing, "sorted", "pair")
-        if backend == "triton":  # one pass (and one backward pass) for multiply, sum, bias
-            out = expert_mlp_kernels().combine(y, route.gates, self.bias)
+        h = self.input_linear(flat, routing, "token", "sorted")
+        gate, up = h.chunk(2, dim=-1)
+        y = self.output_linear(self.activation(gate) * up, routing, "sorted", "pair")
+        if expert_linear.select(flat.device.type, flat.dtype, backend) == "triton":
+            from .ops.expert_mlp.triton import combine as fused_combine
+
+            # one pass (and one backward pass) for multiply, sum, bias
+            out = fused_combine(y, route.gates, self.bias)
         else:
             out = combine(y, route.gates) + self.bias
         return out.view(shape), route
@@ -205,7 +199,7 @@ class JetMoEMoA(nn.Module):
     def map(self, x: torch.Tensor) -> tuple[torch.Tensor, TopKRouting]:
         """``[B, S, D]`` -> queries ``[B * S * k, H_kv * d_head]`` in pair order."""
         flat = x.reshape(-1, x.shape[-1])
-        route = self.router(flat, resolve_backend(flat, self.input_linear.config.expert_backend))
+        route = self.router(flat, self.input_linear.config.expert_backend)
         return self.input_linear(flat, route.routing, "token", "pair"), route
 
     def reduce(self, attn: torch.Tensor, route: TopKRouting) -> torch.Tensor:

@@ -59,18 +59,6 @@ class TopKRouting(NamedTuple):
     routing: Routing
 
 
-def random_expert_index(
-    tokens: int, experts: int, top_k: int, seed: int, skew: float = 3.0
-) -> torch.Tensor:
-    """``[tokens, top_k]`` distinct expert ids per token from a skewed distribution, so some
-    experts often receive nothing: random routings for the tests and the property cases."""
-    gen = torch.Generator().manual_seed(seed)
-    if tokens == 0:
-        return torch.zeros(0, top_k, dtype=torch.int64)
-    weights = torch.rand(experts, generator=gen) ** skew + 1e-4
-    return torch.stack([torch.multinomial(weights, top_k, generator=gen) for _ in range(tokens)])
-
-
 def top_k_route(logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> TopKRouting:
     """JetMoE gating: softmax over the top-k logits (= the renormalised full softmax)."""
     num_experts = logits.shape[-1]
@@ -117,7 +105,6 @@ __all__ = [
     "Routing",
     "TopKRouting",
     "load_balancing_loss",
-    "random_expert_index",
     "router_z_loss",
     "sort_by_expert",
     "top_k_route",

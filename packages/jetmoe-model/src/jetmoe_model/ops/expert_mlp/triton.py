@@ -4,18 +4,20 @@
 - ``swiglu_mlp``: forward = one GEMM with the GLU epilogue (``silu(g) * u`` written in sorted
   order, the pre-activation ``h`` kept only when a gradient is needed) + one GEMM that scatters
   to pair order; backward = the ``d(act)`` GEMM whose epilogue writes ``dh`` from ``h`` (above
-  ``DH_SPLIT_MIN_PAIRS``: a plain ``d(act)`` GEMM and one elementwise pass, which runs at full
+  ``KernelOptions.dh_split_min_pairs``: a plain ``d(act)`` GEMM and one elementwise pass, which runs at full
   bandwidth where the epilogue stalls), ``dW_out``, ``dx``, ``dW_in``; ``dy`` and ``x`` are
   gathered into sorted order once so every backward GEMM reads contiguous rows (TMA).
 - ``combine``: the gate-weighted sum of each token's k expert outputs + bias in one pass, with
   its backward (``dy_pairs``, ``dgates``) in one more.
-- ``swiglu_moe``: the MoE layer after the Triton routing (``ops/routing``) as one autograd node:
-  GLU GEMM (GEMV for a handful of pairs), second GEMM, combine; its backward writes the
-  combine's gradient straight into sorted order. Inference: 3 launches after the router matmul
-  and the 1-launch routing (decode sizes), no host sync, so it captures in a CUDA graph.
-- ``routed_swiglu_moe`` (what the model runs): the same node taking the router logits, with the
-  routing kernels inside it and the routing's backward folded into the combine's backward
-  kernel (no routing node, no ``dgates``): fewer launches and autograd nodes per step.
+- ``routed_swiglu_moe`` (the ``triton`` backend of ``jetmoe_model::moe_layer``, what the model
+  runs): the MoE layer after the router matmul as one autograd node: the routing kernels
+  (``ops/routing``), GLU GEMM (GEMV for a handful of pairs), second GEMM, combine; its backward
+  writes the combine's gradient straight into sorted order and folds the routing's backward
+  into the combine's backward kernel (no routing node, no ``dgates``). Inference: 4-5 launches
+  after the router matmul, no host sync, so it captures in a CUDA graph. (The same node after a
+  separate routing node, measured against it, is ``benchmarks/unfused_moe.py``.)
+
+Thresholds come from ``jetmoe_model.ops.options.kernel_options()``, read once per call.
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-from tensor_utils.dispatch import triton_interpreting
+from tensor_utils.ops import triton_interpreting
 
-# the module itself too: its thresholds are read per call (tests patch them)
-from ..experts import triton as expert_kernels
 from ..experts.naive import check_args
 from ..experts.triton import gather_gemm_scatter, grouped_xty, swiglu_grad
+from ..options import KernelOptions, kernel_options
 
 
 @triton.jit
@@ -204,18 +205,14 @@ def swiglu_backward(d_act: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return dh
 
 
-# Above this many pairs dh is a plain d(act) GEMM + one elementwise pass instead of the GEMM's
-# glu_bwd epilogue: that epilogue's h loads / dh stores stall one program per SM, the separate
-# pass runs at full bandwidth (persistent_probe.csv, run 6); below it, one launch less wins.
-DH_SPLIT_MIN_PAIRS = 4096
-
-
-def _dh(dy_s, w_out, offsets, h, pairs):
+def _dh(dy_s, w_out, offsets, h, pairs, opts: KernelOptions | None = None):
     """``dh = [dg, du]`` of the SwiGLU, sorted rows, from ``d(act) = dy_e W_out_e`` and the saved
-    pre-activation ``h``: in the GEMM's epilogue, or (above ``DH_SPLIT_MIN_PAIRS``) in a
-    separate elementwise pass."""
-    bwd = dict(transpose_weight=True, allow_gemv=False)
-    if pairs > DH_SPLIT_MIN_PAIRS:
+    pre-activation ``h``: in the GEMM's epilogue, or (above ``dh_split_min_pairs``) in a
+    separate elementwise pass (that epilogue's h loads / dh stores stall one program per SM, the
+    separate pass runs at full bandwidth; below it, one launch less wins)."""
+    opts = opts or kernel_options()
+    bwd = dict(transpose_weight=True, allow_gemv=False, opts=opts)
+    if pairs > opts.dh_split_min_pairs:
         d_act, _ = gather_gemm_scatter(dy_s, w_out, offsets, None, 1, None, pairs, **bwd)
         return swiglu_backward(d_act, h)
     dh, _ = gather_gemm_scatter(dy_s, w_out, offsets, None, 1, None, pairs, epilogue="glu_bwd",
@@ -270,36 +267,34 @@ def swiglu_mlp(x, w_in, w_out, sorted_pair, expert_offsets):
     return _ExpertSwiGLUMLP.apply(x, w_in, w_out, sorted_pair, expert_offsets, k, need_h)
 
 
-# Above this many pairs the MoE layer gathers x into sorted order once before the GLU GEMM (so
-# its A tile loads through TMA too) and keeps that copy for dW_in (sweep: kernel_sweep.csv).
-GATHER_X_MIN_PAIRS = 4096
-
-
-def _moe_forward(x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, need_h):
+def _moe_forward(x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, need_h, opts=None):
     """GLU GEMM (+ h when ``need_h``), second GEMM scattered to pair order, combine."""
     pairs = sorted_pair.numel()
+    glu = dict(epilogue="glu", save_h=need_h, opts=opts)
     if x_s is None:
-        act, h = gather_gemm_scatter(
-            x, w_in, offsets, sorted_pair, k, None, pairs, epilogue="glu", save_h=need_h
-        )
+        act, h = gather_gemm_scatter(x, w_in, offsets, sorted_pair, k, None, pairs, **glu)
     else:
-        act, h = gather_gemm_scatter(
-            x_s, w_in, offsets, None, 1, None, pairs, epilogue="glu", save_h=need_h
-        )
-    y, _ = gather_gemm_scatter(act, w_out, offsets, None, 1, sorted_pair, pairs)
+        act, h = gather_gemm_scatter(x_s, w_in, offsets, None, 1, None, pairs, **glu)
+    y, _ = gather_gemm_scatter(act, w_out, offsets, None, 1, sorted_pair, pairs, opts=opts)
     return act, h, y, _combine_fwd(y, gates, bias)
 
 
-def _sorted_x(x, sorted_pair, k):
-    return x.index_select(0, sorted_pair // k) if sorted_pair.numel() > GATHER_X_MIN_PAIRS else None
+def _sorted_x(x, sorted_pair, k, opts: KernelOptions):
+    """x gathered into sorted order once (above ``gather_x_min_pairs``: the GLU GEMM's A tile
+    then loads through TMA too, and dW_in reuses the copy), else None."""
+    if sorted_pair.numel() > opts.gather_x_min_pairs:
+        return x.index_select(0, sorted_pair // k)
+    return None
 
 
-def _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k):
-    """``dW_in`` from the sorted copy of x (kept by the forward above GATHER_X_MIN_PAIRS, or made
-    here where TMA pays), else gathering x's rows inside the kernel: at small sizes the two extra
-    launches (``// k``, ``index_select``) cost more host time than the gather costs on the GPU."""
+def _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k, opts: KernelOptions | None = None):
+    """``dW_in`` from the sorted copy of x (kept by the forward above ``gather_x_min_pairs``, or
+    made here where TMA pays), else gathering x's rows inside the kernel: at small sizes the two
+    extra launches (``// k``, ``index_select``) cost more host time than the gather costs on the
+    GPU."""
+    opts = opts or kernel_options()
     pairs = sorted_pair.numel()
-    if x_s is None and pairs > expert_kernels.TMA_MIN_PAIRS:
+    if x_s is None and pairs > opts.tma_min_pairs:
         x_s = x.index_select(0, sorted_pair // k)
     if x_s is not None:
         return grouped_xty(x_s, dh, offsets, None, 1, None, w_in.shape, pairs)
@@ -315,14 +310,15 @@ class _SwiGLUMoE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_in, w_out, gates, bias, logits, index, sorted_pair, offsets, pos, k):
+        opts = kernel_options()  # one set of options for the forward and its backward
         gates = gates.contiguous()
-        x_s = _sorted_x(x, sorted_pair, k)
+        x_s = _sorted_x(x, sorted_pair, k, opts)
         act, h, y, out = _moe_forward(
-            x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, True
+            x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, True, opts
         )
         ctx.save_for_backward(x if x_s is None else x_s, w_in, w_out, h, act, y, gates,
                               sorted_pair, offsets, pos, logits, index)  # fmt: skip
-        ctx.k, ctx.x_sorted, ctx.x_shape = k, x_s is not None, x.shape
+        ctx.k, ctx.x_sorted, ctx.x_shape, ctx.opts = k, x_s is not None, x.shape, opts
         return out
 
     @staticmethod
@@ -330,25 +326,25 @@ class _SwiGLUMoE(torch.autograd.Function):
         x_or_s, w_in, w_out, h, act, y, gates, sorted_pair, offsets, pos, logits, index = (
             ctx.saved_tensors
         )
-        k, pairs = ctx.k, sorted_pair.numel()
+        k, pairs, opts = ctx.k, sorted_pair.numel(), ctx.opts
         need = ctx.needs_input_grad
         fused_route = logits is not None
         dy_s, dg = _combine_bwd_launch(
             dout, y, gates, pos, logits if fused_route else None, index if fused_route else None
         )
         dbias = dout.sum(0) if need[4] else None
-        dh = _dh(dy_s, w_out, offsets, h, pairs)
+        dh = _dh(dy_s, w_out, offsets, h, pairs, opts)
         dx = dw_in = dw_out = None
         if need[2]:
-            dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs)
+            dw_out = grouped_xty(act, dy_s, offsets, None, 1, None, w_out.shape, pairs, opts)
         if need[0]:
-            bwd = dict(transpose_weight=True, allow_gemv=False)
+            bwd = dict(transpose_weight=True, allow_gemv=False, opts=opts)
             dx, _ = gather_gemm_scatter(dh, w_in, offsets, None, 1, sorted_pair, pairs, **bwd)
             if k > 1:
                 dx = dx.view(ctx.x_shape[0], k, ctx.x_shape[1]).sum(1)
         if need[1]:
             x, x_s = (None, x_or_s) if ctx.x_sorted else (x_or_s, None)
-            dw_in = _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k)
+            dw_in = _dw_in(x, x_s, dh, w_in, sorted_pair, offsets, k, opts)
         dgates = dg if need[3] and not fused_route else None
         dlogits = dg if need[5] and fused_route else None
         return (dx, dw_in, dw_out, dgates, dbias, dlogits) + (None,) * 5
@@ -356,27 +352,6 @@ class _SwiGLUMoE(torch.autograd.Function):
 
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def swiglu_moe(x, w_in, w_out, gates, bias, routing):
-    """MoE layer output ``[T, D]`` after routing (``routing.pair_position`` from the Triton
-    routing): fused SwiGLU experts + gate-weighted combine + bias, forward and backward.
-    Without autograd: the same kernels, no ``h``, no autograd node."""
-    k = check_args(x, w_in, routing.sorted_pair, routing.expert_offsets, "token", "sorted")
-    args = (routing.sorted_pair, routing.expert_offsets)
-    pos = routing.pair_position
-    if pos is None:  # a routing from the PyTorch spec: invert the sort here
-        pos = torch.empty_like(routing.sorted_pair, dtype=torch.int32)
-        pos[routing.sorted_pair] = torch.arange(pos.numel(), device=pos.device, dtype=pos.dtype)
-    if _needs_grad(x, w_in, w_out, gates, bias):
-        return _SwiGLUMoE.apply(x, w_in, w_out, gates, bias, None, None, *args, pos, k)
-    x_s = _sorted_x(x, routing.sorted_pair, k)
-    return _moe_forward(x, x_s, w_in, w_out, gates.contiguous(), bias, *args, k, False)[3]
-
-
-# The MoE layer routes and runs its experts as one autograd node (``routed_swiglu_moe``); False:
-# the routing node + ``swiglu_moe`` (the run-4 path, kept as the candidate it is measured against)
-FUSE_ROUTE = True
 
 
 def routed_swiglu_moe(x, logits, w_in, w_out, bias, top_k):
@@ -389,6 +364,11 @@ def routed_swiglu_moe(x, logits, w_in, w_out, bias, top_k):
     from ...routing import Routing, TopKRouting
     from ..routing.triton import route_forward
 
+    if logits.dim() != 2 or x.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"logits must be [tokens, experts] for x [tokens, hidden], got {tuple(logits.shape)} "
+            f"and {tuple(x.shape)}"
+        )
     experts = logits.shape[1]
     if not 1 <= top_k <= experts:
         raise ValueError(f"top_k={top_k} must be between 1 and the number of experts ({experts})")
@@ -401,18 +381,62 @@ def routed_swiglu_moe(x, logits, w_in, w_out, bias, top_k):
             x, w_in, w_out, gates, bias, logits, index, sorted_pair, offsets, pos, k
         )
     else:
-        x_s = _sorted_x(x, sorted_pair, k)
-        out = _moe_forward(x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, False)[3]
+        opts = kernel_options()
+        x_s = _sorted_x(x, sorted_pair, k, opts)
+        out = _moe_forward(x, x_s, w_in, w_out, gates, bias, sorted_pair, offsets, k, False, opts)[
+            3
+        ]
     return out, route
 
 
 __all__ = [
-    "DH_SPLIT_MIN_PAIRS",
-    "FUSE_ROUTE",
-    "GATHER_X_MIN_PAIRS",
+    "aot_launches",
     "combine",
     "routed_swiglu_moe",
     "swiglu_backward",
     "swiglu_mlp",
-    "swiglu_moe",
 ]
+
+
+def aot_launches():
+    """Every configuration of this module's own kernels on the GPU (the GEMMs are the expert
+    linear's, ``ops/experts/triton.py``), for the released routers (top 2 of 8 experts): the
+    combine and its backward (plain, and with the sorted ``dy`` and folded routing backward of
+    the fused layer) and the elementwise SwiGLU backward, in each dtype."""
+    from tensor_utils.ops import KernelLaunch
+
+    from ..experts.triton import _AOT_TYPES, AOT_EXPERTS
+
+    top_k = 2
+    for t in _AOT_TYPES.values():
+        signature = {"y_ptr": f"*{t}", "gates_ptr": f"*{t}", "bias_ptr": f"*{t}"}
+        signature.update(out_ptr=f"*{t}", N="i32")
+        yield KernelLaunch(_combine, signature, {"K": top_k, "BLOCK_N": 1024}, label=f"combine {t}")
+        for fused in (True, False):
+            signature = {
+                "dout_ptr": f"*{t}",
+                "y_ptr": f"*{t}",
+                "gates_ptr": f"*{t}",
+                "dy_ptr": f"*{t}",
+                "dgates_ptr": f"*{t}" if fused else "*fp32",
+                "pos_ptr": "*i32" if fused else f"*{t}",
+                "logits_ptr": f"*{t}",
+                "index_ptr": "*i64" if fused else f"*{t}",
+                **dict.fromkeys(("N", "E", "stride_lt"), "i32"),
+            }
+            constexprs = {
+                "K": top_k,
+                "K_P2": top_k,
+                "E_P2": AOT_EXPERTS if fused else 1,
+                "BLOCK_N": 1024,
+                "HAS_POS": fused,
+                "HAS_LOGITS": fused,
+            }
+            yield KernelLaunch(
+                _combine_bwd, signature, constexprs, label=f"combine bwd {t} fused={fused}"
+            )
+        signature = {"d_act_ptr": f"*{t}", "h_ptr": f"*{t}", "dh_ptr": f"*{t}"}
+        signature.update(rows="i32", N="i32")
+        yield KernelLaunch(
+            _swiglu_bwd, signature, {"BLOCK": 2048}, num_warps=8, label=f"swiglu bwd {t}"
+        )

@@ -17,7 +17,8 @@ All kernels read the int32 ``expert_offsets`` on the device (no host sync):
   A tile when ``x`` is already in sorted order) is loaded through a host-side tensor descriptor
   instead of pointer arithmetic; rows of a neighbouring expert that a descriptor tile picks up
   only feed output rows/columns that the masked store drops.
-  Persistent grid (config key ``PERSISTENT``, on above 4,096 pairs per ``PERSISTENT_LARGE``):
+  Persistent grid (config key ``PERSISTENT``, on above 4,096 pairs per
+  ``KernelOptions.persistent_large``):
   one program per SM walks the same tiles (``_gemm_tile``), which removes the partial last wave
   of the plain GEMMs and lets Triton overlap a tile's epilogue with the next tile's loads
   (``FLATTEN``: Triton's loop flattening; ``WARP_SPECIALIZE``: its warp specialization, opt-in).
@@ -28,7 +29,9 @@ All kernels read the int32 ``expert_offsets`` on the device (no host sync):
 - ``_gemv``: the small-batch (decode) path, one program per (pair, N tile), a plain dot product
   per output without tensor-core tiles, for a handful of pairs (``glu`` epilogue too).
 
-Accumulation is fp32; fp32 inputs use IEEE products (exact enough for tight tests).
+Accumulation is fp32; fp32 inputs use IEEE products (exact enough for tight tests). Launch
+thresholds and tile overrides come from ``jetmoe_model.ops.options.kernel_options()``, read once
+per call.
 """
 
 from __future__ import annotations
@@ -39,37 +42,15 @@ import torch
 import triton
 import triton.language as tl
 
-from tensor_utils.dispatch import triton_interpreting
+from tensor_utils.ops import triton_interpreting
 
+from ..options import KernelOptions, kernel_options
 from .naive import check_args
 
 try:  # host-side TMA descriptors (Triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older Triton: pointer loads only
     TensorDescriptor = None
-
-# Pairs at or below this count take the GEMV decode path in the forward pass.
-DECODE_MAX_PAIRS = 8
-# Load contiguous operands through TMA descriptors where possible (False: pointer loads only).
-USE_TMA = True
-# ... above this many pairs: below it the host-side descriptor encoding per launch costs more
-# than TMA saves on the GPU (H100, 1,024 tokens: kernel_sweep.csv)
-TMA_MIN_PAIRS = 4096
-# The glu_bwd (dh) epilogue issues its h loads before the K loop (run-5 candidate,
-# kernel_sweep.csv); a "glu_bwd" config override's "H_EARLY" key wins.
-DH_H_EARLY = True
-# Persistent grid (and Triton's loop flattening) per kernel kind above 4,096 pairs, from the
-# run-6 probe (persistent_probe.csv). Warp specialization ("WARP_SPECIALIZE": 1) stays opt-in:
-# it measured within noise of flattening alone, and Triton 3.6's Hopper warp-specialization
-# pass crashes on some tile configs (4 warps with pointer-gathered rows).
-PERSISTENT_LARGE: dict[str, dict[str, int]] = {
-    "gemm": {"PERSISTENT": 1},
-    "gemm_t": {"PERSISTENT": 1},
-    "glu": {"PERSISTENT": 1, "FLATTEN": 1},
-    "glu_bwd": {"PERSISTENT": 1, "FLATTEN": 1},
-}
-# Overrides for tuning sweeps, by kernel kind: "gemm", "gemm_t", "glu", "glu_bwd", "xty", "gemv".
-CONFIG_OVERRIDES: dict[str, dict[str, int]] = {}
 
 
 @triton.jit
@@ -519,15 +500,22 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def config_key(epilogue: str, transpose: bool) -> str:
-    """The kernel kind of a ``gather_gemm_scatter`` call: its ``CONFIG_OVERRIDES`` key."""
+    """The kernel kind of a ``gather_gemm_scatter`` call: its ``config_overrides`` key."""
     return {"glu": "glu", "glu_bwd": "glu_bwd"}.get(epilogue, "gemm_t" if transpose else "gemm")
 
 
-def _gemm_config(pairs: int, epilogue: str, transpose: bool) -> dict[str, int]:
+def _gemm_config(
+    pairs: int,
+    epilogue: str,
+    transpose: bool,
+    opts: KernelOptions | None = None,
+    interpreted: bool | None = None,
+) -> dict[str, int]:
     """Tiles per kernel kind (override keys ``glu``, ``glu_bwd``, ``gemm_t``, ``gemm``); ``glu``
     has two accumulators, so its BLOCK_N is half the output-column footprint."""
+    opts = opts or kernel_options()
     key = config_key(epilogue, transpose)
-    if triton_interpreting():
+    if triton_interpreting() if interpreted is None else interpreted:
         cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=1, num_stages=1)
     elif pairs <= 4096:  # small batches: more, smaller tiles fill the 132 SMs (H100 sweep)
         cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
@@ -543,26 +531,32 @@ def _gemm_config(pairs: int, epilogue: str, transpose: bool) -> dict[str, int]:
             cfg["BLOCK_N"] = 128
         # one program per SM (persistent_probe.csv, run 6): the plain GEMMs' last partial wave
         # goes away (8k gemm 0.79 -> 0.57 ms); flattening helps the GLU epilogues a little
-        cfg.update(PERSISTENT_LARGE.get(key, {}))
-    return {**cfg, **CONFIG_OVERRIDES.get(key, {})}
+        cfg.update(opts.persistent_large.get(key, {}))
+    return {**cfg, **opts.config_overrides.get(key, {})}
 
 
-def _xty_config(pairs: int) -> dict[str, int]:
-    if triton_interpreting():
+def _xty_config(
+    pairs: int, opts: KernelOptions | None = None, interpreted: bool | None = None
+) -> dict[str, int]:
+    opts = opts or kernel_options()
+    if triton_interpreting() if interpreted is None else interpreted:
         cfg = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
     elif pairs <= 4096:
         cfg = dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=4)
     else:  # kernel sweep, 8,192 tokens: 256-row dW tiles 1.78 ms vs 2.08 for 128 (both dWs)
         cfg = dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=128, num_warps=8, num_stages=3)
-    return {**cfg, **CONFIG_OVERRIDES.get("xty", {})}
+    return {**cfg, **opts.config_overrides.get("xty", {})}
 
 
-def _gemv_config() -> dict[str, int]:
-    if triton_interpreting():
+def _gemv_config(
+    opts: KernelOptions | None = None, interpreted: bool | None = None
+) -> dict[str, int]:
+    opts = opts or kernel_options()
+    if triton_interpreting() if interpreted is None else interpreted:
         cfg = dict(BLOCK_N=16, BLOCK_K=16, num_warps=1)
     else:
         cfg = dict(BLOCK_N=32, BLOCK_K=256, num_warps=4)
-    return {**cfg, **CONFIG_OVERRIDES.get("gemv", {})}
+    return {**cfg, **opts.config_overrides.get("gemv", {})}
 
 
 @functools.cache
@@ -575,13 +569,14 @@ def _hopper(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def _tma_ok(t: torch.Tensor, pairs: int | None = None) -> bool:
+def _tma_ok(t: torch.Tensor, pairs: int | None = None, opts: KernelOptions | None = None) -> bool:
     """A TMA descriptor needs a dense row-major tensor with 16-byte aligned base and rows (and
-    pays off above ``TMA_MIN_PAIRS`` pairs, when ``pairs`` is given)."""
+    pays off above ``tma_min_pairs`` pairs, when ``pairs`` is given); ``use_tma`` turns it off."""
+    opts = opts or kernel_options()
     return (
-        USE_TMA
+        opts.use_tma
         and TensorDescriptor is not None
-        and (pairs is None or pairs > TMA_MIN_PAIRS)
+        and (pairs is None or pairs > opts.tma_min_pairs)
         and t.is_contiguous()
         and t.data_ptr() % 16 == 0
         and (t.shape[-1] * t.element_size()) % 16 == 0
@@ -603,14 +598,16 @@ def gather_gemm_scatter(
     epilogue: str = "plain",
     h: torch.Tensor | None = None,
     save_h: bool = False,
+    opts: KernelOptions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``y[dst[p]] = x[src[p] // src_div] @ W_e(p)^T`` (``W_e`` when ``transpose_weight``).
 
     ``epilogue="glu"``: ``W_e``'s rows are ``[gate; up]``, ``y = silu(x W_g^T) * (x W_u^T)``
     (and ``h = [x W_g^T, x W_u^T]`` returned when ``save_h``); ``"glu_bwd"``: ``x W`` is
     ``d(act)`` and ``y = dh`` from the saved pre-activation ``h`` (rows in ``dst`` order).
-    Returns ``(y, h)`` (``h`` None unless saved).
+    Returns ``(y, h)`` (``h`` None unless saved). ``opts``: default ``kernel_options()``.
     """
+    opts = opts or kernel_options()
     experts = weight.shape[0]
     if transpose_weight:
         n, k = weight.shape[2], weight.shape[1]
@@ -633,8 +630,8 @@ def gather_gemm_scatter(
         return y, h_out
     e_p2 = triton.next_power_of_2(experts)
     dummy = offsets
-    if allow_gemv and pairs <= DECODE_MAX_PAIRS and epilogue != "glu_bwd" and h_out is None:
-        cfg = _gemv_config()
+    if allow_gemv and pairs <= opts.decode_max_pairs and epilogue != "glu_bwd" and h_out is None:
+        cfg = _gemv_config(opts)
         grid = (pairs, triton.cdiv(n, cfg["BLOCK_N"]))
         _gemv[grid](
             x, weight, y, offsets,
@@ -645,12 +642,12 @@ def gather_gemm_scatter(
             BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GLU=glu, num_warps=cfg["num_warps"],
         )  # fmt: skip
         return y, h_out
-    cfg = _gemm_config(pairs, epilogue, transpose_weight)
+    cfg = _gemm_config(pairs, epilogue, transpose_weight, opts)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     # W through TMA: the [E * rows, cols] view; a transposed tile walks rows along K, so K must
     # split into whole tiles (no reads into the next expert's rows).
-    w_desc = _tma_ok(weight, pairs) and (not transpose_weight or k % bk == 0)
-    x_desc = src is None and _tma_ok(x, pairs)
+    w_desc = _tma_ok(weight, pairs, opts) and (not transpose_weight or k % bk == 0)
+    x_desc = src is None and _tma_ok(x, pairs, opts)
     w_arg = weight
     if w_desc:
         rows, cols = weight.shape[1], weight.shape[2]
@@ -676,7 +673,7 @@ def gather_gemm_scatter(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], PRECISION=_precision(x.dtype),
         EPILOGUE={"plain": 0, "glu": 1, "glu_bwd": 2}[epilogue], SAVE_H=h_out is not None,
         X_DESC=x_desc, W_DESC=w_desc, W_T=transpose_weight,
-        H_EARLY=epilogue == "glu_bwd" and bool(cfg.get("H_EARLY", DH_H_EARLY)),
+        H_EARLY=epilogue == "glu_bwd" and bool(cfg.get("H_EARLY", opts.dh_h_early)),
         NUM_PROGS=num_progs, PERSISTENT=persistent, FLATTEN=bool(cfg.get("FLATTEN", 0)),
         WARP_SPECIALIZE=bool(cfg.get("WARP_SPECIALIZE", 0)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
@@ -693,17 +690,19 @@ def grouped_xty(
     dy_src: torch.Tensor | None,
     weight_shape: torch.Size,
     pairs: int,
+    opts: KernelOptions | None = None,
 ) -> torch.Tensor:
     """``dW[e] = sum_{p in e} dy[dy_src[p]]^T x[x_src[p] // x_div]`` -> ``[E, N, K]``."""
+    opts = opts or kernel_options()
     experts, n, k = weight_shape
     dw = torch.empty(weight_shape, device=x.device, dtype=x.dtype)
     if n == 0 or k == 0:
         return dw
     if pairs == 0:
         return dw.zero_()
-    cfg = _xty_config(pairs)
+    cfg = _xty_config(pairs, opts)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    desc = x_src is None and dy_src is None and _tma_ok(x, pairs) and _tma_ok(dy, pairs)
+    desc = x_src is None and dy_src is None and _tma_ok(x, pairs, opts) and _tma_ok(dy, pairs, opts)
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if desc else x
     dy_desc = TensorDescriptor(dy, list(dy.shape), list(dy.stride()), [bm, bn]) if desc else dy
     tiles = triton.cdiv(n, bn) * triton.cdiv(k, bk)
@@ -775,15 +774,199 @@ def expert_linear(
 
 
 __all__ = [
-    "CONFIG_OVERRIDES",
-    "DECODE_MAX_PAIRS",
-    "DH_H_EARLY",
-    "PERSISTENT_LARGE",
-    "TMA_MIN_PAIRS",
-    "USE_TMA",
+    "aot_launches",
     "config_key",
     "expert_linear",
     "gather_gemm_scatter",
     "grouped_xty",
     "swiglu_grad",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (tensor_utils_dev.aot): every launch configuration above
+
+AOT_EXPERTS = 8  # E_P2 of the released JetMoE-8B routers (8 experts); the tiles do not depend on it
+_AOT_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_AOT_REGIMES = (64, 8192)  # pairs: the small-batch tiles and the large ones (persistent, TMA)
+
+
+def _aot_operand(t: str, desc: bool, block: list[int]) -> str:
+    return f"tensordesc<{t}[{block[0]}, {block[1]}]>" if desc else f"*{t}"
+
+
+def _aot_gemm(dtype, kind_args, pairs, opts):
+    """The ``_gather_gemm_scatter`` launches of one call site at one batch regime: with and
+    without the TMA descriptors that its operands may get there."""
+    from tensor_utils.ops import KernelLaunch
+
+    t = _AOT_TYPES[dtype]
+    epilogue, transpose, has_src, has_dst = (
+        kind_args["epilogue"],
+        kind_args["transpose"],
+        *(kind_args["src_dst"]),
+    )
+    cfg = _gemm_config(pairs, epilogue, transpose, opts, interpreted=False)
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    tma = opts.use_tma and pairs > opts.tma_min_pairs
+    w_options = (True, False) if tma else (False,)
+    x_options = (True, False) if tma and not has_src else (False,)
+    for w_desc in w_options:
+        for x_desc in x_options:
+            for extra in kind_args.get("variants", ({},)):
+                glu_bwd = epilogue == "glu_bwd"
+                has_h = (epilogue == "glu" and extra.get("SAVE_H", False)) or glu_bwd
+                signature = {
+                    "x_ptr": _aot_operand(t, x_desc, [bm, bk]),
+                    "w_ptr": _aot_operand(t, w_desc, [bk, bn] if transpose else [bn, bk]),
+                    "y_ptr": f"*{t}",
+                    "h_ptr": f"*{t}" if has_h else "*i32",
+                    "offs_ptr": "*i32",
+                    "src_ptr": "*i64" if has_src else "*i32",
+                    "dst_ptr": "*i64" if has_dst else "*i32",
+                    **dict.fromkeys(("N", "K", "E", "W_ROWS", "SRC_DIV", "num_m_tiles"), "i32"),
+                    **dict.fromkeys(
+                        ("stride_xm", "stride_xk", "stride_we", "stride_wn", "stride_wk"), "i32"
+                    ),
+                    **dict.fromkeys(("stride_ym", "stride_yn", "stride_hm", "stride_hn"), "i32"),
+                    "NUM_PROGS": "i32",
+                }
+                constexprs = {
+                    "HAS_SRC": has_src,
+                    "HAS_DST": has_dst,
+                    "E_P2": AOT_EXPERTS,
+                    "BLOCK_M": bm,
+                    "BLOCK_N": bn,
+                    "BLOCK_K": bk,
+                    "GROUP_M": cfg["GROUP_M"],
+                    "PRECISION": _precision(dtype),
+                    "EPILOGUE": {"plain": 0, "glu": 1, "glu_bwd": 2}[epilogue],
+                    "SAVE_H": bool(extra.get("SAVE_H", False)),
+                    "X_DESC": x_desc,
+                    "W_DESC": w_desc,
+                    "W_T": transpose,
+                    "H_EARLY": glu_bwd and bool(extra.get("H_EARLY", opts.dh_h_early)),
+                    "PERSISTENT": bool(cfg.get("PERSISTENT", 0)),
+                    "FLATTEN": bool(cfg.get("FLATTEN", 0)),
+                    "WARP_SPECIALIZE": bool(cfg.get("WARP_SPECIALIZE", 0)),
+                }
+                yield KernelLaunch(
+                    _gather_gemm_scatter,
+                    signature,
+                    constexprs,
+                    num_warps=cfg["num_warps"],
+                    num_stages=cfg["num_stages"],
+                    label=f"{config_key(epilogue, transpose)} {t} pairs={pairs} src={has_src} "
+                    f"dst={has_dst} w_desc={w_desc} x_desc={x_desc} {extra}",
+                )
+
+
+# the call sites of gather_gemm_scatter: expert linear forward/backward, the MLP's GEMMs
+_AOT_GEMM_SITES = [
+    *(
+        {"epilogue": "plain", "transpose": False, "src_dst": sd}
+        for sd in ((True, True), (True, False), (False, True), (False, False))
+    ),
+    *(
+        {"epilogue": "plain", "transpose": True, "src_dst": sd}
+        for sd in ((True, True), (True, False), (False, True), (False, False))
+    ),
+    *(
+        {
+            "epilogue": "glu",
+            "transpose": False,
+            "src_dst": (src, False),
+            "variants": ({"SAVE_H": True}, {"SAVE_H": False}),
+        }
+        for src in (True, False)
+    ),
+    {
+        "epilogue": "glu_bwd",
+        "transpose": True,
+        "src_dst": (False, False),
+        "variants": ({"H_EARLY": True}, {"H_EARLY": False}),
+    },
+]
+
+
+def aot_launches(dtypes=None, regimes=_AOT_REGIMES):
+    """Every configuration the expert kernels launch with under the default ``KernelOptions``
+    (E_P2 = ``AOT_EXPERTS``): each dtype; the GEMM at each call site (gather/scatter flags,
+    epilogues, ``SAVE_H``, both ``H_EARLY``) at the small-batch tiles and the large ones
+    (persistent grid, with and without TMA descriptors); the weight-gradient kernel with each
+    gather combination (TMA row blocks for sorted operands); the GEMV decode path."""
+    from tensor_utils.ops import KernelLaunch
+
+    opts = KernelOptions()
+    for dtype in dtypes or _AOT_TYPES:
+        t = _AOT_TYPES[dtype]
+        for pairs in regimes:
+            for site in _AOT_GEMM_SITES:
+                yield from _aot_gemm(dtype, site, pairs, opts)
+            cfg = _xty_config(pairs, opts, interpreted=False)
+            bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+            tma = opts.use_tma and pairs > opts.tma_min_pairs
+            for xsrc, dysrc in ((True, True), (True, False), (False, True), (False, False)):
+                for desc in (True, False) if tma and not (xsrc or dysrc) else (False,):
+                    signature = {
+                        "x_ptr": f"*{t}",
+                        "dy_ptr": f"*{t}",
+                        "x_desc": _aot_operand(t, desc, [bm, bk]),
+                        "dy_desc": _aot_operand(t, desc, [bm, bn]),
+                        "dw_ptr": f"*{t}",
+                        "offs_ptr": "*i32",
+                        "xsrc_ptr": "*i64" if xsrc else "*i32",
+                        "dysrc_ptr": "*i64" if dysrc else "*i32",
+                        **dict.fromkeys(("N", "K", "X_DIV", "stride_xm", "stride_xk"), "i32"),
+                        **dict.fromkeys(("stride_dm", "stride_dn", "stride_we"), "i32"),
+                        **dict.fromkeys(("stride_wn", "stride_wk", "E", "NUM_PROGS"), "i32"),
+                    }
+                    constexprs = {
+                        "HAS_XSRC": xsrc,
+                        "HAS_DYSRC": dysrc,
+                        "DESC": desc,
+                        "BLOCK_M": bm,
+                        "BLOCK_N": bn,
+                        "BLOCK_K": bk,
+                        "PRECISION": _precision(dtype),
+                        "PERSISTENT": bool(cfg.get("PERSISTENT", 0)),
+                        "FLATTEN": bool(cfg.get("FLATTEN", 0)),
+                    }
+                    yield KernelLaunch(
+                        _grouped_xty,
+                        signature,
+                        constexprs,
+                        num_warps=cfg["num_warps"],
+                        num_stages=cfg["num_stages"],
+                        label=f"xty {t} pairs={pairs} xsrc={xsrc} dysrc={dysrc} desc={desc}",
+                    )
+        cfg = _gemv_config(opts, interpreted=False)
+        for has_src in (True, False):
+            for has_dst in (True, False):
+                for glu in (True, False):
+                    signature = {
+                        "x_ptr": f"*{t}",
+                        "w_ptr": f"*{t}",
+                        "y_ptr": f"*{t}",
+                        "offs_ptr": "*i32",
+                        "src_ptr": "*i64" if has_src else "*i32",
+                        "dst_ptr": "*i64" if has_dst else "*i32",
+                        **dict.fromkeys(("N", "K", "E", "SRC_DIV", "stride_xm"), "i32"),
+                        **dict.fromkeys(("stride_xk", "stride_we", "stride_wn"), "i32"),
+                        **dict.fromkeys(("stride_wk", "stride_ym", "stride_yn"), "i32"),
+                    }
+                    constexprs = {
+                        "HAS_SRC": has_src,
+                        "HAS_DST": has_dst,
+                        "E_P2": AOT_EXPERTS,
+                        "BLOCK_N": cfg["BLOCK_N"],
+                        "BLOCK_K": cfg["BLOCK_K"],
+                        "GLU": glu,
+                    }
+                    yield KernelLaunch(
+                        _gemv,
+                        signature,
+                        constexprs,
+                        num_warps=cfg["num_warps"],
+                        label=f"gemv {t} src={has_src} dst={has_dst} glu={glu}",
+                    )

@@ -2,40 +2,35 @@
 
     route = top_k_route(logits, top_k, gate_dtype, backend=None)
 
-The ``triton`` backend runs ``triton.py`` (1-2 launches instead of ~10 PyTorch ops, gates
-differentiable) and also returns ``Routing.pair_position`` (the sorted row of each pair);
-``reference``/``grouped_mm`` run the PyTorch spec.
+Registered as ``jetmoe_model::top_k_route`` (``tensor_utils.ops``). The ``triton`` backend runs
+``triton.py`` (1-2 launches instead of ~10 PyTorch ops, gates differentiable) and also returns
+``Routing.pair_position`` (the sorted row of each pair); ``reference`` (alias ``loop``) runs the
+PyTorch spec. The expert backends without a routing of their own (``grouped_mm``) route with
+the reference.
 """
 
 from __future__ import annotations
 
-import functools
+from tensor_utils.ops import Backend, Op
 
-import torch
-
-from ...routing import TopKRouting
-from ..experts import resolve_backend
 from . import naive
 
+top_k_route = Op(
+    "jetmoe_model::top_k_route",
+    reference=naive.top_k_route,
+    backends=[
+        Backend(
+            "triton",
+            "jetmoe_model.ops.routing.triton:top_k_route",
+            aot="jetmoe_model.ops.routing.triton:aot_launches",
+        )
+    ],
+    aliases={"loop": "reference", "grouped_mm": "reference"},
+    cases="jetmoe_model.ops.routing.cases:cases",
+    check="jetmoe_model.ops.routing.cases:same_routing",
+    # Not a torch.library custom op: the result is a TopKRouting (named tuples holding ints and
+    # an optional tensor), which a schema cannot return. torch.compile traces the dispatch.
+    library=False,
+)
 
-@functools.cache
-def triton_kernels():
-    from . import triton as kernels
-
-    return kernels
-
-
-def top_k_route(
-    logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype, *, backend: str | None = None
-) -> TopKRouting:
-    if resolve_backend(logits, backend) != "triton":
-        return naive.top_k_route(logits, top_k, gate_dtype)
-    experts = logits.shape[-1]
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be [tokens, experts], got shape {tuple(logits.shape)}")
-    if not 1 <= top_k <= experts:
-        raise ValueError(f"top_k={top_k} must be between 1 and the number of experts ({experts})")
-    return triton_kernels().top_k_route(logits, top_k, gate_dtype)
-
-
-__all__ = ["naive", "top_k_route", "triton_kernels"]
+__all__ = ["naive", "top_k_route"]

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tensor_utils.dispatch import triton_interpreting
+from tensor_utils.ops import triton_interpreting
 
 from ...routing import Routing, TopKRouting
 
@@ -257,8 +257,12 @@ class _Route(torch.autograd.Function):
 
 def top_k_route(logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> TopKRouting:
     """``jetmoe_model.routing.top_k_route`` in 1-2 launches, plus ``Routing.pair_position``."""
-    logits = logits.float().contiguous()
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [tokens, experts], got shape {tuple(logits.shape)}")
     experts = logits.shape[1]
+    if not 1 <= top_k <= experts:
+        raise ValueError(f"top_k={top_k} must be between 1 and the number of experts ({experts})")
+    logits = logits.float().contiguous()
     if torch.is_grad_enabled() and logits.requires_grad:
         gates, index, sorted_pair, offsets, pos = _Route.apply(logits, top_k, gate_dtype)
     else:  # inference: no autograd node
@@ -266,4 +270,74 @@ def top_k_route(logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> To
     return TopKRouting(logits, gates, index, Routing(sorted_pair, offsets, top_k, experts, pos))
 
 
-__all__ = ["route_forward", "top_k_route"]
+__all__ = ["aot_launches", "route_forward", "top_k_route"]
+
+
+AOT_ROUTERS = ((8, 2),)  # (experts, top_k) of the released JetMoE-8B routers (MoA and MoE)
+_GATE_TYPES = ("fp32", "fp16", "bf16")
+
+
+def aot_launches():
+    """Every configuration the routing launches with on the GPU for ``AOT_ROUTERS``: each token
+    block size ``_block_t`` picks (16-64 tokens in one block, then 64-1024-token blocks; warps
+    by block), each gate dtype, the single-block (sort fused) and multi-block forms, the sort
+    over every power-of-two block count up to 128, and the gates' backward."""
+    from tensor_utils.ops import KernelLaunch
+
+    blocks = [16, 32, 64, 128, 256, 512, 1024]
+    for experts, top_k in AOT_ROUTERS:
+        shape = {"K": top_k, "E_P2": triton.next_power_of_2(experts)}
+        shape["K_P2"] = triton.next_power_of_2(top_k)
+        for bt in blocks:
+            warps = 8 if bt >= 512 else 4
+            for gate in _GATE_TYPES:
+                for one_block in (True, False) if bt == 64 else (bt < 64,):
+                    signature = {
+                        "logits_ptr": "*fp32",
+                        "gates_ptr": f"*{gate}",
+                        "index_ptr": "*i64",
+                        "counts_ptr": "*i32",
+                        "sorted_ptr": "*i64",
+                        "pos_ptr": "*i32",
+                        "offs_ptr": "*i32",
+                        **dict.fromkeys(("T", "E", "stride_t"), "i32"),
+                    }
+                    yield KernelLaunch(
+                        _route_topk,
+                        signature,
+                        {**shape, "BLOCK_T": bt, "ONE_BLOCK": one_block},
+                        num_warps=warps,
+                        label=f"topk E={experts} k={top_k} BLOCK_T={bt} {gate} one={one_block}",
+                    )
+                signature = {
+                    "logits_ptr": "*fp32",
+                    "index_ptr": "*i64",
+                    "dgates_ptr": f"*{gate}",
+                    "dlogits_ptr": "*fp32",
+                    **dict.fromkeys(("T", "E", "stride_t", "stride_dt"), "i32"),
+                }
+                yield KernelLaunch(
+                    _route_bwd,
+                    signature,
+                    {**shape, "BLOCK_T": bt},
+                    num_warps=warps,
+                    label=f"route bwd E={experts} k={top_k} BLOCK_T={bt} {gate}",
+                )
+            if bt < 64:
+                continue
+            for nb_p2 in (2, 4, 8, 16, 32, 64, 128):
+                signature = {
+                    "index_ptr": "*i64",
+                    "counts_ptr": "*i32",
+                    "sorted_ptr": "*i64",
+                    "pos_ptr": "*i32",
+                    "offs_ptr": "*i32",
+                    **dict.fromkeys(("T", "E", "NB"), "i32"),
+                }
+                yield KernelLaunch(
+                    _route_sort,
+                    signature,
+                    {**shape, "BLOCK_T": bt, "NB_P2": nb_p2},
+                    num_warps=warps,
+                    label=f"sort E={experts} k={top_k} BLOCK_T={bt} NB_P2={nb_p2}",
+                )
