@@ -50,7 +50,10 @@ def full_logits_loss(hidden, weight, labels, mask, count):
     """The naive selective loss: full logits, per-token cross entropy, a mask, / count."""
     logits = hidden.float() @ weight.float().t()
     tokens = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=-100
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        reduction="none",
+        ignore_index=-100,
     ).view(labels.shape)
     return (tokens * mask).sum() / count
 
@@ -66,4 +69,44 @@ def problem(seed, shape, hidden, vocab, *, ignored=0.2, dtype=torch.float32, req
     if requires_grad:
         h.requires_grad_(True)
         w.requires_grad_(True)
+    return h, w, labels, ref
+
+
+def distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One gloo rank: its share of a fixed batch (rank 0 gets 3 rows, rank 1 gets 2: sizes may
+    differ) through ``selective_loss`` in ``"batch"`` and ``"random"`` mode; saves the masks,
+    statistics and gradients."""
+    import torch.distributed as dist
+    from rho_select import selective_loss
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        h, w, labels, ref = distributed_problem()
+        rows = slice(0, 3) if rank == 0 else slice(3, 5)
+        result = {}
+        for mode in ("batch", "random"):
+            hh = h[rows].detach().requires_grad_()
+            ww = w.detach().requires_grad_()
+            gen = torch.Generator().manual_seed(0) if mode == "random" else None
+            out = selective_loss(hh, ww, labels[rows], ref[rows], 0.45, mode=mode, generator=gen)
+            out.loss.backward()
+            dist.all_reduce(ww.grad)  # what DDP does: average the weight gradient over ranks
+            ww.grad /= world
+            result[mode] = {
+                "mask": out.selected_mask,
+                "fraction": out.selected_fraction,
+                "loss": out.loss.detach(),
+                "grad_hidden": hh.grad,
+                "grad_weight": ww.grad,
+            }
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def distributed_problem():
+    # ties on purpose: excess values repeat across the two ranks' shares
+    h, w, labels, ref = problem(21, (5, 7), 12, 40, ignored=0.25, requires_grad=False)
+    ref = (ref * 2).round() / 2
     return h, w, labels, ref

@@ -3,15 +3,17 @@ zero gradient for unselected tokens, no gradient matmul on them, one-line errors
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from rho_testlib import full_logits_loss, problem
-
 from rho_select import RhoSelectError, selective_loss, token_cross_entropy
 from rho_select.ops.selective_loss import naive
+from rho_testlib import full_logits_loss, problem
+
 from tensor_utils_dev.testing import assert_close
 from tensor_utils_dev.testing.strategies import seeds
 
@@ -126,8 +128,11 @@ def test_reference_ops_match_float64_math():
 class MatmulFlops(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts 2*m*n*k for every matrix product (mm, addmm, addmm_, matmul lowered to mm)."""
 
-    PRODUCTS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1, 2)}
-    PRODUCTS[torch.ops.aten.addmm_.default] = (1, 2)
+    PRODUCTS: ClassVar[dict] = {
+        torch.ops.aten.mm.default: (0, 1),
+        torch.ops.aten.addmm.default: (1, 2),
+        torch.ops.aten.addmm_.default: (1, 2),
+    }
 
     def __init__(self):
         super().__init__()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
 from rho_select import RhoSelectError, select_tokens, selected_count
+
 from tensor_utils_dev.testing.strategies import seeds
 
 ratios = st.floats(min_value=1e-3, max_value=1.0, allow_nan=False)
@@ -55,7 +55,12 @@ def test_selected_outrank_unselected(batch, ratio):
         assert excess[mask].min() >= excess[unselected].max()
 
 
-@given(batch=batches(ties=True), ratio=ratios, seed=seeds(), mode=st.sampled_from(["batch", "sequence"]))
+@given(
+    batch=batches(ties=True),
+    ratio=ratios,
+    seed=seeds(),
+    mode=st.sampled_from(["batch", "sequence"]),
+)
 def test_selection_is_invariant_to_permuting_the_batch(batch, ratio, seed, mode):
     excess, valid = batch
     perm = torch.randperm(excess.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -89,8 +94,12 @@ def test_threshold_mode(batch, threshold):
 @given(batch=batches(), ratio=ratios, seed=seeds())
 def test_random_mode_counts_and_is_seeded(batch, ratio, seed):
     excess, valid = batch
-    a = select_tokens(excess, valid, ratio, mode="random", generator=torch.Generator().manual_seed(seed))
-    b = select_tokens(excess, valid, ratio, mode="random", generator=torch.Generator().manual_seed(seed))
+    a = select_tokens(
+        excess, valid, ratio, mode="random", generator=torch.Generator().manual_seed(seed)
+    )
+    b = select_tokens(
+        excess, valid, ratio, mode="random", generator=torch.Generator().manual_seed(seed)
+    )
     assert torch.equal(a.mask, b.mask)
     assert int(a.mask.sum()) == selected_count(int(valid.sum()), ratio)
 

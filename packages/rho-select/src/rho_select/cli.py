@@ -104,6 +104,10 @@ def _score(args) -> dict:
         raise RhoSelectError(f"--model {model_dir}: not a model directory (no config.json)")
     if args.seq_len < 2:
         raise RhoSelectError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     corpus = _corpus(args, tokenizer)
     vocab = len(tokenizer)

@@ -43,7 +43,9 @@ def final_hidden_states(model, input_ids, attention_mask=None, **kwargs) -> torc
     base = decoder(_unwrap(model))
 
     def keep(_module, _args, output):
-        captured["h"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        captured["h"] = (
+            output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        )
 
     handle = base.register_forward_hook(keep)
     try:

@@ -62,7 +62,9 @@ class _TokenCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_lse):
         hidden, weight, labels, lse = ctx.saved_tensors
         valid = labels != ctx.ignore_index
-        scale = torch.where(valid, grad_loss.float(), torch.zeros_like(grad_loss, dtype=torch.float32))
+        scale = torch.where(
+            valid, grad_loss.float(), torch.zeros_like(grad_loss, dtype=torch.float32)
+        )
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
         grad_hidden, grad_weight = selective_loss_backward(
             hidden,
@@ -98,7 +100,9 @@ def token_cross_entropy(
 def _check_inputs(hidden, weight, labels, ref_losses, ignore_index) -> None:
     """One-line errors for inputs that disagree (eager only: these checks read values)."""
     if hidden.dim() < 2:
-        raise RhoSelectError(f"hidden_states must be [..., hidden], got shape {tuple(hidden.shape)}")
+        raise RhoSelectError(
+            f"hidden_states must be [..., hidden], got shape {tuple(hidden.shape)}"
+        )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise RhoSelectError(
             f"lm_head_weight of shape {tuple(weight.shape)} does not match hidden size "
@@ -214,9 +218,7 @@ def selective_loss(
     unselected = valid & ~mask
     n_sel, n_unsel = mask.sum(), unselected.sum()
     nan = torch.full((), math.nan, dtype=tokens.dtype, device=tokens.device)
-    selected_loss = torch.where(
-        n_sel > 0, (detached * weights).sum() / n_sel.clamp(min=1), nan
-    )
+    selected_loss = torch.where(n_sel > 0, (detached * weights).sum() / n_sel.clamp(min=1), nan)
     unselected_loss = torch.where(
         n_unsel > 0, (detached * unselected.to(tokens.dtype)).sum() / n_unsel.clamp(min=1), nan
     )

@@ -237,7 +237,13 @@ def score_corpus(
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         shards.append(
-            {"index": index, "file": name, "start": lo, "count": hi - lo, "tokens_sha256": tokens_sha256(ids)}
+            {
+                "index": index,
+                "file": name,
+                "start": lo,
+                "count": hi - lo,
+                "tokens_sha256": tokens_sha256(ids),
+            }
         )
         shards.sort(key=lambda s: s["index"])
         _write_json(manifest_path, {**manifest, "shards": shards})
@@ -261,7 +267,9 @@ def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
-        raise ScoresFormatError(f"{path} has no {MANIFEST}: not a rho-select scores directory") from None
+        raise ScoresFormatError(
+            f"{path} has no {MANIFEST}: not a rho-select scores directory"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ScoresFormatError(f"{path / MANIFEST} is not valid JSON ({exc.msg})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -362,10 +370,19 @@ class ReferenceScores:
             tensors = load_file(str(self.path / s["file"]))
             ids, losses = tensors.get("input_ids"), tensors.get("ref_losses")
             shape = (s["count"], self.seq_len)
-            if ids is None or losses is None or tuple(ids.shape) != shape or tuple(losses.shape) != shape:
-                raise ScoresFormatError(f"{self.path / s['file']}: expected input_ids and ref_losses of shape {shape}")
+            if (
+                ids is None
+                or losses is None
+                or tuple(ids.shape) != shape
+                or tuple(losses.shape) != shape
+            ):
+                raise ScoresFormatError(
+                    f"{self.path / s['file']}: expected input_ids and ref_losses of shape {shape}"
+                )
             if tokens_sha256(ids) != s["tokens_sha256"]:
-                raise ScoresFormatError(f"{self.path / s['file']}: tokens do not match the manifest")
+                raise ScoresFormatError(
+                    f"{self.path / s['file']}: tokens do not match the manifest"
+                )
             self._cache = (index, {"input_ids": ids.long(), "ref_losses": losses.float()})
         return self._cache[1]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from transformers import Trainer
 
 from .errors import RhoSelectError
@@ -106,4 +105,3 @@ class RhoTrainer(Trainer):
                     logs[f"rho/{name}"] = self._rho_sums[name] / self._rho_counts[name]
                 self._rho_sums[name], self._rho_counts[name] = 0.0, 0
         super().log(logs, *args, **kwargs)
-
