@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import email.parser
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -169,3 +171,18 @@ def test_wheel_requires_exactly_what_it_imports(m, wheelhouse, tmp_path):
     assert not missing and not unused, (
         f"imported but not required: {missing}; required but not imported: {unused}"
     )
+
+
+@pytest.mark.parametrize("m", PUBLISHED, ids=lambda m: m.name)
+def test_readme_clone_install_line_works(m, tmp_path):
+    """The README's install line for a clone (`uv pip install ./shared/tensor-utils
+    ./packages/<name>`), run as written from the repository root into a fresh venv."""
+    readme = (m.path / "README.md").read_text()
+    found = re.search(r"^uv pip install (\./shared/tensor-utils[^#\n]*)", readme, flags=re.M)
+    assert found, f"{m.name}/README.md has no `uv pip install ./shared/tensor-utils ...` line"
+    venv = tmp_path / "venv"
+    run(UV, "venv", "--quiet", "--python", sys.executable, str(venv))
+    python = str(venv / "bin" / "python")
+    run(UV, "pip", "install", "--quiet", "--python", python, *shlex.split(found[1]), cwd=ROOT)
+    location = run(python, "-c", f"import {m.module}; print({m.module}.__file__)", cwd=tmp_path)
+    assert str(venv) in location
