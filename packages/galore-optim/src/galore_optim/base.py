@@ -30,10 +30,14 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+    from typing_extensions import TypeIs
 
 from .projector import PROJ_TYPES, SOLVERS, compute_basis, project, resolve_side
 
@@ -61,7 +65,7 @@ def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+def _is_dtensor(t: torch.Tensor) -> TypeIs[DTensor]:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed
@@ -139,6 +143,10 @@ class GaLoreOptimizer(Optimizer):
     # -- checks -------------------------------------------------------------------------------
     def _checked_grad(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         grad = p.grad
+        if grad is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: parameter of shape {tuple(p.shape)} has no gradient"
+            )
         if grad.is_sparse:
             raise RuntimeError(
                 f"{type(self).__name__} does not support sparse gradients (parameter of shape "
@@ -154,7 +162,7 @@ class GaLoreOptimizer(Optimizer):
                 f"gradient shape {tuple(grad.shape)} != parameter shape {tuple(p.shape)}"
             )
         if _is_dtensor(p) != _is_dtensor(grad) or (
-            _is_dtensor(p) and tuple(grad.placements) != tuple(p.placements)
+            _is_dtensor(p) and _is_dtensor(grad) and tuple(grad.placements) != tuple(p.placements)
         ):
             raise RuntimeError(
                 f"{type(self).__name__}: parameter of shape {tuple(p.shape)} is "
@@ -260,7 +268,7 @@ class GaLoreOptimizer(Optimizer):
         and weight, compute the projection and update redundantly on every rank, and write back
         only the local shard; plain params of elementwise optimizers update the local shard
         from the local gradient shard."""
-        if not _is_dtensor(p):
+        if not (_is_dtensor(p) and _is_dtensor(grad)):  # _checked_grad: both or neither
             self._update_param(p, group, self.project_grad(p, group, grad))
             return
         local = p.to_local()
@@ -269,7 +277,7 @@ class GaLoreOptimizer(Optimizer):
             return
         from torch.distributed.tensor import distribute_tensor
 
-        full = p.data.full_tensor()
+        full = cast("DTensor", p.data).full_tensor()  # .data of a DTensor is a DTensor
         self._update_param(p, group, self.project_grad(p, group, grad.full_tensor()), data=full)
         shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
         local.copy_(shard.to_local())

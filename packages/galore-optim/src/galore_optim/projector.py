@@ -79,7 +79,7 @@ def _orthonormal(y: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def _cholqr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cholqr(y: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``passes`` CholeskyQR passes on ``y``'s columns (no host sync). Returns the factor and
     the summed Cholesky ``info`` (a device tensor, non-zero where a factorization failed)."""
     q, bad = y, None
@@ -157,10 +157,12 @@ def randomized_basis(
         err = (u.mT @ u - eye).abs().amax()
         bad = sum(flags[1:], flags[0])
         ok = bool((err <= 1e-4) & (bad == 0))  # the one host sync
-    except torch.linalg.LinAlgError:  # eigh on non-finite values from a failed Cholesky
+    # eigh on non-finite values from a failed Cholesky (LinAlgError is documented public API,
+    # absent from torch.linalg's __all__)
+    except torch.linalg.LinAlgError:  # pyright: ignore[reportPrivateImportUsage]
         ok = False
     if not ok:
-        if state is not None:
+        if generator is not None and state is not None:
             generator.set_state(state)
         u = _range_basis(a, rank, orth=_householder, **kw)[0]
     return _fix_signs(u)
@@ -246,8 +248,8 @@ def compute_basis(
     # Fresh contiguous copies: a slice of the SVD factors would keep the whole (n, n) or (m, m)
     # factor alive in the optimizer state (galore-torch does, for fp32 gradients).
     copy = {"dtype": grad.dtype, "memory_format": torch.contiguous_format, "copy": True}
-    left = u.to(**copy) if side in ("left", "full") else None
-    right = vh.to(**copy) if side in ("right", "full") else None
+    left = u.to(**copy) if u is not None and side in ("left", "full") else None
+    right = vh.to(**copy) if vh is not None and side in ("right", "full") else None
     return left, right
 
 
