@@ -5,24 +5,22 @@ uses (Gram matmul, Cholesky, triangular solve, Householder QR, small / large ``e
 SVD with each cuSOLVER driver) and whole candidate solvers, each with its accuracy against the
 exact SVD: captured energy ``||Pᵀ A||² / ||U_rᵀ A||²`` and orthonormality error.
 
-    python benchmarks/profile_refresh.py [--small]   # --small: CPU-sized smoke run
+    python tools/run_gpu.py galore-optim --bench profile_refresh.py   # the page's table (CUDA)
+    python packages/galore-optim/benchmarks/profile_refresh.py --small  # CPU-sized smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from galore_optim import projector as P
+
+from tensor_utils_dev.bench import results_dir, write_csv
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -183,7 +181,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument(
+        "--out", default=str(results_dir(__file__)), help="folder for profile_refresh.csv"
+    )
     ap.add_argument("--no-prims", action="store_true")
     ap.add_argument("--cands", default="", help="comma-separated subset of the candidates")
     args = ap.parse_args()
@@ -395,11 +395,7 @@ def run_cands(args, d, ffn, ranks, reps, gen, rec):
 
 
 def write(rows, out):
-    keys = sorted({k for row in rows for k in row})
-    with open(out / "profile_refresh.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(Path(out) / "profile_refresh.csv", rows)  # tagged with device and versions
     print("\nSUMMARY (ms)")
     for row in rows:
         if row["what"] == "prim":
