@@ -529,7 +529,7 @@ def _gemm_config(
             cfg["num_stages"] = 3
         if key in ("glu", "glu_bwd"):  # glu_bwd: the epilogue also holds two h tiles
             cfg["BLOCK_N"] = 128
-        # one program per SM (persistent_probe.csv, run 6): the plain GEMMs' last partial wave
+        # one program per SM (persistent_probe.csv, H100): the plain GEMMs' last partial wave
         # goes away (8k gemm 0.79 -> 0.57 ms); flattening helps the GLU epilogues a little
         cfg.update(opts.persistent_large.get(key, {}))
     return {**cfg, **opts.config_overrides.get(key, {})}
