@@ -87,6 +87,32 @@ def bench(session: nox.Session) -> None:
     session.run("python", "tools/bench.py", *session.posargs)
 
 
+HF_TEST_MEMBERS = [name for name, m in MEMBERS.items() if (m.path / "tests_hf").is_dir()]
+
+
+@nox.session(name="hf-tests", default=False)
+@nox.parametrize("member", [nox.param(name, id=name) for name in HF_TEST_MEMBERS])
+def hf_tests(session: nox.Session, member: str) -> None:
+    """transformers' common test mixins, from the source distribution of the locked transformers
+    version (downloaded once into .nox/_cache), on a member's classes (its tests_hf/ folder)."""
+    m = MEMBERS[member]
+    uv_sync(session, "--package", member, "--group", "hf-tests")
+    version = session.run(
+        "python", "-c", "import transformers; print(transformers.__version__)", silent=True
+    )
+    version = str(version).strip().splitlines()[-1]
+    cache = os.path.join(os.path.dirname(__file__), ".nox", "_cache")
+    sdist = os.path.join(cache, f"transformers-{version}.tar.gz")
+    if not os.path.exists(sdist):
+        session.run(
+            "uvx", "pip", "download", "--no-deps", "--no-binary", ":all:",
+            f"transformers=={version}", "-d", cache, external=True,
+        )  # fmt: skip
+    session.run(
+        "pytest", str(m.path / "tests_hf"), *session.posargs, env={"TRANSFORMERS_SDIST": sdist}
+    )
+
+
 @nox.session(default=False, python=False)
 def gpu(session: nox.Session) -> None:
     """gpu- and triton-marked tests on CUDA with the interpreter already there (no installs):
