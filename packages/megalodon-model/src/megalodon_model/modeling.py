@@ -52,6 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
+
+try:  # checkpointing hooks in here on transformers >= 4.5x
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover - older transformers
+    GradientCheckpointingLayer = nn.Module  # type: ignore[assignment,misc]
 from transformers.utils import ModelOutput
 
 from .cache import MegalodonCache, MegalodonLayerCache, NormState
@@ -381,7 +386,7 @@ class NormalizedFeedForwardNetwork(nn.Module):
         return out + residual
 
 
-class MegalodonBlock(nn.Module):
+class MegalodonBlock(GradientCheckpointingLayer):
     def __init__(self, config: MegalodonConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -556,12 +561,9 @@ class MegalodonModel(MegalodonPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden)
             layer_cache = cache.layers[i] if cache is not None else None
-            if checkpointing:
-                hidden = self._gradient_checkpointing_func(
-                    layer.__call__, hidden, None, seen, padding_mask, key_valid
-                )
-            else:
-                hidden = layer(hidden, layer_cache, seen, padding_mask, key_valid)
+            # with gradient checkpointing on, the block (a GradientCheckpointingLayer) recomputes
+            # itself in the backward; the cache is off then
+            hidden = layer(hidden, layer_cache, seen, padding_mask, key_valid)
         hidden, final_state = self.final_norm(
             hidden, cache.final_norm if cache is not None else None, padding_mask
         )

@@ -36,6 +36,8 @@ def timestep_norm(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, length, dim = x.shape
     groups = prev_mean.shape[-1]
+    if dim % groups:
+        raise ValueError(f"timestep_norm: {groups} groups do not divide {dim} features")
     rd = torch.float64 if x.dtype == torch.float64 else torch.float32
     xg = x.to(rd).view(batch, length, groups, dim // groups)
     a = xg.mean(-1)  # [B, L, G] per-token group mean
