@@ -43,7 +43,9 @@ PAIRS = [(op, name) for op in OPS for name in op.backends]
 @pytest.mark.parametrize("m", MEMBERS, ids=lambda m: m.name)
 def test_every_backend_file_is_registered(m):
     registered = registered_backend_modules(ops_of(m.module))
-    unregistered = [str(p) for mod, p in backend_files(m.module, m.src).items() if mod not in registered]
+    unregistered = [
+        str(p) for mod, p in backend_files(m.module, m.src).items() if mod not in registered
+    ]
     assert not unregistered, f"backend files not registered with an op: {unregistered}"
 
 

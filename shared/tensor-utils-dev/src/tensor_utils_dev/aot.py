@@ -110,21 +110,37 @@ def compile_ops(modules: Iterable[str], *, full: bool) -> list[dict]:
         importlib.import_module(module)
     namespaces = {module.split(".")[0] for module in modules}
     records = []
+    compiled_by_spec: dict[str, list[dict]] = {}  # backends sharing one aot function: once
     for op in registry().values():
         if op.namespace not in namespaces:
             continue
-        found = launches(op)
-        for backend, launch in found if full else representative(found):
-            record = {"op": op.name, "backend": backend, "label": launch.label}
-            record["kernel"] = getattr(launch.kernel, "__name__", str(launch.kernel))
-            try:
-                compiled = compile_for_h100(launch)
-                record["shared_bytes"] = compiled.shared_bytes
-                check_fits_h100(compiled)
-            except Exception as exc:  # reported per launch by the caller
-                record["error"] = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
-            records.append(record)
+        for backend in op.backends.values():
+            if backend.aot is None:
+                continue
+            if backend.aot not in compiled_by_spec:
+                found = [(backend.name, launch) for launch in load(backend.aot)()]
+                compiled_by_spec[backend.aot] = [
+                    _compile_record(launch)
+                    for _, launch in (found if full else representative(found))
+                ]
+            records += [
+                {"op": op.name, "backend": backend.name, **r} for r in compiled_by_spec[backend.aot]
+            ]
     return records
+
+
+def _compile_record(launch: KernelLaunch) -> dict:
+    record = {
+        "label": launch.label,
+        "kernel": getattr(launch.kernel, "__name__", str(launch.kernel)),
+    }
+    try:
+        compiled = compile_for_h100(launch)
+        record["shared_bytes"] = compiled.shared_bytes
+        check_fits_h100(compiled)
+    except Exception as exc:  # reported per launch by the caller
+        record["error"] = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+    return record
 
 
 def compile_ops_in_subprocess(modules: Iterable[str], *, full: bool, timeout: float = 3600):

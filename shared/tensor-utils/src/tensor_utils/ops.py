@@ -33,9 +33,11 @@ Every op is also registered with ``torch.library`` as the custom op ``<namespace
 ``fake=`` is given, autograd from ``autograd=``). Under ``torch.compile`` a call goes through that
 custom op, so the compiler sees one opaque node whose eager implementation is the same cached
 dispatch; eager calls skip it. Where the public signature is no schema (an ``out=`` argument
-that is also returned, say), ``schema=`` gives the schema-typed signature the custom op takes
-(backends are called with those arguments) and ``compiled_call(custom_op, *args, **kwargs)``
-maps a public call onto it under the compiler. ``library=False`` opts out for ops whose results
+that is also returned, an optional tensor result, say), ``schema=`` gives the schema-typed
+signature the custom op takes (backends are called with those arguments; also the default fake
+implementation), ``to_schema(result)`` maps a backend's result onto the schema's return, and
+``compiled_call(custom_op, *args, **kwargs)`` maps a public call onto the custom op under the
+compiler. ``library=False`` opts out for ops whose results
 the schema language cannot express; the compiler then traces the Python dispatch itself.
 
 Test hooks (``cases``, ``check``) and Triton ahead-of-time compile specs (``Backend.aot``) are
@@ -126,6 +128,8 @@ _ops: dict[str, Op] = {}
 
 def _read_override() -> str | None:
     global _override, _override_read
+    if _override_read:  # lock-free once read (torch.compile traces this path too)
+        return _override
     with _override_lock:
         if not _override_read:
             value = os.environ.get(ENV_VAR, "").strip().lower()
@@ -262,6 +266,7 @@ class Op:
         fake: Callable[..., Any] | None = None,
         autograd: tuple[Callable[..., Any], Callable[..., Any]] | None = None,
         schema: Callable[..., Any] | None = None,
+        to_schema: Callable[[Any], Any] | None = None,
         compiled_call: Callable[..., Any] | None = None,
         doc: str | None = None,
     ) -> None:
@@ -279,6 +284,7 @@ class Op:
         self.dispatch_arg = dispatch_arg
         self.mutates_args = tuple(mutates_args)
         self._schema = schema
+        self._to_schema = to_schema
         self._compiled_call = compiled_call
         self._cache: dict[tuple[torch.dtype, bool, bool], Callable[..., Any]] = {}
         self._first_arg = dispatch_arg == 0
@@ -401,12 +407,14 @@ class Op:
     def _register_library(self, fake, autograd):
         name, table = self.name, _ops  # closure cells: the clone below runs in another module
         signature = self._schema or self.reference
+        to_schema = self._to_schema
         existing = getattr(getattr(torch.ops, self.namespace), self.short_name, None)
 
         # The registered implementation looks the op up by name at call time, so a module
         # imported twice (pytest's importlib mode can) reuses the custom op it registered first.
         def implementation(*args, **kwargs):
-            return table[name]._eager(*args, **kwargs)
+            result = table[name]._eager(*args, **kwargs)
+            return result if to_schema is None else to_schema(result)
 
         if existing is not None:
             return _LibraryHandle(existing)

@@ -9,9 +9,41 @@ override. See ``naive.py`` for the layout and the exact contract. Registered as
 
 from __future__ import annotations
 
+import torch
+
 from tensor_utils.ops import Backend, Op
 
 from . import naive
+
+
+def _schema(
+    q: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float,
+    max_len: int | None = None,
+    need_weights: bool = True,
+) -> list[torch.Tensor]:
+    """The custom op's signature (``[out]`` or ``[out, weights]``: a schema has no optional
+    tensor result); as the fake implementation, the output shapes."""
+    naive.check_args(q, k_pool, v_pool, offsets, lengths)
+    out = q.new_empty(q.shape)
+    if not need_weights:
+        return [out]
+    return [out, q.new_empty((k_pool.shape[0], q.shape[1]), dtype=torch.float32)]
+
+
+def _to_schema(result):
+    out, weights = result
+    return [out] if weights is None else [out, weights]
+
+
+def _compiled_call(custom_op, *args, **kwargs):
+    result = custom_op(*args, **kwargs)
+    return result[0], (result[1] if len(result) > 1 else None)
+
 
 ragged_decode_attention = Op(
     "kvprune::ragged_decode_attention",
@@ -24,9 +56,9 @@ ragged_decode_attention = Op(
         )
     ],
     cases="kvprune.ops.ragged_decode.cases:cases",
-    # Not a torch.library custom op: the result is ``(out, None)`` with need_weights=False, and
-    # a schema cannot return an optional tensor. torch.compile traces the Python dispatch.
-    library=False,
+    schema=_schema,
+    to_schema=_to_schema,
+    compiled_call=_compiled_call,
 )
 
 __all__ = ["naive", "ragged_decode_attention"]
