@@ -56,7 +56,7 @@ def skip_reason(script: Path, package: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "\n").splitlines()[0])
     parser.add_argument("packages", nargs="*", help="workspace members (default: all)")
     parser.add_argument("--out", default=str(ROOT / "build" / "bench"), help="results folder")
     args = parser.parse_args(argv)

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         argv, extra = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "\n").splitlines()[0])
     parser.add_argument("packages", nargs="+", help="workspace members, e.g. jetmoe-model")
     parser.add_argument("--tests", action="store_true", help="run the gpu/triton-marked tests")
     parser.add_argument(
