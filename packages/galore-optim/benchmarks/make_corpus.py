@@ -19,9 +19,9 @@ the 31999 most frequent SmolLM2 ids keep a slot (ranked 0..31998), every other i
 ``<unk>`` id 31999. Documents end with SmolLM2's end-of-text id (remapped like any other).
 Documents are shuffled with a fixed seed, then every 20th goes to the validation split; the
 splits are capped (``--max-train-tokens``, ``--max-val-tokens``) to keep the file small enough
-to carry to the GPU machine.
+to copy to a GPU machine (16.6 MiB compressed).
 
-    python benchmarks/make_corpus.py --out ../../.carry-galore/corpus_smollm2_v32000.npz
+    python packages/galore-optim/benchmarks/make_corpus.py   # -> build/corpus_smollm2_v32000.npz
 """
 
 from __future__ import annotations
