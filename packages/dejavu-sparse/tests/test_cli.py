@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import tiny_model
-
 from dejavu_sparse.cli import main
 from dejavu_sparse.text import stdlib_text
+from helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +18,9 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny")
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([stdlib_text()[:20000]], trainers.BpeTrainer(vocab_size=97, special_tokens=["<unk>"]))
+    tok.train_from_iterator(
+        [stdlib_text()[:20000]], trainers.BpeTrainer(vocab_size=97, special_tokens=["<unk>"])
+    )
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)
     tiny_model("llama", vocab_size=max(97, tok.get_vocab_size())).save_pretrained(path)
     return path
@@ -27,7 +28,18 @@ def model_dir(tmp_path_factory):
 
 def test_calibrate_then_evaluate_json(model_dir, tmp_path, capsys):
     out = tmp_path / "calib"
-    args = ["--tokens", "512", "--seq-len", "64", "--rank", "16", "--epochs", "2", "--quiet", "--json"]
+    args = [
+        "--tokens",
+        "512",
+        "--seq-len",
+        "64",
+        "--rank",
+        "16",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--json",
+    ]
     assert main(["calibrate", str(model_dir), str(out), *args]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tokens"] == 512 and (out / "manifest.json").is_file()

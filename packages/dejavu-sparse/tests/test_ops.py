@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from dejavu_sparse.fallback import dense_fallback_density, set_dense_fallback, use_dense
 from dejavu_sparse.ops import gather_cols, gather_rows
 from dejavu_sparse.ops.gather_rows.cases import selections
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tensor_utils_dev.testing import assert_close, assert_matches_float64, poison_allocations
 from tensor_utils_dev.testing.opcheck import check_backend
 from tensor_utils_dev.testing.strategies import random_tensor, seeds
@@ -25,7 +25,9 @@ def cols_f64(x, wt, idx):
 
 
 @settings(max_examples=30)
-@given(b=st.integers(1, 16), n=st.integers(1, 40), k=st.integers(1, 40), seed=seeds(), data=st.data())
+@given(
+    b=st.integers(1, 16), n=st.integers(1, 40), k=st.integers(1, 40), seed=seeds(), data=st.data()
+)
 def test_references_match_float64(b, n, k, seed, data):
     idx = data.draw(selections(n))
     x = random_tensor((b, k), torch.float32, seed)
@@ -53,9 +55,17 @@ def test_chunked_gathered_and_dense_paths(op, density):
         for b, n, k, sel in ((1, 3001, 700, 1777), (5, 1000, 333, 1), (16, 257, 65, 257)):
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(n))[:sel]
             if op is gather_rows:
-                args = (random_tensor((b, k), torch.float32, 1), random_tensor((n, k), torch.float32, 2), idx)
+                args = (
+                    random_tensor((b, k), torch.float32, 1),
+                    random_tensor((n, k), torch.float32, 2),
+                    idx,
+                )
             else:
-                args = (random_tensor((b, sel), torch.float32, 1), random_tensor((n, k), torch.float32, 2), idx)
+                args = (
+                    random_tensor((b, sel), torch.float32, 1),
+                    random_tensor((n, k), torch.float32, 2),
+                    idx,
+                )
             with poison_allocations():
                 out = op(*args, backend="chunked")
             assert_close(out, op(*args, backend="reference"), atol=1e-4, rtol=1e-4)
@@ -70,7 +80,9 @@ def test_triton_backend_matches_reference(op):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("b,n,k,sel", [(1, 67, 129, 0), (3, 67, 129, 67), (16, 130, 33, 65), (17, 5, 7, 3)])
+@pytest.mark.parametrize(
+    "b,n,k,sel", [(1, 67, 129, 0), (3, 67, 129, 67), (16, 130, 33, 65), (17, 5, 7, 3)]
+)
 def test_triton_odd_sizes_empty_full(device, b, n, k, sel):
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(k))[:sel].to(device)
     x = random_tensor((b, k), torch.float16, 1, device=device)
@@ -119,9 +131,15 @@ def test_aot_launches_compile_for_h100():
     [
         (lambda: gather_rows(torch.ones(3), torch.ones(2, 3), torch.tensor([0])), "must be 2-D"),
         (lambda: gather_rows(torch.ones(1, 3), torch.ones(2, 4), torch.tensor([0])), "features"),
-        (lambda: gather_rows(torch.ones(1, 3), torch.ones(2, 3), torch.tensor([0.0])), "int32/int64"),
+        (
+            lambda: gather_rows(torch.ones(1, 3), torch.ones(2, 3), torch.tensor([0.0])),
+            "int32/int64",
+        ),
         (lambda: gather_cols(torch.ones(1, 2), torch.ones(4, 3), torch.tensor([0])), "columns"),
-        (lambda: gather_cols(torch.ones(1, 1).half(), torch.ones(4, 3), torch.tensor([0])), "is torch"),
+        (
+            lambda: gather_cols(torch.ones(1, 1).half(), torch.ones(4, 3), torch.tensor([0])),
+            "is torch",
+        ),
     ],
 )
 def test_bad_input_is_one_line(call, message):

@@ -8,13 +8,12 @@ import copy
 
 import pytest
 import torch
+from dejavu_sparse import Calibration, DejaVuSparseError, sparse_state, sparsify, unsparsify
+from dejavu_sparse.calibration import PROJECTIONS
 from helpers import tiny_calibration, tiny_model, token_ids
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
-
-from dejavu_sparse import Calibration, DejaVuSparseError, sparse_state, sparsify, unsparsify
-from dejavu_sparse.calibration import PROJECTIONS
 
 ARCHS = ("llama", "mistral", "qwen2")
 MODES = ("dejavu", "teal", "cats")
@@ -74,7 +73,9 @@ def test_generate_batches(mode, batch):
     ids = token_ids(6 * batch, seed=batch).view(batch, 6)
     mask = torch.ones_like(ids)
     mask[0, :2] = 0  # left padding on one row
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0
+    )
     assert out.shape == (batch, 10)
     rep = sparse_state(model).report()
     assert len(rep["layers"]) == 3 and 0 <= rep["mean"]["layer"] < 1

@@ -8,6 +8,7 @@ decoder layer has ``self_attn`` with ``q_proj``/``k_proj``/``v_proj``/``o_proj``
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from .errors import DejaVuSparseError
 SUPPORTED = ("llama", "mistral", "qwen2")
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: Any) -> list[Any]:
     """The decoder layers of a supported model; one-line error for anything else."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", type(model).__name__)
@@ -41,10 +42,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         act = getattr(config, "hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise DejaVuSparseError(f"{model_type} MLP activation {act!r} is not SiLU")
-    return layers
+    return list(layers)
 
 
-def model_facts(model: nn.Module) -> dict:
+def model_facts(model: Any) -> dict:
     """What a calibration must match: architecture, shapes and a fingerprint of the weights."""
     layers = decoder_layers(model)
     c = model.config

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ from .layers import predictor_logits
 
 FORMAT = "dejavu-sparse/1"
 QUANTILE_LEVELS = torch.linspace(0.0, 1.0, 401)
-GREEDY_TARGETS = [round(0.025 * i, 3) for i in range(37)]  # 0.0 .. 0.9
+GREEDY_TARGETS = [round(0.05 * i, 2) for i in range(19)]  # 0.0 .. 0.9
 SITES = ("attn_in", "o_in", "mlp_in", "down_in")
 SITE_OF = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "o": "o_in", "gate": "mlp_in",
            "up": "mlp_in", "down": "down_in"}  # fmt: skip
@@ -65,7 +66,9 @@ class Calibration:
     def predictor(self, kind: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = f"dejavu.{kind}.{layer}"
         if f"{key}.down" not in self.tensors:
-            raise DejaVuSparseError(f"calibration has no Deja Vu {kind} predictor for layer {layer}")
+            raise DejaVuSparseError(
+                f"calibration has no Deja Vu {kind} predictor for layer {layer}"
+            )
         return self.tensors[f"{key}.down"], self.tensors[f"{key}.up"]
 
     def threshold(self, table: str, layer: int, sparsity: float) -> float:
@@ -81,7 +84,14 @@ class Calibration:
         if sparsity >= grid[-1]:
             col = table[:, -1]
         else:
-            i = int(torch.searchsorted(grid, torch.tensor(sparsity, dtype=torch.float64), right=True)) - 1
+            i = (
+                int(
+                    torch.searchsorted(
+                        grid, torch.tensor(sparsity, dtype=torch.float64), right=True
+                    )
+                )
+                - 1
+            )
             frac = (sparsity - grid[i]) / (grid[i + 1] - grid[i])
             col = table[:, i] + (table[:, i + 1] - table[:, i]) * frac
         return {p: float(col[j]) for j, p in enumerate(PROJECTIONS)}
@@ -92,7 +102,7 @@ class Calibration:
 
     # -- model check ----------------------------------------------------------------------------
 
-    def check_model(self, model: nn.Module) -> None:
+    def check_model(self, model: Any) -> None:
         """One-line error when this calibration was made for a different model."""
         facts, mine = model_facts(model), self.manifest["model"]
         for key in ("model_type", "num_layers", "hidden_size", "intermediate_size", "num_heads",
@@ -115,7 +125,9 @@ class Calibration:
         tmp.mkdir()
         try:
             pred = {k: v.contiguous() for k, v in self.tensors.items() if k.startswith("dejavu.")}
-            thr = {k: v.contiguous() for k, v in self.tensors.items() if not k.startswith("dejavu.")}
+            thr = {
+                k: v.contiguous() for k, v in self.tensors.items() if not k.startswith("dejavu.")
+            }
             meta = {"format": FORMAT}
             save_file(pred, str(tmp / "predictors.safetensors"), metadata=meta)
             save_file(thr, str(tmp / "thresholds.safetensors"), metadata=meta)
@@ -129,7 +141,7 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Calibration:
+    def load(cls, path: str | os.PathLike, model: Any | None = None) -> Calibration:
         """Read a saved calibration; with ``model``, check it was made for that model."""
         from safetensors.torch import load_file
 
@@ -142,7 +154,9 @@ class Calibration:
         except json.JSONDecodeError as exc:
             raise DejaVuSparseError(f"{manifest_path}: unreadable manifest ({exc.msg})") from None
         if manifest.get("format") != FORMAT:
-            raise DejaVuSparseError(f"{path}: unknown calibration format {manifest.get('format')!r}")
+            raise DejaVuSparseError(
+                f"{path}: unknown calibration format {manifest.get('format')!r}"
+            )
         tensors: dict[str, torch.Tensor] = {}
         for name in ("predictors.safetensors", "thresholds.safetensors"):
             file = path / name
@@ -182,7 +196,7 @@ def _chunks(ids: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
 class _Recorder:
     """Forward hooks that record what calibration needs, layer by layer."""
 
-    def __init__(self, model: nn.Module, greedy_tokens: int, generator: torch.Generator):
+    def __init__(self, model: Any, greedy_tokens: int, generator: torch.Generator):
         self.layers = decoder_layers(model)
         n = len(self.layers)
         self.gen = generator
@@ -196,6 +210,7 @@ class _Recorder:
         self.greedy_mlp: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.handles = []
         self.collect_greedy = True
+        self.per_call = 1
         for i, layer in enumerate(self.layers):
             self.handles += [
                 layer.register_forward_pre_hook(self._layer_in(i), with_kwargs=True),
@@ -325,7 +340,9 @@ def train_predictor(x: torch.Tensor, importance: torch.Tensor, *, rank: int, den
             for s in range(0, xf.shape[0], batch):
                 sel = perm[s : s + batch]
                 logits = up(down(xf[sel]))
-                loss = F.binary_cross_entropy_with_logits(logits, labels[sel], pos_weight=pos_weight)
+                loss = F.binary_cross_entropy_with_logits(
+                    logits, labels[sel], pos_weight=pos_weight
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -352,7 +369,7 @@ def _mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 # greedy TEAL allocation
 
 
-def _greedy_block(evaluate, sizes: dict[str, int], targets: Iterable[float], step: float = 0.025):
+def _greedy_block(evaluate, sizes: dict[str, int], targets: Iterable[float], step: float = 0.05):
     """Block-wise greedy: from all-dense, repeatedly take the projection whose step (moving the
     size-weighted sparsity by ``step``) gives the smallest block error, recording the allocation
     at every target."""
@@ -409,7 +426,7 @@ def greedy_allocation(model, rec: _Recorder, quantiles: dict[str, torch.Tensor],
         xa = [x.to(dev) for x in rec.greedy_attn[i]]
         xm = [x.to(dev) for x in rec.greedy_mlp[i]]
 
-        def attn_out(alloc, xa=xa, attn=attn, i=i):
+        def attn_out(alloc, xa=xa, attn=attn, i=i, dev=dev):
             from .layers import _attend, _heads
 
             outs = []
@@ -437,8 +454,8 @@ def greedy_allocation(model, rec: _Recorder, quantiles: dict[str, torch.Tensor],
             ref_m = mlp_out({"gate": 0.0, "up": 0.0, "down": 0.0})
             sizes_a = {p: getattr(attn, f"{p}_proj").weight.numel() for p in ("q", "k", "v", "o")}
             sizes_m = {p: getattr(mlp, f"{p}_proj").weight.numel() for p in ("gate", "up", "down")}
-            ta = _greedy_block(lambda a: _rel_err(attn_out(a), ref_a), sizes_a, GREEDY_TARGETS)
-            tm = _greedy_block(lambda a: _rel_err(mlp_out(a), ref_m), sizes_m, GREEDY_TARGETS)
+            ta = _greedy_block(lambda a, r=ref_a: _rel_err(attn_out(a), r), sizes_a, GREEDY_TARGETS)
+            tm = _greedy_block(lambda a, r=ref_m: _rel_err(mlp_out(a), r), sizes_m, GREEDY_TARGETS)
         for j, p in enumerate(PROJECTIONS):
             out[i, j] = torch.tensor((ta | tm)[p])
     return out
@@ -448,9 +465,9 @@ def greedy_allocation(model, rec: _Recorder, quantiles: dict[str, torch.Tensor],
 # the whole procedure
 
 
-def calibrate(model: nn.Module, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 1000,
+def calibrate(model: Any, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 1000,
               mlp_density: float = 0.5, head_density: float = 0.5, epochs: int = 10,
-              greedy: bool = True, greedy_tokens: int = 256, seed: int = 0,
+              greedy: bool = True, greedy_tokens: int = 128, seed: int = 0,
               progress: bool = True, source: str = "") -> Calibration:  # fmt: skip
     """Calibrate ``model`` on the token ids ``ids`` (1-D). ``rank``: the predictors' inner size
     (Deja Vu: 1000; capped at the model width). ``*_density``: the top fraction labelled
@@ -481,7 +498,9 @@ def calibrate(model: nn.Module, ids: torch.Tensor, *, seq_len: int = 256, rank: 
         y_mlp = torch.cat(rec.mlp_label[i])
         x_att = torch.cat(rec.pred_attn_in[i])
         y_att = torch.cat(rec.head_label[i])
-        pm = train_predictor(x_mlp, y_mlp, rank=rank, density=mlp_density, epochs=epochs, seed=seed + i)
+        pm = train_predictor(
+            x_mlp, y_mlp, rank=rank, density=mlp_density, epochs=epochs, seed=seed + i
+        )
         ph = train_predictor(x_att, y_att, rank=rank, density=head_density, epochs=epochs * 2,
                              seed=seed + 1000 + i)  # fmt: skip
         tensors[f"dejavu.mlp.{i}.down"], tensors[f"dejavu.mlp.{i}.up"] = pm

@@ -21,7 +21,7 @@ from .errors import DejaVuSparseError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dejavu-sparse", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="dejavu-sparse", description=(__doc__ or "").split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("calibrate", help="collect activations, train predictors, fit thresholds")
     c.add_argument("model", help="a transformers model directory (Llama, Mistral, Qwen2)")
@@ -84,7 +84,9 @@ def _ids(args, tokenizer, part: str):
         text = stdlib_text(part)
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0][: args.tokens]
     if ids.numel() < args.seq_len:
-        raise DejaVuSparseError(f"text has {ids.numel()} tokens, fewer than --seq-len {args.seq_len}")
+        raise DejaVuSparseError(
+            f"text has {ids.numel()} tokens, fewer than --seq-len {args.seq_len}"
+        )
     return ids
 
 
@@ -109,7 +111,6 @@ def _calibrate(args) -> dict:
 def _evaluate(args) -> dict:
     from . import Calibration, sparse_state, sparsify
     from .evaluate import perplexity
-
     from .patch import _check_sparsity
 
     _check_sparsity("--sparsity", args.sparsity)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,7 @@ class LayerState:
     stats: Stats
     prefill: bool = False
     force_masked: bool = False
+    enabled: bool = True  # False: the module's own dense forward (for side-by-side timing)
     track: bool = True
     # dejavu
     mlp_k: int = 0  # neurons kept per token
@@ -84,6 +86,8 @@ class LayerState:
     w: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def sparse_mlp(self) -> bool:
+        if not self.enabled:
+            return False
         if self.mode == "dejavu":
             return self.mlp_pred is not None and 0 < self.mlp_k < self.w["down_t"].shape[0]
         if self.mode == "cats":
@@ -91,6 +95,8 @@ class LayerState:
         return any(self.teal.get(p, 0.0) > 0 for p in ("gate", "up", "down"))
 
     def sparse_attn(self, num_heads: int) -> bool:
+        if not self.enabled:
+            return False
         if self.mode == "dejavu":
             return self.head_pred is not None and 0 < self.head_k < num_heads
         if self.mode == "teal":
@@ -147,7 +153,7 @@ def predictor_logits(pred: tuple[torch.Tensor, torch.Tensor], z: torch.Tensor) -
 # MLP
 
 
-def mlp_forward(mlp: nn.Module, state: LayerState, x: torch.Tensor) -> torch.Tensor:
+def mlp_forward(mlp: Any, state: LayerState, x: torch.Tensor) -> torch.Tensor:
     path = state.gathered(x) if state.sparse_mlp() else None
     if path is None:
         return type(mlp).forward(mlp, x)
@@ -155,14 +161,16 @@ def mlp_forward(mlp: nn.Module, state: LayerState, x: torch.Tensor) -> torch.Ten
     if path:
         b = x.shape[0]
         out = _mlp_gathered(mlp, state, x.reshape(b, -1), stats)
-        return out.reshape(x.shape[:-1] + (out.shape[-1],))
+        return out.reshape((*x.shape[:-1], out.shape[-1]))
     return _mlp_masked(mlp, state, x, stats)
 
 
 def _mlp_scores_mask(mlp, state: LayerState, x: torch.Tensor) -> torch.Tensor:
     z = state.taps.attn_in[state.layer_idx]
     assert state.mlp_pred is not None
-    return _topk_mask(predictor_logits(state.mlp_pred, z.reshape(x.shape[:-1] + (z.shape[-1],))), state.mlp_k)
+    return _topk_mask(
+        predictor_logits(state.mlp_pred, z.reshape((*x.shape[:-1], z.shape[-1]))), state.mlp_k
+    )
 
 
 def _mlp_masked(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tensor:
@@ -174,7 +182,9 @@ def _mlp_masked(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tensor:
         keep = _mlp_scores_mask(mlp, state, x)
         h = act(mlp.gate_proj(x)) * mlp.up_proj(x) * keep
         if stats is not None:
-            stats.add("mlp", float(n_tok * inter - keep.sum()) * per_neuron, n_tok * inter * per_neuron)
+            stats.add(
+                "mlp", float(n_tok * inter - keep.sum()) * per_neuron, n_tok * inter * per_neuron
+            )
         return mlp.down_proj(h)
     if state.mode == "cats":
         a = act(mlp.gate_proj(x))
@@ -241,11 +251,11 @@ def _mlp_gathered(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tenso
 # attention
 
 
-def _rotary(attn: nn.Module):
+def _rotary(attn: Any):
     return sys.modules[type(attn).__module__].apply_rotary_pos_emb
 
 
-def _interface(attn: nn.Module):
+def _interface(attn: Any):
     module = sys.modules[type(attn).__module__]
     eager = module.eager_attention_forward
     impl = attn.config._attn_implementation
@@ -271,7 +281,7 @@ def _update_cache(attn, cache, k, v, cos, sin, kwargs):
     return cache.update(k, v, attn.layer_idx, cache_kwargs)
 
 
-def attention_forward(attn: nn.Module, state: LayerState, hidden_states, *args, **kwargs):
+def attention_forward(attn: Any, state: LayerState, hidden_states, *args, **kwargs):
     num_heads = attn.q_proj.out_features // attn.head_dim
     path = state.gathered(hidden_states) if state.sparse_attn(num_heads) else None
     if path is None:
@@ -326,14 +336,23 @@ def _attn_teal(attn, state, hs, pos, mask, cache, kwargs, stats, gathered):
         v = attn.v_proj(_mask_input(hs, t.get("v", 0.0)))
         if stats is not None:
             for p, lin in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj)):
-                zeros = float((_mask_input(hs, t.get(p, 0.0)) == 0).sum()) if t.get(p, 0) > 0 else 0.0
+                zeros = (
+                    float((_mask_input(hs, t.get(p, 0.0)) == 0).sum()) if t.get(p, 0) > 0 else 0.0
+                )
                 stats.add("attn", zeros * lin.out_features, bsz * seq * lin.weight.numel())
     out = _attend(attn, _heads(q, attn), _heads(k, attn), _heads(v, attn), pos, mask, cache, kwargs)
     out = out.reshape(bsz, seq, -1)
     if gathered:
-        o = _linear_in(out.reshape(bsz, -1), attn.o_proj, w.get("o_t"), t.get("o", 0.0), stats, "attn")
+        o = _linear_in(
+            out.reshape(bsz, -1), attn.o_proj, w.get("o_t"), t.get("o", 0.0), stats, "attn"
+        )
         if stats is not None:
-            for p, lin in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj), ("o", attn.o_proj)):
+            for p, lin in (
+                ("q", attn.q_proj),
+                ("k", attn.k_proj),
+                ("v", attn.v_proj),
+                ("o", attn.o_proj),
+            ):
                 if t.get(p, 0.0) <= 0:
                     stats.add("attn", 0.0, lin.weight.numel())
         return o.view(bsz, 1, -1), None
@@ -349,7 +368,9 @@ def _head_keep(attn, state, shape) -> torch.Tensor:
     li = state.layer_idx
     z = state.taps.mlp_in[li - 1] if li > 0 else state.taps.attn_in[0]
     assert state.head_pred is not None
-    return _topk_mask(predictor_logits(state.head_pred, z.reshape(*shape, z.shape[-1])), state.head_k)
+    return _topk_mask(
+        predictor_logits(state.head_pred, z.reshape(*shape, z.shape[-1])), state.head_k
+    )
 
 
 def _attn_weights(attn) -> int:

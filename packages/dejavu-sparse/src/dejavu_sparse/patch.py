@@ -14,6 +14,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ def _t(w: torch.Tensor) -> torch.Tensor:
     return w.detach().t().contiguous()
 
 
-def _layouts(mode: str, attn: nn.Module, mlp: nn.Module) -> dict[str, torch.Tensor]:
+def _layouts(mode: str, attn: Any, mlp: Any) -> dict[str, torch.Tensor]:
     """Copies of the weights with the rows a mode selects contiguous."""
     w: dict[str, torch.Tensor] = {}
     if mode in ("dejavu", "cats"):
@@ -103,7 +104,7 @@ def _layouts(mode: str, attn: nn.Module, mlp: nn.Module) -> dict[str, torch.Tens
 
 
 def sparsify(
-    model: nn.Module,
+    model: Any,
     mode: str = "dejavu",
     sparsity: float = 0.5,
     calibration: Calibration | str | os.PathLike | None = None,
@@ -136,7 +137,9 @@ def sparsify(
         calibration.check_model(model)
     needs = s > 0 or (mode == "dejavu" and sa > 0)
     if needs and calibration is None:
-        raise DejaVuSparseError(f"mode {mode!r} at sparsity {s} needs a calibration (calibrate first)")
+        raise DejaVuSparseError(
+            f"mode {mode!r} at sparsity {s} needs a calibration (calibrate first)"
+        )
     if mode == "dejavu" and needs and calibration is not None and not calibration.has_predictors():
         raise DejaVuSparseError("calibration has no Deja Vu predictors")
     unsparsify(model)
@@ -152,8 +155,10 @@ def sparsify(
                 heads = attn.q_proj.out_features // attn.head_dim
                 state.mlp_k = min(inter, max(1, round((1 - s) * inter)))
                 state.head_k = min(heads, max(1, round((1 - sa) * heads)))
-                state.mlp_pred = tuple(t.to(device, dtype) for t in calibration.predictor("mlp", i))
-                state.head_pred = tuple(t.to(device, dtype) for t in calibration.predictor("heads", i))
+                md, mu = calibration.predictor("mlp", i)
+                hd, hu = calibration.predictor("heads", i)
+                state.mlp_pred = (md.to(device, dtype), mu.to(device, dtype))
+                state.head_pred = (hd.to(device, dtype), hu.to(device, dtype))
             elif mode == "teal":
                 state.teal = calibration.teal_thresholds(i, s, greedy)
             else:
@@ -169,7 +174,7 @@ def sparsify(
     return model
 
 
-def unsparsify(model: nn.Module) -> nn.Module:
+def unsparsify(model: Any) -> nn.Module:
     """Remove what ``sparsify`` installed (no-op on a model it never patched)."""
     handle = getattr(model, _ATTR, None)
     if handle is None:
@@ -183,7 +188,7 @@ def unsparsify(model: nn.Module) -> nn.Module:
     return model
 
 
-def sparse_state(model: nn.Module) -> SparseModel:
+def sparse_state(model: Any) -> SparseModel:
     """The :class:`SparseModel` of a patched model (one-line error if it is not patched)."""
     handle = getattr(model, _ATTR, None)
     if handle is None:

@@ -5,18 +5,24 @@ from __future__ import annotations
 import torch
 
 
-def check_gather(name: str, x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, *, rows: bool):
+def check_gather(
+    name: str, x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, *, rows: bool
+):
     """``rows``: ``weight`` is (N, K) and ``x`` is (B, K); else ``weight`` is (N, M) and ``x`` is
     (B, len(idx)). Returns nothing; raises on the first problem."""
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"{name}: x and weight must be 2-D, got {x.dim()}-D and {weight.dim()}-D")
     if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{name}: idx must be a 1-D int32/int64 tensor, got {idx.dim()}-D {idx.dtype}")
+        raise ValueError(
+            f"{name}: idx must be a 1-D int32/int64 tensor, got {idx.dim()}-D {idx.dtype}"
+        )
     if x.dtype != weight.dtype:
         raise ValueError(f"{name}: x is {x.dtype} but weight is {weight.dtype}")
     if not (x.device == weight.device == idx.device):
         raise ValueError(f"{name}: x, weight and idx must be on one device")
     if rows and x.shape[1] != weight.shape[1]:
-        raise ValueError(f"{name}: x has {x.shape[1]} features but weight rows have {weight.shape[1]}")
+        raise ValueError(
+            f"{name}: x has {x.shape[1]} features but weight rows have {weight.shape[1]}"
+        )
     if not rows and x.shape[1] != idx.shape[0]:
         raise ValueError(f"{name}: x has {x.shape[1]} columns but idx selects {idx.shape[0]} rows")

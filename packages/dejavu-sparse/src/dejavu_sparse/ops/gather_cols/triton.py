@@ -74,12 +74,18 @@ def _gather_cols_kernel(
         else:
             acc += tl.dot(xs, w)
     part = part_ptr + pid_s.to(tl.int64) * B * M
-    tl.store(part + offs_b[:, None] * M + offs_n[None, :], acc, mask=b_mask[:, None] & n_mask[None, :])
+    tl.store(
+        part + offs_b[:, None] * M + offs_n[None, :], acc, mask=b_mask[:, None] & n_mask[None, :]
+    )
 
 
 def _splits(k: int, m: int, block_j: int, block_n: int, device: torch.device) -> int:
     tiles = triton.cdiv(m, block_n)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 4
+    )
     want = triton.cdiv(PROGRAMS_PER_SM * sms, tiles)
     return max(1, min(want, triton.cdiv(k, block_j)))
 
@@ -89,7 +95,9 @@ def gather_cols(x: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor) -> t
     batch, k = x.shape
     n, m = weight_t.shape
     if x.dtype not in CONFIGS:
-        raise ValueError(f"gather_cols: the Triton backend takes float32/16 and bfloat16, not {x.dtype}")
+        raise ValueError(
+            f"gather_cols: the Triton backend takes float32/16 and bfloat16, not {x.dtype}"
+        )
     if use_dense(x.device.type, batch, k, n) and not _interpreting():
         dense = torch.zeros(batch, n, dtype=x.dtype, device=x.device)
         dense.index_copy_(1, idx.long(), x)
@@ -111,7 +119,7 @@ def gather_cols(x: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor) -> t
         _gather_cols_kernel[grid](
             xb, weight_t, idx, part, b1 - b0, m, k, rows_per_split, xb.stride(0),
             weight_t.stride(0), BLOCK_B=BLOCK_B, BLOCK_J=block_j, BLOCK_N=block_n,
-            IEEE=x.dtype == torch.float32, num_warps=warps,
+            IEEE=x.dtype == torch.float32, num_warps=warps,  # pyright: ignore[reportCallIssue]
         )  # fmt: skip
         out[b0:b1] = part.sum(0)
     return out

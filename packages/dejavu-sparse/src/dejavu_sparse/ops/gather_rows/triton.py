@@ -79,7 +79,9 @@ def gather_rows(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> tor
     check_gather("gather_rows", x, weight, idx, rows=True)
     batch, k = x.shape[0], idx.shape[0]
     if x.dtype not in CONFIGS:
-        raise ValueError(f"gather_rows: the Triton backend takes float32/16 and bfloat16, not {x.dtype}")
+        raise ValueError(
+            f"gather_rows: the Triton backend takes float32/16 and bfloat16, not {x.dtype}"
+        )
     if use_dense(x.device.type, batch, k, weight.shape[0]) and not _interpreting():
         return (x @ weight.t()).index_select(1, idx.long())
     x = x.contiguous()
@@ -94,7 +96,7 @@ def gather_rows(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> tor
         _gather_rows_kernel[(triton.cdiv(k, block_m),)](
             xb, weight, idx, ob, b1 - b0, x.shape[1], k, xb.stride(0), weight.stride(0),
             ob.stride(0), BLOCK_B=BLOCK_B, BLOCK_M=block_m, BLOCK_K=block_k,
-            IEEE=x.dtype == torch.float32, num_warps=warps,
+            IEEE=x.dtype == torch.float32, num_warps=warps,  # pyright: ignore[reportCallIssue]
         )  # fmt: skip
     return out
 

@@ -1,0 +1,174 @@
+"""CPU decode speed at Llama-3-8B layer shapes: the MLP block and one whole decoder layer,
+sparse (each mode, predictor or threshold cost included) against dense PyTorch, side by side in
+one process with interleaved rounds (dense, sparse, dense, ...; medians).
+
+Synthetic weights (hidden 4096, intermediate 14336, 32 query / 8 KV heads, float32, the same
+dtype dense and sparse), a KV cache of ``--context`` tokens, batch 1 and 4, sparsity 40/50/70%.
+Also: the gathered ops against dense at several densities (the dense-fallback crossover), and
+the bandwidth bound (a dense product over a contiguous slice of the selected size: skipping
+without any gather cost).
+
+    python benchmarks/bench_decode_cpu.py [--rounds 9] [--out results/decode_cpu.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
+    """Median milliseconds of each function, timed in rotating order for ``rounds`` rounds."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def fill_cache(model, batch: int, context: int, dtype):
+    from transformers import DynamicCache
+
+    c = model.config
+    cache = DynamicCache(config=c)
+    g = torch.Generator().manual_seed(0)
+    for i in range(c.num_hidden_layers):
+        k = torch.randn(batch, c.num_key_value_heads, context, c.head_dim, generator=g).to(dtype)
+        cache.update(k, k.clone(), i)
+    return cache
+
+
+def kernel_rows(rounds: int, dtype) -> list[dict]:
+    from dejavu_sparse.fallback import set_dense_fallback
+    from dejavu_sparse.ops import gather_cols, gather_rows
+
+    n, k = 14336, 4096
+    g = torch.Generator().manual_seed(0)
+    ws = [(torch.randn(n, k, generator=g) * 0.02).to(dtype) for _ in range(2)]  # > L3
+    rows = []
+    set_dense_fallback("cpu", {1: 1.0})  # time the gathered path itself
+    try:
+        for batch in (1, 4, 16):
+            x = torch.randn(batch, k, dtype=dtype)
+            xi = torch.randn(batch, n, dtype=dtype)
+            for density in (0.3, 0.5, 0.7, 0.8, 0.9):
+                sel = int(density * n)
+                idx = torch.randperm(n, generator=g)[:sel].sort().values
+                xs = xi[:, idx].contiguous()
+                fns = {
+                    "dense_rows": lambda x=x: [x @ w.t() for w in ws],
+                    "gather_rows": lambda x=x, idx=idx: [gather_rows(x, w, idx) for w in ws],
+                    "contig_rows": lambda x=x, sel=sel: [x @ w[:sel].t() for w in ws],
+                    "dense_cols": lambda xi=xi: [xi @ w for w in ws],
+                    "gather_cols": lambda xs=xs, idx=idx: [gather_cols(xs, w, idx) for w in ws],
+                }
+                t = interleaved(fns, rounds)
+                rows.append({"bench": "kernel", "batch": batch, "density": density,
+                             **{f"{k}_ms": round(v / 2, 3) for k, v in t.items()},
+                             "rows_speedup": round(t["dense_rows"] / t["gather_rows"], 3),
+                             "cols_speedup": round(t["dense_cols"] / t["gather_cols"], 3)})  # fmt: skip
+                print(rows[-1], flush=True)
+    finally:
+        set_dense_fallback("cpu", None)
+    return rows
+
+
+def block_rows(model, calib, rounds: int, context: int, dtype) -> list[dict]:
+    from dejavu_sparse import sparse_state, sparsify
+
+    layer = model.model.layers[0]
+    mlp = layer.mlp
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    for batch in (1, 4):
+        x = torch.randn(batch, 1, 4096, generator=g).to(dtype)
+        xn = layer.post_attention_layernorm(x)
+        ids = torch.randint(0, 256, (batch, 1), generator=g)
+        pos = torch.full((batch, 1), context)
+        for mode in ("dejavu", "teal", "cats"):
+            for s in (0.4, 0.5, 0.7):
+                sparsify(model, mode, s, calib, greedy=False)
+                state = sparse_state(model)
+                st = state.states[0]
+                st.taps.attn_in[0] = x  # the MLP predictor's input when the block runs alone
+                cache = fill_cache(model, batch, context, dtype)
+
+                def switch(on, state=state):
+                    for s_ in state.states:
+                        s_.enabled = on
+
+                def mlp_dense(xn=xn):
+                    switch(False)
+                    mlp(xn)
+
+                def mlp_sparse(xn=xn):
+                    switch(True)
+                    mlp(xn)
+
+                def layer_dense(cache=cache, ids=ids, pos=pos):
+                    switch(False)
+                    model(ids, cache=cache, position_ids=pos)
+                    cache.crop(context)
+
+                def layer_sparse(cache=cache, ids=ids, pos=pos):
+                    switch(True)
+                    model(ids, cache=cache, position_ids=pos)
+                    cache.crop(context)
+
+                with torch.no_grad():
+                    state.reset_stats()
+                    t = interleaved({"mlp_dense": mlp_dense, "mlp_sparse": mlp_sparse,
+                                     "layer_dense": layer_dense, "layer_sparse": layer_sparse},
+                                    rounds)  # fmt: skip
+                rep = state.report()["mean"]
+                rows.append({"bench": "block", "batch": batch, "mode": mode, "sparsity": s,
+                             **{f"{k}_ms": round(v, 3) for k, v in t.items()},
+                             "mlp_speedup": round(t["mlp_dense"] / t["mlp_sparse"], 3),
+                             "layer_speedup": round(t["layer_dense"] / t["layer_sparse"], 3),
+                             "achieved_mlp": round(rep["mlp"], 4),
+                             "achieved_attn": round(rep["attn"], 4),
+                             "achieved_layer": round(rep["layer"], 4)})  # fmt: skip
+                print(rows[-1], flush=True)
+                switch(True)
+    return rows
+
+
+def main() -> None:
+    from llama8b import build, calibration
+
+    from tensor_utils_dev.bench import environment_tags, write_csv
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results" / "decode_cpu.csv"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.float32
+    tags = {**environment_tags(packages=["dejavu-sparse"]), "dtype": "float32",
+            "threads": str(args.threads), "context": str(args.context),
+            "shapes": "Llama-3-8B layer (4096/14336, 32/8 heads)"}  # fmt: skip
+    rows = [] if args.skip_kernels else kernel_rows(args.rounds, dtype)
+    model = build(dtype)
+    t0 = time.perf_counter()
+    calib = calibration(model)
+    print(f"calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows += block_rows(model, calib, args.rounds, args.context, dtype)
+    write_csv(args.out, rows, tags=tags)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
