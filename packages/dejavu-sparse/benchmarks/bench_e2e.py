@@ -23,7 +23,8 @@ def best_config(path: Path, limit: float = 1.05) -> tuple[str, float, float]:
     best = ("", 0.0, 1.0, -1.0)
     with open(path) as f:
         for row in csv.DictReader(f):
-            if row["bench"] != "ppl" or row["mode"] == "dense" or not row["ppl_ratio"]:
+            deployable = row["mode"] != "dense" and "oracle" not in row["mode"]
+            if row["bench"] != "ppl" or not deployable or not row["ppl_ratio"]:
                 continue
             ratio, skipped = float(row["ppl_ratio"]), float(row["achieved_layer"])
             if ratio <= limit and skipped > best[3]:
@@ -50,7 +51,8 @@ def main() -> None:
     greedy = name != "teal_uniform"
     model, tok = load_smollm2()
     calib = Calibration.load(args.calibration, model)
-    sparsify(model, mode, sparsity, calib, greedy=greedy)
+    attn = 0.0 if name.endswith("_mlp") else None
+    sparsify(model, mode, sparsity, calib, greedy=greedy, attn_sparsity=attn)
     state = sparse_state(model)
     msgs = [{"role": "user", "content": "Explain what a Python decorator is, with an example."}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")

@@ -17,6 +17,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+# name -> sparsify keyword arguments (dejavu_oracle: the true top-K, the predictors' ceiling)
+CONFIGS = [("dejavu", {}), ("dejavu_mlp", {"attn_sparsity": 0.0}), ("dejavu_oracle", {}),
+           ("dejavu_oracle_mlp", {"attn_sparsity": 0.0}), ("teal", {}),
+           ("teal_uniform", {"greedy": False}), ("cats", {})]  # fmt: skip
 
 
 def recall_rows(model, calib, ids, seq_len: int, sparsities) -> list[dict]:
@@ -54,6 +58,9 @@ def main() -> None:
     p.add_argument("--calibration", default=str(cache_root() / "dejavu-sparse" / "smollm2"),
                    help="reused when present (delete to recalibrate)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--configs", default=",".join(c[0] for c in CONFIGS))
+    p.add_argument("--no-dense", action="store_true", help="append to an existing CSV")
+    p.add_argument("--no-recall", action="store_true")
     p.add_argument("--rank", type=int, default=128, help="predictor rank (a 576-wide model)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,14 +82,17 @@ def main() -> None:
             "dtype": "float32"}  # fmt: skip
     rows = []
     dense = perplexity(model, ev_ids, seq_len=seq)
-    rows.append({"bench": "ppl", "mode": "dense", "sparsity": 0.0, "ppl": round(dense, 4),
+    if not args.no_dense:
+        rows.append({"bench": "ppl", "mode": "dense", "sparsity": 0.0, "ppl": round(dense, 4),
                  "ppl_ratio": 1.0, "achieved_layer": 0.0, "achieved_mlp": 0.0, "achieved_attn": 0.0})  # fmt: skip
     print(f"dense ppl {dense:.3f}", flush=True)
-    configs = [("dejavu", {}), ("teal", {}), ("teal_uniform", {"greedy": False}), ("cats", {})]
+    configs = [c for c in CONFIGS if c[0] in args.configs.split(",")]
     for name, extra in configs:
         mode = name.split("_")[0]
         for s in sparsities[1:]:
             sparsify(model, mode, s, calib, prefill=True, **extra)
+            for st in sparse_state(model).states:
+                st.oracle = "oracle" in name
             ppl = perplexity(model, ev_ids, seq_len=seq)
             rep = sparse_state(model).report()
             per_layer = ";".join(f"{r['layer']:.3f}" for r in rep["layers"])
@@ -95,7 +105,8 @@ def main() -> None:
             print(f"{name} {s:.1f}: ppl {ppl:.3f} (x{ppl / dense:.3f}), achieved {rep['mean']}",
                   flush=True)  # fmt: skip
             unsparsify(model)
-    rows += recall_rows(model, calib, ev_ids, seq, [0.3, 0.5, 0.7])
+    if not args.no_recall:
+        rows += recall_rows(model, calib, ev_ids, seq, [0.3, 0.5, 0.7])
     write_csv(args.out, rows, tags=tags)
     print(f"wrote {args.out}")
 

@@ -72,6 +72,9 @@ class LayerState:
     prefill: bool = False
     force_masked: bool = False
     enabled: bool = True  # False: the module's own dense forward (for side-by-side timing)
+    oracle: bool = (
+        False  # dejavu, masked path: the true top-K instead of the predictors' (evaluation)
+    )
     track: bool = True
     # dejavu
     mlp_k: int = 0  # neurons kept per token
@@ -179,8 +182,12 @@ def _mlp_masked(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tensor:
     n_tok = x.shape[:-1].numel()
     per_neuron = mlp.gate_proj.in_features * 3
     if state.mode == "dejavu":
-        keep = _mlp_scores_mask(mlp, state, x)
-        h = act(mlp.gate_proj(x)) * mlp.up_proj(x) * keep
+        h = act(mlp.gate_proj(x)) * mlp.up_proj(x)
+        if state.oracle:
+            keep = _topk_mask(h.abs() * mlp.down_proj.weight.norm(dim=0), state.mlp_k)
+        else:
+            keep = _mlp_scores_mask(mlp, state, x)
+        h = h * keep
         if stats is not None:
             stats.add(
                 "mlp", float(n_tok * inter - keep.sum()) * per_neuron, n_tok * inter * per_neuron
@@ -379,9 +386,14 @@ def _attn_weights(attn) -> int:
 
 def _attn_heads_masked(attn, state, hs, pos, mask, cache, kwargs, stats):
     bsz, seq, _ = hs.shape
-    keep = _head_keep(attn, state, (bsz, seq))
     q, k, v = (_heads(p(hs), attn) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     out = _attend(attn, q, k, v, pos, mask, cache, kwargs)  # (B, S, H, hd)
+    if state.oracle:  # heads by the norm of their output through o_proj
+        wo = attn.o_proj.weight.view(attn.o_proj.out_features, -1, attn.head_dim)
+        norms = torch.einsum("bshk,dhk->bshd", out, wo).norm(dim=-1)
+        keep = _topk_mask(norms, state.head_k)
+    else:
+        keep = _head_keep(attn, state, (bsz, seq))
     out = out * keep.unsqueeze(-1).to(out.dtype)
     if stats is not None:
         per_head = 2 * attn.q_proj.in_features * attn.head_dim
