@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
+import expo_merge.compute as compute_mod
 import expo_merge.merge as merge_mod
 import pytest
 import torch
@@ -19,9 +20,8 @@ from expo_merge import (
     extrapolate_checkpoints,
     extrapolate_state_dict,
 )
-from expo_merge.stream import ChunkReader
 
-from tensor_utils.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from tensor_utils.checkpoint import Checkpoint, CheckpointError, ChunkReader, open_checkpoint
 from tensor_utils_dev.testing import assert_matches_float64
 
 
@@ -321,8 +321,9 @@ def test_failure_mid_run_leaves_nothing(tmp_path, monkeypatch, fmt):
             raise OSError(28, "No space left on device")
         return original(*args, **kwargs)
 
-    original = merge_mod._compute
-    monkeypatch.setattr(merge_mod, "_compute", failing)
+    # every output value of both engines goes through compute_chunk
+    original = compute_mod.compute_chunk
+    monkeypatch.setattr(compute_mod, "compute_chunk", failing)
     out = tmp_path / ("o.pt" if fmt == "pt" else "o")
     with pytest.raises(OSError):
         extrapolate_checkpoints(s, a, [0.3] if fmt == "pt" else [0.3, 0.6], out)

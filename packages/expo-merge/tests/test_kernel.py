@@ -96,7 +96,7 @@ def test_kernel_non_contiguous_inputs_and_out(device):
 
 @pytest.mark.triton
 def test_dispatch_picks_reference_on_cpu_and_triton_on_cuda(device):
-    sft, aligned = pair((8,), torch.float32, 0, device)
+    sft, _ = pair((8,), torch.float32, 0, device)
     chosen = extrapolate.select(sft.device.type, sft.dtype)
     assert chosen == ("triton" if device == "cuda" else "reference")
 

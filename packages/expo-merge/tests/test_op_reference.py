@@ -96,15 +96,13 @@ def test_out_argument_and_errors():
         naive.extrapolate(sft.int(), aligned.int(), 0.5)
 
 
-# ---- the CPU engine's fast path: torch.lerp(sft, aligned, 1 + alpha) for same-dtype half I/O ----
+# ---- the op's CPU fast path: the lerp backend, torch.lerp(sft, aligned, 1 + alpha) for same-dtype
+# half I/O, which the automatic dispatch picks for bf16/fp16 CPU tensors ----
 def _fast(sft, aligned, alpha):
-    from expo_merge.merge import _compute_chunk
-    from expo_merge.stats import StepStats
-
+    assert extrapolate.select("cpu", aligned.dtype) == "lerp"
     out = torch.empty_like(aligned)
-    (res,) = _compute_chunk(
-        sft, aligned, [alpha], aligned.dtype, [StepStats(alpha)], None, [out], []
-    )
+    res = extrapolate(sft, aligned, alpha, out=out)
+    assert res is out
     return res
 
 

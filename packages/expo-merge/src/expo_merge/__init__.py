@@ -2,7 +2,8 @@
 
 - ``extrapolate_state_dict(sft, aligned, alpha)``: in-memory state dicts.
 - ``extrapolate_checkpoints(sft_path, aligned_path, alpha, out)``: streams checkpoints from disk.
-- ``expo_merge.ops.extrapolate``: the fused per-tensor op (Triton on CUDA, PyTorch otherwise).
+- ``expo_merge.ops.extrapolate``: the per-tensor op (Triton on CUDA, ``torch.lerp`` for CPU
+  bf16/fp16, the PyTorch reference otherwise).
 """
 
 from tensor_utils.version import package_version
@@ -13,7 +14,9 @@ from .errors import (
     ExpoMergeError,
     MismatchError,
     OutputError,
+    PatternError,
     QuantizedCheckpointError,
+    StepOverflowError,
     VocabSizeMismatchError,
 )
 
@@ -32,7 +35,9 @@ __all__ = [
     "MergeReport",
     "MismatchError",
     "OutputError",
+    "PatternError",
     "QuantizedCheckpointError",
+    "StepOverflowError",
     "VocabSizeMismatchError",
     "__version__",
     "extrapolate_checkpoints",

@@ -26,3 +26,11 @@ class QuantizedCheckpointError(ExpoMergeError):
 
 class OutputError(ExpoMergeError):
     """The output path cannot be used (exists without --force, wrong kind, no space...)."""
+
+
+class StepOverflowError(ExpoMergeError):
+    """The extrapolated value does not fit the output dtype (fp16/bf16 overflow to inf)."""
+
+
+class PatternError(ExpoMergeError):
+    """An ``--include``/``--exclude`` pattern matches no tensor (the filter would do nothing)."""

@@ -4,15 +4,14 @@
   ``tensor_utils.checkpoint.SafetensorsWriter`` (hidden temporary sibling, renamed at commit).
 - ``TorchFileSink``: a ``.pt``/``.bin`` state dict. tensor-utils has no streaming ``.pt`` writer,
   so each output tensor goes into a memory-mapped scratch file (page cache, not process memory)
-  and ``torch.save`` writes them from there to a temporary name that ``os.replace`` moves into
-  place. Tied names are saved as one shared tensor, as in the input.
+  and ``torch.save`` writes them from there to a temporary name that tensor-utils'
+  ``atomic.replace`` moves into place. Tied names are saved as one shared tensor, as in the input.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from tensor_utils.checkpoint import SafetensorsWriter, TensorSpec
+from tensor_utils.checkpoint.atomic import remove, replace, temp_sibling
 
 from .errors import OutputError
 from .plan import TensorPlan
@@ -88,9 +88,8 @@ class TorchFileSink:
         self.path = out
         self.plans = list(plans)
         self.by_name = {p.name: p for p in self.plans}
-        tag = uuid.uuid4().hex[:8]
-        self.scratch = out.parent / f".{out.name}.scratch-{tag}"
-        self.tmp = out.parent / f".{out.name}.tmp-{tag}"
+        self.scratch = temp_sibling(out, "scratch")
+        self.tmp = temp_sibling(out)
         self.slots: dict[str, tuple[int, int]] = {}
         cursor = 0
         for p in self.plans:
@@ -160,7 +159,7 @@ class TorchFileSink:
                 torch.save(state, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(self.tmp, self.path)
+            replace(self.tmp, self.path)
         except (OSError, RuntimeError) as err:
             self.abort()
             raise _write_error(self.path, err) from None
@@ -170,13 +169,11 @@ class TorchFileSink:
     def _drop_scratch(self) -> None:
         self.tensors.clear()
         self._mm = None
-        if self.scratch.exists():
-            self.scratch.unlink()
+        remove(self.scratch)
 
     def abort(self) -> None:
         self._drop_scratch()
-        if self.tmp.exists():
-            self.tmp.unlink()
+        remove(self.tmp)
 
 
 def _write_error(out: Path, err: BaseException) -> OutputError:

@@ -16,7 +16,12 @@ import torch
 
 from tensor_utils.checkpoint import Checkpoint
 
-from .errors import MismatchError, QuantizedCheckpointError, VocabSizeMismatchError
+from .errors import (
+    MismatchError,
+    PatternError,
+    QuantizedCheckpointError,
+    VocabSizeMismatchError,
+)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OUT_DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -194,6 +199,25 @@ def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> str 
     return None
 
 
+def _check_patterns(aligned: TensorTable, include: Sequence[str], exclude: Sequence[str]) -> None:
+    """A filter that matches nothing would silently change nothing: refuse it."""
+    floats = [n for n, (dtype, _) in aligned.entries.items() if dtype in FLOAT_DTYPES]
+    for pattern in include:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in floats):
+            raise PatternError(
+                f"--include {pattern!r} matches no float tensor of ALIGNED, so it would "
+                f"extrapolate nothing (names look like {floats[0]!r})"
+                if floats
+                else f"--include {pattern!r}: ALIGNED has no float tensors"
+            )
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in aligned.entries):
+            raise PatternError(
+                f"--exclude {pattern!r} matches no tensor of ALIGNED"
+                + (f" (names look like {next(iter(aligned.entries))!r})" if aligned.entries else "")
+            )
+
+
 def build_plan(
     sft: TensorTable,
     aligned: TensorTable,
@@ -227,6 +251,7 @@ def build_plan(
                     "ExPO would have to untie them"
                 )
 
+    _check_patterns(aligned, include, exclude)
     plans = []
     for canon, names in a_groups.items():
         a_dtype, a_shape = aligned.entries[canon]

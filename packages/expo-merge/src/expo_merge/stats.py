@@ -37,6 +37,8 @@ class StepStats:
     nonzero_delta: int = 0
     intended_sq: float = 0.0
     realized_sq: float = 0.0
+    overflowed: int = 0  # outputs that overflowed to inf (only with allow_overflow)
+    first_overflow: str = ""  # the first tensor that did
 
     def add_output(
         self, aligned: torch.Tensor, out: torch.Tensor, nonzero: int, delta_sq: float
@@ -58,6 +60,8 @@ class StepStats:
         self.nonzero_delta += other.nonzero_delta
         self.intended_sq += other.intended_sq
         self.realized_sq += other.realized_sq
+        self.overflowed += other.overflowed
+        self.first_overflow = self.first_overflow or other.first_overflow
 
     @property
     def fraction_changed(self) -> float:
@@ -65,8 +69,9 @@ class StepStats:
 
     @property
     def step_ratio(self) -> float | None:
-        """||out - aligned|| / ||alpha * (aligned - sft)||; None when nothing was to move."""
-        if self.intended_sq == 0:
+        """||out - aligned|| / ||alpha * (aligned - sft)||; None when nothing was to move or
+        the outputs overflowed (the norm is then not finite)."""
+        if self.intended_sq == 0 or self.overflowed or not math.isfinite(self.realized_sq):
             return None
         return math.sqrt(self.realized_sq) / math.sqrt(self.intended_sq)
 
@@ -78,6 +83,11 @@ class StepStats:
         return max(0.0, 1.0 - self.changed / self.nonzero_delta)
 
     def warning(self, out_dtype_name: str) -> str | None:
+        if self.overflowed:
+            return (
+                f"alpha={self.alpha:g}: {self.overflowed} element(s) overflowed {out_dtype_name} "
+                f"and were written as inf (first tensor: {self.first_overflow!r})"
+            )
         ratio = self.step_ratio
         if self.alpha == 0 or ratio is None:
             return None
@@ -101,4 +111,5 @@ class StepStats:
             "intended_step_norm": math.sqrt(self.intended_sq),
             "realized_step_norm": math.sqrt(self.realized_sq),
             "realized_over_intended": self.step_ratio,
+            "elements_overflowed": self.overflowed,
         }

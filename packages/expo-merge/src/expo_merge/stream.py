@@ -13,25 +13,17 @@ O(workers x chunk), whatever the largest tensor; mapped input pages are page cac
 File sizes are checked against the headers before mapping; a file truncated by another process
 *during* the run would raise SIGBUS (``EXPO_MERGE_READ=pread`` avoids mappings).
 
-tensor-utils' ``Checkpoint.iter_chunks`` does the same reads but is a per-tensor generator that
-allocates a new buffer per chunk; positional reads into reused buffers from several threads are
-implemented here (pickled ``.pt`` inputs are memory-mapped: chunks are slices of the mapping).
+The reads, the ``WILLNEED`` prefetch and the mappings are tensor-utils'
+``tensor_utils.checkpoint.ChunkReader``; this module holds the job list and the ordered
+pipeline, ``engine_cpu.py`` puts them together.
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-import os
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
-
-from tensor_utils.checkpoint import Checkpoint
-from tensor_utils.checkpoint.errors import CorruptCheckpointError
+from typing import Any
 
 STATS_SLICE = 1 << 24  # statistics sample the first STATS_SAMPLE elements of every 16M-element
 STATS_SAMPLE = 1 << 16  # slice of each tensor (tensors under 64K elements: every element)
@@ -48,109 +40,6 @@ def sample_ranges(begin: int, end: int, exact: bool) -> list[tuple[int, int]]:
         if lo < hi:
             out.append((lo - begin, hi - begin))
     return out
-
-
-class ChunkReader:
-    """Positional reads of tensor chunks from one checkpoint; safe to use from several threads."""
-
-    def __init__(self, ckpt: Checkpoint, *, use_mmap: bool = False) -> None:
-        self.ckpt = ckpt
-        self.use_mmap = use_mmap
-        self._fds: dict[str, int] = {}
-        self._maps: dict[str, tuple[mmap.mmap, torch.Tensor]] = {}
-        self._flat: tuple[str, torch.Tensor] | None = None
-        self._lock = threading.Lock()
-
-    def _fd(self, path) -> int:
-        key = str(path)
-        with self._lock:
-            fd = self._fds.get(key)
-            if fd is None:
-                fd = os.open(key, os.O_RDONLY)
-                self._fds[key] = fd
-                if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            return fd
-
-    def read(self, name: str, begin: int, count: int, buf: torch.Tensor) -> torch.Tensor:
-        """Elements ``[begin, begin + count)`` of ``name`` (flattened), read into ``buf``
-        (a uint8 tensor) for safetensors data, or a slice of the mapping for pickles."""
-        info = self.ckpt.info(name)
-        if info.start is None:  # memory-mapped pickle
-            with self._lock:
-                if self._flat is None or self._flat[0] != name:
-                    self._flat = (name, self.ckpt.get(name).reshape(-1))
-                flat = self._flat[1]
-            return flat[begin : begin + count]
-        size = info.dtype.itemsize
-        nbytes = count * size
-        if self.use_mmap and (info.start + begin * size) % size == 0:
-            raw = self._map(info)
-            if raw is not None:
-                offset = info.start + begin * size
-                return raw[offset : offset + nbytes].view(info.dtype)
-        view = buf[:nbytes]
-        if nbytes:
-            fd = self._fd(info.file)
-            mv = memoryview(view.numpy())
-            got, offset = 0, info.start + begin * size
-            while got < nbytes:
-                n = os.preadv(fd, [mv[got:]], offset + got)
-                if n <= 0:
-                    raise CorruptCheckpointError(
-                        f"{info.file}: tensor {info.name!r} is cut short "
-                        f"({begin * size + got} of {info.nbytes} bytes; truncated)"
-                    )
-                got += n
-        return view.view(info.dtype)
-
-    def _map(self, info) -> torch.Tensor | None:
-        """The whole file as a read-only uint8 tensor over a shared mapping (page cache pages,
-        not process memory); None for an empty file."""
-        key = str(info.file)
-        with self._lock:
-            entry = self._maps.get(key)
-        if entry is None:
-            fd = self._fd(info.file)
-            size = os.fstat(fd).st_size
-            if size < info.end:  # never map past the end: touching that would be SIGBUS
-                raise CorruptCheckpointError(
-                    f"{info.file}: tensor {info.name!r} is cut short (file is {size} bytes; truncated)"
-                )
-            if size == 0:
-                return None
-            mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-            if hasattr(mmap, "MADV_SEQUENTIAL"):
-                mm.madvise(mmap.MADV_SEQUENTIAL)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # read-only buffer: we never write through it
-                raw = torch.frombuffer(mm, dtype=torch.uint8)
-            with self._lock:
-                entry = self._maps.setdefault(key, (mm, raw))
-        return entry[1]
-
-    def prefetch(self, name: str, begin: int, count: int) -> None:
-        """Ask the kernel to start reading a chunk that will be needed soon (asynchronous)."""
-        info = self.ckpt.info(name)
-        if info.start is None or not count or not hasattr(os, "posix_fadvise"):
-            return
-        size = info.dtype.itemsize
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(
-                self._fd(info.file),
-                info.start + begin * size,
-                count * size,
-                os.POSIX_FADV_WILLNEED,
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            self._maps.clear()  # the mappings close when the last tensor viewing them goes
-            for fd in self._fds.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._fds.clear()
-            self._flat = None
 
 
 @dataclass(frozen=True)
@@ -173,9 +62,9 @@ def make_jobs(numels: Sequence[int], chunk: int) -> list[Job]:
 def run_pipeline(
     jobs: Sequence[Job],
     workers: int,
-    make_state: Callable[[], object],
-    process: Callable[[object, int, Job], object],
-    emit: Callable[[int, Job, object], None],
+    make_state: Callable[[], Any],
+    process: Callable[[Any, int, Job], Any],
+    emit: Callable[[int, Job, Any], None],
     prefetch: Callable[[Job], None] | None = None,
 ) -> None:
     """Process ``jobs`` on ``workers`` threads (the caller's thread is one of them).
@@ -186,7 +75,7 @@ def run_pipeline(
     exception stops all workers and is re-raised in the caller's thread.
     """
     cond = threading.Condition()
-    status = {"next": 0, "turn": 0, "error": None}
+    status: dict[str, Any] = {"next": 0, "turn": 0, "error": None}
 
     def work() -> None:
         state = make_state()
@@ -221,19 +110,33 @@ def run_pipeline(
         threading.Thread(target=work, name=f"expo-merge-{i}", daemon=True)
         for i in range(max(0, workers - 1))
     ]
-    for t in threads:
-        t.start()
-    try:
-        work()
-    except BaseException:  # e.g. KeyboardInterrupt outside a job: stop the other workers
+
+    def stop() -> None:
         with cond:
             if status["error"] is None:
                 status["error"] = _Stopped()
             cond.notify_all()
+
+    for t in threads:
+        t.start()
+    interrupted: BaseException | None = None
+    try:
+        work()
+    except BaseException:  # e.g. KeyboardInterrupt outside a job: stop the other workers
+        stop()
         raise
     finally:
+        # Never return while a worker still runs (it would write into outputs being removed):
+        # an interrupt that arrives while waiting stops the others, then waits on.
         for t in threads:
-            t.join()
+            while t.is_alive():
+                try:
+                    t.join()
+                except BaseException as err:
+                    stop()
+                    interrupted = interrupted or err
+    if interrupted is not None:
+        raise interrupted
     err = status["error"]
     if err is not None and not isinstance(err, _Stopped):
         raise err

@@ -22,7 +22,7 @@ from .errors import (
     CorruptCheckpointError,
     DuplicateTensorError,
 )
-from .safetensors_file import TensorInfo, read_header, read_range, read_tensor
+from .safetensors_file import TensorInfo, read_header, read_tensor
 from .torch_file import load_state_dict
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -91,20 +91,17 @@ class Checkpoint:
         """Yield a tensor's elements in flattened order, ``chunk_elements`` at a time.
 
         Peak memory is one chunk, not the tensor: streaming code can read, transform and write
-        (``SafetensorsWriter.write_chunk``) a tensor of any size in bounded memory.
+        (``SafetensorsWriter.write_chunk``) a tensor of any size in bounded memory. Reads go
+        through ``ChunkReader`` (positional reads, usable from several threads).
         """
         if chunk_elements <= 0:
             raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
-        info = self.info(name)
-        if info.start is None:  # memory-mapped pickle: slicing reads only the pages touched
-            flat = self._state_dicts[info.file][name].reshape(-1)
-            for begin in range(0, flat.numel(), chunk_elements):
-                yield flat[begin : begin + chunk_elements]
-            return
-        itemsize = info.dtype.itemsize
-        for begin in range(0, info.numel, chunk_elements):
-            count = min(chunk_elements, info.numel - begin)
-            yield read_range(info, begin * itemsize, count * itemsize, self._file_handle(info.file))
+        from .chunks import ChunkReader  # (chunks imports this module)
+
+        numel = self.info(name).numel
+        with ChunkReader(self, use_mmap=False) as reader:  # a fresh buffer per chunk
+            for begin in range(0, numel, chunk_elements):
+                yield reader.read(name, begin, min(chunk_elements, numel - begin))
 
     def iter_tensors(
         self, names: Iterable[str] | None = None

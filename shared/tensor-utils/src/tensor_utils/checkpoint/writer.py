@@ -16,13 +16,13 @@ import os
 import re
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .atomic import remove, replace, temp_sibling
 from .dtypes import safetensors_dtype
 from .errors import CheckpointError, CheckpointWriteError
 from .reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
@@ -172,7 +172,7 @@ class SafetensorsWriter:
         if self.single_file and self.write_index:
             raise CheckpointError(f"{self.out}: a single .safetensors file cannot have an index")
 
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = temp_sibling(self.out)
         self._fds: dict[str, int] = {}
         self._offsets: dict[str, tuple[str, int]] = {}
         self._written: set[str] = set()
@@ -335,21 +335,12 @@ class SafetensorsWriter:
         return self.out
 
     def _move_into_place(self) -> None:
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.out, old)
-        os.rename(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        replace(self.tmp, self.out)
 
     def abort(self) -> None:
         """Remove everything written so far; safe to call more than once."""
         self._close_fds()
-        if self.tmp.is_dir():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        elif self.tmp.exists():
-            self.tmp.unlink()
+        remove(self.tmp)
         self._closed = True
 
     def _close_fds(self) -> None:
