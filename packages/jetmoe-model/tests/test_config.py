@@ -114,7 +114,10 @@ def test_save_load_round_trip_and_transformers_reads_ours(tmp_path):
 
 
 def test_hub_config_file_loads_through_auto_classes(tmp_path):
+    from jetmoe_model import register_auto_classes
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    register_auto_classes()  # the explicit opt-in (importing the package registers nothing)
 
     hub_tiny = {**HUB_8B, "hidden_size": 32, "kv_channels": 8, "num_key_value_heads": 2}
     hub_tiny |= {"num_attention_heads": 4, "ffn_hidden_size": 16, "num_layers": 1}

@@ -7,11 +7,15 @@ checkpoints' config and weight names unchanged.
     config = JetMoEConfig(hidden_size=128, num_hidden_layers=2, num_key_value_heads=2,
                           kv_channels=32, intermediate_size=256, vocab_size=1000)
     model = JetMoEForCausalLM(config)
-    out = model(input_ids, labels=input_ids)   # out.loss = lm + 0.01 * aux + 0.001 * z
+    out = model(input_ids, labels=input_ids)   # out.loss: transformers' causal-LM loss
+    out = model(input_ids, labels=input_ids, output_router_logits=True)
+    # out.loss = lm + 0.01 * aux + 0.001 * z
 
-Importing the package registers ``JetMoEConfig``/``JetMoEForCausalLM`` with transformers' Auto
-classes under ``model_type="jetmoe"`` (taking that name over from transformers' own port for
-``AutoConfig``/``AutoModelForCausalLM``; transformers' ``JetMoeForCausalLM`` stays importable).
+Importing the package changes nothing in transformers: ``model_type="jetmoe"`` stays transformers'
+own ``JetMoe*`` port. A saved ``config.json`` carries ``auto_map`` (next to a ``jetmoe_auto.py``
+that imports this package), so ``AutoModelForCausalLM.from_pretrained(path,
+trust_remote_code=True)`` builds our classes in any process; ``register_auto_classes()`` makes the
+Auto classes build ours for every ``jetmoe`` config in this process (an explicit opt-in).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .loading import (
 from .modeling import (
     JetMoECausalLMOutput,
     JetMoEForCausalLM,
+    JetMoEForSequenceClassification,
     JetMoEModel,
     JetMoEPreTrainedModel,
     router_losses,
@@ -45,16 +50,23 @@ __version__ = package_version("jetmoe-model", __file__)
 
 
 def register_auto_classes() -> None:
-    """Make ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM`` build our classes for
-    ``model_type="jetmoe"`` (called on import)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    """Make ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM``/
+    ``AutoModelForSequenceClassification`` build our classes for ``model_type="jetmoe"`` in this
+    process, in place of transformers' own port (never called on import)."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
 
     AutoConfig.register("jetmoe", JetMoEConfig, exist_ok=True)
     AutoModel.register(JetMoEConfig, JetMoEModel, exist_ok=True)
     AutoModelForCausalLM.register(JetMoEConfig, JetMoEForCausalLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        JetMoEConfig, JetMoEForSequenceClassification, exist_ok=True
+    )
 
-
-register_auto_classes()
 
 __all__ = [
     "ALIASES",
@@ -64,6 +76,7 @@ __all__ = [
     "JetMoEConfig",
     "JetMoEConfigError",
     "JetMoEForCausalLM",
+    "JetMoEForSequenceClassification",
     "JetMoEModel",
     "JetMoEPreTrainedModel",
     "Routing",

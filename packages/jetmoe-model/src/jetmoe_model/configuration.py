@@ -7,12 +7,22 @@ them ``intermediate_size``, ``num_local_experts``, ``num_experts_per_tok``, ... 
 (the same value under two names is fine, two different values are an error); the config is
 saved under transformers' names, so transformers' own ``JetMoeConfig`` can read it back.
 
-Keys neither spelling knows raise ``JetMoEConfigError`` (a typo must not silently build a
-different model).
+Keys neither spelling knows are kept as attributes, as transformers' configs keep them
+(``quantization_config`` and keys other tools write load and save back unchanged); a key one or
+two letters away from a JetMoE key (``hidden_sise``) raises ``JetMoEConfigError``: a typo must not
+silently build a different model.
+
+The saved ``config.json`` carries ``auto_map`` (``AUTO_MAP``) pointing at ``jetmoe_auto.py``, a
+two-line module written next to it that imports this package: ``AutoModelForCausalLM
+.from_pretrained(path, trust_remote_code=True)`` then builds these classes whatever the process
+imported before, and without ``trust_remote_code`` transformers builds its own ``JetMoe*``.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import GenerationConfig, PreTrainedConfig
@@ -106,6 +116,37 @@ _GENERIC = (
 )
 
 
+# The module ``save_pretrained`` writes next to config.json for ``auto_map`` (transformers loads
+# it with ``trust_remote_code=True``; it only re-exports this installed package's classes).
+AUTO_MODULE = "jetmoe_auto"
+AUTO_MAP = {
+    "AutoConfig": f"{AUTO_MODULE}.JetMoEConfig",
+    "AutoModel": f"{AUTO_MODULE}.JetMoEModel",
+    "AutoModelForCausalLM": f"{AUTO_MODULE}.JetMoEForCausalLM",
+    "AutoModelForSequenceClassification": f"{AUTO_MODULE}.JetMoEForSequenceClassification",
+}
+AUTO_MODULE_SOURCE = (
+    '"""Written by jetmoe-model\'s save_pretrained: config.json\'s auto_map points here."""\n\n'
+    "from jetmoe_model import (  # noqa: F401\n"
+    "    JetMoEConfig,\n    JetMoEForCausalLM,\n    JetMoEForSequenceClassification,\n"
+    "    JetMoEModel,\n)\n"
+)
+
+
+def write_auto_module(save_directory: str | os.PathLike) -> None:
+    """Write ``jetmoe_auto.py`` (what ``auto_map`` names) into ``save_directory``."""
+    path = Path(save_directory) / f"{AUTO_MODULE}.py"
+    if path.parent.is_dir():
+        path.write_text(AUTO_MODULE_SOURCE)
+
+
+def _typo_of(key: str) -> str | None:
+    """The JetMoE key ``key`` is most likely a misspelling of, if any."""
+    known = sorted({*DEFAULTS, *ALIASES, *FIXED, "num_attention_heads"})
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
 def _resolve(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split kwargs into (our canonical values, generic PreTrainedConfig kwargs)."""
     ours: dict[str, Any] = {}
@@ -123,12 +164,11 @@ def _resolve(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             sources[canonical] = key
         elif key in ("num_attention_heads", "rope_parameters", *FIXED):
             ours[key] = value
-        elif key in _GENERIC:
-            generic[key] = value
+        elif key in _GENERIC or (typo := _typo_of(key)) is None:
+            generic[key] = value  # unknown keys become attributes, as in transformers' configs
         else:
-            known = sorted({*DEFAULTS, *ALIASES, *FIXED, "num_attention_heads", "rope_parameters"})
             raise JetMoEConfigError(
-                f"JetMoEConfig: unknown config key {key!r} (JetMoE keys: {', '.join(known)})"
+                f"JetMoEConfig: unknown config key {key!r} (did you mean {typo!r}?)"
             )
     return ours, generic
 
@@ -174,6 +214,15 @@ class JetMoEConfig(PreTrainedConfig):
         self._validate(ours.get("num_attention_heads"))
         self.num_attention_heads = self.num_key_value_heads * self.num_experts_per_tok
         super().__init__(**generic)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["auto_map"] = {**AUTO_MAP, **(out.get("auto_map") or {})}
+        return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_auto_module(save_directory)
 
     def _validate(self, num_attention_heads: int | None) -> None:
         for key in (
@@ -230,4 +279,4 @@ class JetMoEConfig(PreTrainedConfig):
         return self.num_key_value_heads * self.kv_channels
 
 
-__all__ = ["ALIASES", "EXPERT_BACKENDS", "JetMoEConfig", "JetMoEConfigError"]
+__all__ = ["ALIASES", "AUTO_MAP", "EXPERT_BACKENDS", "JetMoEConfig", "JetMoEConfigError"]

@@ -39,6 +39,10 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import (
+    GenericForSequenceClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.utils import ModelOutput
 
 from tensor_utils.checkpoint import CheckpointNotFoundError
@@ -216,10 +220,14 @@ class JetMoEAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.kv_channels
         self.attention_dropout = config.attention_dropout
+        self.config = config
         self.experts = JetMoEMoA(config)
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.attention_size, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, cache):
+    def forward(self, x, cos, sin, attn_mask, cache, output_attentions: bool = False):
+        """Returns (output, routing, attention weights ``[B, heads, q, kv]`` or None). The
+        weights are computed (eager attention) when asked for or when
+        ``config._attn_implementation == "eager"``; SDPA runs otherwise."""
         b, s, _ = x.shape
         hkv, dh, k = self.num_kv_heads, self.head_dim, self.top_k
         q, route = self.experts.map(x)
@@ -234,7 +242,20 @@ class JetMoEAttention(nn.Module):
             key, value = cache.update(key, value, self.layer_idx)
         q = q.reshape(b, hkv * k, s, dh)
         dropout = self.attention_dropout if self.training else 0.0
-        if isinstance(attn_mask, torch.Tensor):
+        length = key.shape[2]
+        if isinstance(attn_mask, torch.Tensor) and attn_mask.shape[-1] != length:
+            # a static cache returns all its slots: the ones past the mask are empty
+            attn_mask = F.pad(attn_mask, (0, length - attn_mask.shape[-1]), value=False)
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            out, weights = self._eager(q, key, value, attn_mask, dropout)
+            if output_attentions:
+                # transformers' head order: expert slot j's head h is head j * H_kv + h
+                weights = weights.view(b, hkv, k, s, length).transpose(1, 2)
+                weights = weights.reshape(b, k * hkv, s, length)
+            else:
+                weights = None
+        elif isinstance(attn_mask, torch.Tensor):
             length = key.shape[2]
             key = key[:, :, None].expand(b, hkv, k, length, dh).reshape(b, hkv * k, length, dh)
             value = value[:, :, None].expand(b, hkv, k, length, dh).reshape(b, hkv * k, length, dh)
@@ -251,10 +272,34 @@ class JetMoEAttention(nn.Module):
                 enable_gqa=True,
             )
         out = out.view(b, hkv, k, s, dh).permute(0, 3, 2, 1, 4).reshape(b * s * k, hkv * dh)
-        return self.experts.reduce(out, route).view(b, s, -1), route
+        return self.experts.reduce(out, route).view(b, s, -1), route, weights
+
+    def _eager(self, q, key, value, attn_mask, dropout: float):
+        """Attention as explicit matmuls and softmax (float32 softmax, like transformers')."""
+        b, heads, s, dh = q.shape
+        hkv, length = key.shape[1], key.shape[2]
+        key = key[:, :, None].expand(b, hkv, heads // hkv, length, dh).reshape(b, heads, length, dh)
+        value = value[:, :, None].expand(b, hkv, heads // hkv, length, dh)
+        value = value.reshape(b, heads, length, dh)
+        scores = torch.matmul(q, key.transpose(-1, -2)) * dh**-0.5
+        if isinstance(attn_mask, torch.Tensor):
+            allowed = attn_mask
+        elif attn_mask:  # plain causal, aligned to the top-left as SDPA's is_causal
+            allowed = torch.ones(s, length, dtype=torch.bool, device=q.device).tril()
+        else:
+            allowed = None
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        weights = F.dropout(weights, p=dropout, training=self.training)
+        return torch.matmul(weights, value), weights
 
 
-class JetMoEBlock(nn.Module):
+class JetMoEBlock(GradientCheckpointingLayer):
+    """One decoder layer; transformers' ``GradientCheckpointingLayer`` checkpoints it when
+    ``gradient_checkpointing_enable()`` was called (the cache is dropped there, as in
+    transformers' layers)."""
+
     def __init__(self, config: JetMoEConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = JetMoERMSNorm(config.hidden_size, config.block_norm_eps)
@@ -262,9 +307,9 @@ class JetMoEBlock(nn.Module):
         self.post_attention_layernorm = JetMoERMSNorm(config.hidden_size, config.block_norm_eps)
         self.mlp = JetMoEMoE(config)
 
-    def forward(self, hidden, cos, sin, attn_mask, cache=None):
-        attn, attn_route = self.self_attention(
-            self.input_layernorm(hidden), cos, sin, attn_mask, cache
+    def forward(self, hidden, cos, sin, attn_mask, cache=None, output_attentions: bool = False):
+        attn, attn_route, weights = self.self_attention(
+            self.input_layernorm(hidden), cos, sin, attn_mask, cache, output_attentions
         )
         hidden = hidden + attn
         mlp, mlp_route = self.mlp(self.post_attention_layernorm(hidden))
@@ -275,6 +320,7 @@ class JetMoEBlock(nn.Module):
             attn_route.expert_index,
             mlp_route.logits,
             mlp_route.expert_index,
+            weights,
         )
 
 
@@ -291,13 +337,15 @@ class JetMoEModelOutput(ModelOutput):
     if not _CACHE_RENAMED:
         past_key_values: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
     router_logits: tuple[torch.Tensor, ...] | None = None
     router_expert_index: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class JetMoECausalLMOutput(ModelOutput):
-    """``loss = lm_loss + aux_loss_coef * aux_loss + router_z_loss_coef * z_loss``.
+    """``loss = lm_loss`` (transformers' causal-LM loss), plus
+    ``aux_loss_coef * aux_loss + router_z_loss_coef * z_loss`` with ``output_router_logits``.
 
     ``aux_loss`` / ``z_loss``: load-balancing and z-loss summed over all MoA and MoE routers
     (2 per layer). ``router_logits`` / ``router_expert_index``: per router, in layer order
@@ -311,6 +359,7 @@ class JetMoECausalLMOutput(ModelOutput):
     if not _CACHE_RENAMED:
         past_key_values: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
     lm_loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None
@@ -325,6 +374,11 @@ class JetMoEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["JetMoEBlock"]
     _supports_sdpa = True
+    # the attention reads config._attn_implementation per call ("eager" or SDPA), so
+    # set_attn_implementation() may switch it (transformers' source heuristic cannot tell)
+    _can_set_attn_implementation_cached_value = True
+    # from_pretrained checks a local checkpoint against the causal-LM / base-model layout
+    _check_released_layout = True
     _can_compile_fullgraph = False  # the reference loop reads offsets on the host
     main_input_name = "input_ids"
 
@@ -333,7 +387,11 @@ class JetMoEPreTrainedModel(PreTrainedModel):
         """transformers' loader, after checking a local checkpoint's tensor shapes against the
         config (transformers itself only warns and re-initialises mismatched tensors)."""
         path = Path(str(pretrained_model_name_or_path))
-        if path.is_dir() and not kwargs.get("ignore_mismatched_sizes"):
+        if (
+            cls._check_released_layout
+            and path.is_dir()
+            and not kwargs.get("ignore_mismatched_sizes")
+        ):
             config = kwargs.get("config")
             if not isinstance(config, JetMoEConfig):
                 config = JetMoEConfig.from_pretrained(path)
@@ -366,12 +424,23 @@ def _with_cache(output_cls, cache, **fields):
 
 
 def _causal_mask(
-    attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int, device
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    q_len: int,
+    past: int,
+    device,
+    explicit: bool = False,
 ) -> torch.Tensor | bool:
     """What SDPA gets: ``True`` (plain causal), ``False`` (no mask: one query over the whole
-    cache) or a boolean ``[B, 1, q, past + q]`` mask (padding, or a chunk after a cache)."""
+    cache) or a boolean ``[B, 1, q, past + q]`` mask (padding, a chunk after a cache, or
+    ``explicit``: a static cache, whose empty slots must be masked). A 4-D mask (boolean, or
+    additive float with 0 = attend) is used as given."""
     kv_len = past + q_len
-    if attention_mask is None:
+    if attention_mask is not None and attention_mask.dim() == 4:
+        if attention_mask.dtype != torch.bool:
+            attention_mask = attention_mask == 0
+        return attention_mask | ~attention_mask.any(-1, keepdim=True)
+    if attention_mask is None and not explicit:
         if past == 0:
             return True
         if q_len == 1:
@@ -417,14 +486,20 @@ class JetMoEModel(JetMoEPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> JetMoEModelOutput:
+    ) -> JetMoEModelOutput | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, Cache):
             raise TypeError(f"cache must be a transformers Cache, got {type(cache).__name__}")
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         checkpointing = self.gradient_checkpointing and self.training
         if checkpointing:
             use_cache = False
@@ -441,41 +516,45 @@ class JetMoEModel(JetMoEPreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -q_len:]
             else:
                 position_ids = torch.arange(past, past + q_len, device=inputs_embeds.device)[None]
-        mask = _causal_mask(attention_mask, batch, q_len, past, inputs_embeds.device)
+        static = cache is not None and not isinstance(cache, DynamicCache)
+        mask = _causal_mask(attention_mask, batch, q_len, past, inputs_embeds.device, static)
         cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
         if cos.shape[0] != batch:
             cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
 
         hidden = inputs_embeds
         all_hidden = [] if output_hidden_states else None
+        all_weights = [] if output_attentions else None
         logits, indices = [], []
         for layer in self.layers:
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            if checkpointing:
-                run = getattr(self, "_gradient_checkpointing_func", None)
-                if run is None:
-                    outputs = torch.utils.checkpoint.checkpoint(
-                        layer, hidden, cos, sin, mask, None, use_reentrant=False
-                    )
-                else:
-                    outputs = run(layer.__call__, hidden, cos, sin, mask, None)
-            else:
-                outputs = layer(hidden, cos, sin, mask, cache)
+            # GradientCheckpointingLayer checkpoints the layer in training when enabled
+            outputs = layer(
+                hidden, cos, sin, mask, cache=cache, output_attentions=output_attentions
+            )
             hidden = outputs[0]
             logits += [outputs[1], outputs[3]]
             indices += [outputs[2], outputs[4]]
+            if all_weights is not None:
+                all_weights.append(outputs[5])
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
-        return _with_cache(
+        out = _with_cache(
             JetMoEModelOutput,
             cache,
             last_hidden_state=hidden,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_weights) if all_weights is not None else None,
             router_logits=tuple(logits),
             router_expert_index=tuple(indices),
         )
+        return out if _return_dict(self.config, return_dict) else out.to_tuple()
+
+
+def _return_dict(config, return_dict: bool | None) -> bool:
+    return config.return_dict if return_dict is None else return_dict
 
 
 def router_losses(
@@ -527,10 +606,16 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> JetMoECausalLMOutput:
+    ) -> JetMoECausalLMOutput | tuple:
+        """``loss`` is transformers' causal-LM loss (``num_items_in_batch``, ``shift_labels``
+        and ``ignore_index`` as in every transformers model); with ``output_router_logits``
+        (as transformers' JetMoe) the router losses are added:
+        ``+ aux_loss_coef * aux_loss + router_z_loss_coef * z_loss``."""
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
         out = self.model(
@@ -541,38 +626,71 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
         )
         hidden = out.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
         loss = lm_loss = aux = z = None
-        if labels is not None or output_router_logits or self.training:
+        if output_router_logits:
             aux, z = router_losses(out.router_logits, out.router_expert_index, attention_mask)
-        if labels is not None:
-            lm_loss = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                labels[:, 1:].reshape(-1).to(logits.device),
-                ignore_index=-100,
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss_kwargs = {
+                k: kwargs[k] for k in ("num_items_in_batch", "shift_labels", "ignore_index")
+                if k in kwargs
+            }  # fmt: skip
+            lm_loss = self.loss_function(
+                logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs
             )
-            loss = lm_loss + self.config.aux_loss_coef * aux + self.config.router_z_loss_coef * z
-        return _with_cache(
+            loss = lm_loss
+            if aux is not None and z is not None:
+                loss = loss + self.config.aux_loss_coef * aux + self.config.router_z_loss_coef * z
+        result = _with_cache(
             JetMoECausalLMOutput,
             out.cache,
             loss=loss,
             logits=logits,
             hidden_states=out.hidden_states,
+            attentions=out.attentions,
             lm_loss=lm_loss,
             aux_loss=aux,
             z_loss=z,
             router_logits=out.router_logits if output_router_logits else None,
             router_expert_index=out.router_expert_index if output_router_logits else None,
         )
+        return result if _return_dict(self.config, return_dict) else result.to_tuple()
+
+
+class JetMoEForSequenceClassification(GenericForSequenceClassification, JetMoEPreTrainedModel):
+    """transformers' sequence classification head (``score`` on the last non-padding token's
+    hidden state) over ``JetMoEModel``: ``AutoModelForSequenceClassification`` and the
+    ``text-classification`` pipeline work as with transformers' ``JetMoeForSequenceClassification``
+    (same weight names)."""
+
+    _check_released_layout = False  # its score head is not in the released layout
+
+    def __init__(self, config: JetMoEConfig) -> None:
+        JetMoEPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = JetMoEModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
 
 
 __all__ = [
     "JetMoECausalLMOutput",
     "JetMoEForCausalLM",
+    "JetMoEForSequenceClassification",
     "JetMoEModel",
     "JetMoEPreTrainedModel",
     "router_losses",
