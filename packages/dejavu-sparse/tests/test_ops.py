@@ -150,9 +150,13 @@ def test_bad_input_is_one_line(call, message):
 
 
 def test_fallback_table():
-    assert dense_fallback_density("cpu", 1) == dense_fallback_density("cpu", 2)
-    assert dense_fallback_density("cpu", 16) <= dense_fallback_density("cpu", 1)
-    assert use_dense("cpu", 1, 100, 100) and not use_dense("cpu", 1, 10, 100)
+    assert dense_fallback_density("cpu", 16, "cols") <= dense_fallback_density("cpu", 1, "cols")
+    assert dense_fallback_density("cuda", 16) <= dense_fallback_density("cuda", 1)
+    assert use_dense("cpu", 1, 100, 100, "rows") and not use_dense("cpu", 1, 10, 100, "rows")
+    set_dense_fallback("cpu", {1: 1.0})
+    assert not use_dense("cpu", 16, 99, 100, "cols")
+    set_dense_fallback("cpu", None)
+    assert dense_fallback_density("cpu", 1, "rows") == 0.40
     with pytest.raises(ValueError):
         set_dense_fallback("cpu", {1: 1.5})
 

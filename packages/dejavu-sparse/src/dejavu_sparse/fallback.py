@@ -10,18 +10,35 @@ measures the crossover, and :func:`set_dense_fallback` replaces it.
 
 from __future__ import annotations
 
-# Selected fraction of rows above which the dense product runs, by device type, then batch size
-# (the entry of the largest batch not above the call's batch applies).
+# Selected fraction of rows above which the dense product runs, by device type (with ":rows" /
+# ":cols" for one op), then batch size (the entry of the largest batch not above the call's
+# batch applies). CPU, measured with benchmarks/bench_decode_cpu.py (float32, one thread,
+# 14336 x 4096): gathered rows (a copy through a cache-sized buffer) beat dense at 30% of the
+# rows (1.37x) but not at 50% (0.78x); batch-1 gathered columns (embedding_bag, no copy) at 30%
+# (2.3x) and 50% (1.42x); the copying column path (batch > 1) at 30% (1.2x) but not at 50%.
 _DEFAULTS: dict[str, dict[int, float]] = {
-    "cpu": {1: 0.80, 4: 0.70, 8: 0.60, 16: 0.50},
+    "cpu:rows": {1: 0.40},
+    "cpu:cols": {1: 0.70, 2: 0.40},
     "cuda": {1: 0.85, 4: 0.80, 8: 0.70, 16: 0.60},
 }
 _table: dict[str, dict[int, float]] = {k: dict(v) for k, v in _DEFAULTS.items()}
 
 
-def dense_fallback_density(device_type: str, batch: int) -> float:
-    """The selected fraction above which ops on ``device_type`` at ``batch`` run densely."""
-    table = _table.get(device_type) or _table["cuda"]
+def _key(device_type: str, op: str | None) -> str:
+    if op is not None and f"{device_type}:{op}" in _table:
+        return f"{device_type}:{op}"
+    if device_type in _table:
+        return device_type
+    for key in _table:
+        if key.startswith(device_type + ":"):
+            return key
+    return "cuda"
+
+
+def dense_fallback_density(device_type: str, batch: int, op: str | None = None) -> float:
+    """The selected fraction above which ``op`` (``"rows"``/``"cols"``) on ``device_type`` at
+    ``batch`` runs densely."""
+    table = _table[_key(device_type, op)]
     chosen = table[min(table)]
     for b in sorted(table):
         if b <= batch:
@@ -29,17 +46,26 @@ def dense_fallback_density(device_type: str, batch: int) -> float:
     return chosen
 
 
-def use_dense(device_type: str, batch: int, selected: int, total: int) -> bool:
+def use_dense(
+    device_type: str, batch: int, selected: int, total: int, op: str | None = None
+) -> bool:
     """True when a selection of ``selected`` of ``total`` rows is cheaper done densely."""
-    return total > 0 and selected > dense_fallback_density(device_type, batch) * total
+    return total > 0 and selected > dense_fallback_density(device_type, batch, op) * total
 
 
 def set_dense_fallback(device_type: str, table: dict[int, float] | None) -> None:
-    """Replace the crossover table of a device type (``None``: back to the defaults). A density
+    """Replace the crossover table of a device type, or of one op there (``"cpu:rows"``);
+    a bare device type replaces its per-op tables too. ``None``: back to the defaults. A density
     of 1.0 never falls back; 0.0 always does."""
     if table is None:
-        _table[device_type] = dict(_DEFAULTS.get(device_type, _DEFAULTS["cuda"]))
+        for key in [k for k in _table if k == device_type or k.startswith(device_type + ":")]:
+            del _table[key]
+        _table.update({k: dict(v) for k, v in _DEFAULTS.items()
+                       if k == device_type or k.startswith(device_type + ":")})  # fmt: skip
         return
     if not table or any(not 0.0 <= v <= 1.0 or b < 1 for b, v in table.items()):
         raise ValueError("dense fallback table: batch sizes >= 1 mapping to densities in [0, 1]")
+    if ":" not in device_type:
+        for key in [k for k in _table if k.startswith(device_type + ":")]:
+            del _table[key]
     _table[device_type] = {int(b): float(v) for b, v in table.items()}

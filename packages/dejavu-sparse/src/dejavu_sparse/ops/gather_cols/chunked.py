@@ -26,7 +26,7 @@ def gather_cols(x: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor) -> t
     n, m = weight_t.shape
     idx = idx.long()
     fp32 = x.dtype == torch.float32
-    if use_dense(x.device.type, batch, k, n):
+    if use_dense(x.device.type, batch, k, n, "cols"):
         dense = torch.zeros(batch, n, dtype=x.dtype, device=x.device)
         dense.index_copy_(1, idx, x)
         return dense @ weight_t

@@ -25,7 +25,7 @@ def gather_rows(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> tor
     check_gather("gather_rows", x, weight, idx, rows=True)
     batch, k = x.shape[0], idx.shape[0]
     idx = idx.long()
-    if use_dense(x.device.type, batch, k, weight.shape[0]):
+    if use_dense(x.device.type, batch, k, weight.shape[0], "rows"):
         return (x @ weight.t()).index_select(1, idx)
     out = torch.empty(batch, k, dtype=x.dtype, device=x.device)
     step = chunk_rows(weight.shape[1] * weight.element_size())
