@@ -70,7 +70,7 @@ def run(ctx) -> list[str]:
     gen = torch.Generator().manual_seed(0)
     while time.perf_counter() - start < budget_s and steps < 2000:
         x = train[torch.randint(0, train.shape[0], (batch,), generator=gen)].to(device)
-        out = model(x, labels=x)
+        out = model(x, labels=x, output_router_logits=True)  # + the paper's router losses
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
