@@ -1,24 +1,20 @@
-"""kvpress's presses on the same prompts and metrics as ``bench_quality.py`` (SmolLM2, CPU).
+"""kvpress's presses on the prompts and metrics of ``bench_quality.py`` (CPU, its own env).
 
-kvpress 0.5.5 needs transformers < 5.3, so this runs in its own environment and does not import
-kvprune (only the prompt builders of ``bench_quality.py``, which import neither kvprune nor
-anything beyond torch/transformers at module level)::
+    uv venv /tmp/kvpress-env && uv pip install -p /tmp/kvpress-env torch==2.15.0 \\
+        kvpress==0.5.5 'transformers<5.3'
+    /tmp/kvpress-env/bin/python packages/kvprune/benchmarks/bench_kvpress.py \\
+        --model-dir "$(python -c 'from tensor_utils_dev.models import smollm2_dir; print(smollm2_dir())')" \\
+        --model smollm2 --contexts 2048,4096 --depths 11 --ppl-docs 4 \\
+        --out packages/kvprune/benchmarks/results/quality_smollm2_kvpress_cpu.csv
 
-    uv venv /tmp/kvpress-env && uv pip install -p /tmp/kvpress-env torch==2.15.0 kvpress==0.5.5 'transformers<5.3'
-    PYTHONPATH=shared/tensor-utils/src /tmp/kvpress-env/bin/python \\
-        packages/kvprune/benchmarks/bench_kvpress.py --model-dir <SmolLM2 safetensors dir>
-
-Protocol, as in ``bench_quality.py``: the whole prompt is prefilled under the press (kvpress
-compresses at prefill only; later tokens are appended uncompressed, with their true positions
-passed as ``position_ids`` as kvpress's own pipeline does), then (a) perplexity of the next 32
-document tokens by teacher forcing, (b) 16 greedy tokens for the needle prompt (hit = the
-passcode appears), (c) the greedy prefix agreeing with the no-press run, out of 32.
-
-Compression ratio per prompt = 1 - the kept fraction FastGen T=0.95 reached on that same
-prompt in ``results/quality_cpu.csv`` (``--match``), so the presses run at kvprune's matched
-fractions. ``kept_fraction`` is what the cache physically holds after the prompt (AdaKV masks
-rather than frees, so it stays 1.0; its nominal kept share is 1 - ``compression_ratio``).
-Rows go to ``results/quality_kvpress_cpu.csv``.
+kvpress compresses the prompt in a forward hook after each attention layer, from that layer's
+input hidden states and cached keys/values; compression does not change the prefill's
+outputs. So the prompt runs once (uncompressed, the hook's inputs recorded) and every press
+applies its own ``compress`` to those inputs, exactly as its hook would; the compressed
+``DynamicCache`` then decodes with explicit positions, as kvpress's pipeline does (needle:
+greedy answer; ppl: the continuation scored in one teacher-forced call). Presses: the
+scorer presses that need no attention matrix (SnapKV, TOVA, Knorm, ExpectedAttention,
+StreamingLLM) at compression ratios 0.3/0.5/0.7.
 """
 
 from __future__ import annotations
@@ -26,233 +22,205 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).parent))
+from quality_cases import NEEDLE_TOKENS, documents, needle_cases, needle_prompt
 
-from bench_quality import (  # noqa: E402  (prompt builders shared with bench_quality)
-    AGREE,
-    NEEDLE_TOKENS,
-    documents,
-    haystack,
-    needle_code,
-    sweep_plan,
-)
-
-MATCH_T = "fastgen_0.95"
-
-
-SKIP: set[str] = set()
+REQUIRES = "kvpress 0.5.5 in its own environment (transformers < 5.3): see the docstring"
+CAPTURED: dict[int, tuple] = {}
 
 
 def presses(ratio: float):
     import kvpress as kp
 
-    every = {
-        "kvpress_streamingllm": kp.StreamingLLMPress(compression_ratio=ratio),
+    return {
         "kvpress_snapkv": kp.SnapKVPress(compression_ratio=ratio),
         "kvpress_tova": kp.TOVAPress(compression_ratio=ratio),
-        "kvpress_observed_attention": kp.ObservedAttentionPress(compression_ratio=ratio),
         "kvpress_knorm": kp.KnormPress(compression_ratio=ratio),
         "kvpress_expected_attention": kp.ExpectedAttentionPress(compression_ratio=ratio),
-        "kvpress_adakv_expected_attention": kp.AdaKVPress(
-            kp.ExpectedAttentionPress(compression_ratio=ratio)
-        ),
+        "kvpress_streamingllm": kp.StreamingLLMPress(compression_ratio=ratio),
     }
-    return {k: v for k, v in every.items() if k not in SKIP}
 
 
-def prefill(model, press, ids):
+def _record(module, args, kwargs, output):
+    CAPTURED[module.layer_idx] = (module, kwargs)
+
+
+@torch.no_grad()
+def prefill(model, ids):
     from transformers import DynamicCache
 
-    cache = DynamicCache()
-    eager = press is not None and type(press).__name__ == "ObservedAttentionPress"
-    if eager:  # the press reads attention weights: eager attention while it runs
-        model.set_attn_implementation("eager")
+    CAPTURED.clear()
+    hooks = [
+        layer.self_attn.register_forward_hook(_record, with_kwargs=True)
+        for layer in model.model.layers
+    ]
     try:
-        if press is None:
-            out = model(ids, past_key_values=cache)
-        else:
-            with press(model):
-                out = model(ids, past_key_values=cache)
+        cache = DynamicCache(config=model.config)
+        logits = model(ids, past_key_values=cache, logits_to_keep=1).logits[0, -1]
     finally:
-        if eager:
-            model.set_attn_implementation("sdpa")
-    kept = cache.layers[0].keys.shape[-2] / ids.shape[1]
-    return out.logits[0, -1], cache, kept
-
-
-def step(model, cache, tok: int, pos: int):
-    out = model(torch.tensor([[tok]]), past_key_values=cache, position_ids=torch.tensor([[pos]]))
-    return out.logits[0, -1]
+        for h in hooks:
+            h.remove()
+    return cache, logits
 
 
 @torch.no_grad()
-def run_ppl(model, press, ids, ctx):
-    logits, cache, kept = prefill(model, press, torch.tensor([ids[:ctx]]))
-    nll = 0.0
-    for i, tok in enumerate(ids[ctx:]):
-        nll -= torch.log_softmax(logits.float(), -1)[tok].item()
-        logits = step(model, cache, tok, ctx + i)
-    return math.exp(nll / (len(ids) - ctx)), kept
+def compress(model, press, full):
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    if press is None:
+        for i, layer in enumerate(full.layers):
+            cache.update(layer.keys, layer.values, i)
+        return cache
+    press.post_init_from_model(model)
+    for i, layer in enumerate(full.layers):
+        module, kwargs = CAPTURED[i]
+        k, v = press.compress(
+            module, kwargs["hidden_states"], layer.keys, layer.values, None, kwargs
+        )
+        cache.update(k, v, i)
+    return cache
 
 
 @torch.no_grad()
-def run_greedy(model, press, prompt: torch.Tensor, new: int):
-    logits, cache, kept = prefill(model, press, prompt)
-    n = prompt.shape[1]
-    toks = []
-    for i in range(new):
-        tok = int(logits.argmax())
-        toks.append(tok)
-        if len(toks) == new:
-            break
-        logits = step(model, cache, tok, n + i)
-    return toks, kept
+def greedy(model, cache, first, n, new, eos):
+    toks = [first]
+    while len(toks) < new and toks[-1] not in eos:
+        pos = torch.tensor([[n + len(toks) - 1]])
+        out = model(torch.tensor([[toks[-1]]]), past_key_values=cache, position_ids=pos)
+        toks.append(int(out.logits[0, -1].argmax()))
+    return toks
 
 
-def matched_ratios(path: Path) -> dict:
-    out = {}
-    if not path.exists():
-        return out
-    for r in csv.DictReader(path.open()):
-        if r["method"] == MATCH_T:
-            key = (r["bench"], r["doc"], r["context"], r.get("depth") or "")
-            out[key] = 1.0 - float(r["kept_fraction"])
-    return out
+@torch.no_grad()
+def continuation_nll(model, cache, first_logits, n, cont):
+    nll = -torch.log_softmax(first_logits.float(), -1)[cont[0]]
+    if len(cont) > 1:
+        pos = torch.arange(n, n + len(cont) - 1)[None]
+        logits = model(torch.tensor([cont[:-1]]), past_key_values=cache, position_ids=pos).logits[0]
+        lp = torch.log_softmax(logits.float(), -1)
+        nll = nll - lp[torch.arange(len(cont) - 1), torch.tensor(cont[1:])].sum()
+    return float(nll)
+
+
+def kept_fraction(cache, n):
+    kept = sum(layer.keys.shape[2] for layer in cache.layers)
+    return kept / (n * len(cache.layers))
+
+
+def append(path: Path, rows, tags):
+    rows = [{**r, **tags} for r in rows]
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--match", default=str(HERE / "results" / "quality_cpu.csv"))
-    parser.add_argument("--default-ratio", type=float, default=0.4)
-    parser.add_argument("--out", default=str(HERE / "results" / "quality_kvpress_cpu.csv"))
-    parser.add_argument("--quick", action="store_true", help="one document, one needle")
-    parser.add_argument("--benches", default="ppl,agree,needle", help="comma list")
-    parser.add_argument("--skip", default="", help="comma list of press names to leave out")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    SKIP.update(x for x in args.skip.split(",") if x)
-    benches = set(args.benches.split(","))
-    import kvpress
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--contexts", default="512")
+    ap.add_argument("--depths", type=int, default=3)
+    ap.add_argument("--per-depth", type=int, default=1)
+    ap.add_argument("--ratios", default="0.3,0.5,0.7", help="compression ratios (freed)")
+    ap.add_argument("--ppl-docs", type=int, default=1)
+    ap.add_argument("--ppl-ctx", type=int, default=512)
+    ap.add_argument("--ppl-cont", type=int, default=64)
+    ap.add_argument("--out", default="quality_kvpress_cpu.csv")
+    args = ap.parse_args(argv)
+    import kvpress  # noqa: F401
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
     model.set_attn_implementation("sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    ratios = matched_ratios(Path(args.match))
-    plan = sweep_plan(args.quick)
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    from importlib.metadata import version
+
     tags = dict(
-        device="cpu",
+        device=f"{platform.machine()} cpu",
         torch=torch.__version__,
         transformers=transformers.__version__,
-        kvpress=getattr(kvpress, "__version__", "0.5.5"),
-        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        kvpress=version("kvpress"),
     )
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-
-    def emit(**row):
-        rows.append({**row, **tags})
-        with open(args.out, "w", newline="") as f:  # rewritten each row: partial runs count
-            keys = list(dict.fromkeys(k for r in rows for k in r))
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-
-    ctx = plan["ppl_context"]
-    docs = documents(tokenizer, ctx, plan["docs"]) if benches & {"ppl", "agree"} else []
-    for d, ids in enumerate(docs):
-        ratio_p = ratios.get(("ppl", str(d), str(ctx), ""), args.default_ratio)
-        ratio_a = ratios.get(("agree", str(d), str(ctx), ""), args.default_ratio)
-        prompt = torch.tensor([ids[:ctx]])
-        if "ppl" in benches:
-            ppl, kept = run_ppl(model, None, ids, ctx)
-            emit(
-                bench="ppl",
-                method="kvpress_none",
-                doc=d,
-                context=ctx,
-                kept_fraction=kept,
-                value=ppl,
-            )
-            print(f"ppl doc{d} no press: {ppl:.3f}", flush=True)
-        for name, press in presses(ratio_p).items() if "ppl" in benches else ():
-            ppl, kept = run_ppl(model, press, ids, ctx)
-            emit(
-                bench="ppl",
-                method=name,
-                matched_to=MATCH_T,
-                compression_ratio=round(ratio_p, 4),
-                doc=d,
-                context=ctx,
-                kept_fraction=round(kept, 4),
-                value=ppl,
-            )
-            print(f"ppl doc{d} {name}: kept {kept:.3f} ppl {ppl:.3f}", flush=True)
-        if "agree" in benches:
-            ref, _ = run_greedy(model, None, prompt, AGREE)
-            emit(
-                bench="agree",
-                method="kvpress_none",
-                doc=d,
-                context=ctx,
-                kept_fraction=1.0,
-                value=1.0,
-            )
-        for name, press in presses(ratio_a).items() if "agree" in benches else ():
-            toks, kept = run_greedy(model, press, prompt, AGREE)
-            same = next(
-                (i for i, (a, b) in enumerate(zip(toks, ref, strict=True)) if a != b), AGREE
-            )
-            emit(
-                bench="agree",
-                method=name,
-                matched_to=MATCH_T,
-                compression_ratio=round(ratio_a, 4),
-                doc=d,
-                context=ctx,
-                kept_fraction=round(kept, 4),
-                value=same / AGREE,
-            )
-            print(f"agree doc{d} {name}: kept {kept:.3f} prefix {same}/{AGREE}", flush=True)
-    for ctx in plan["needle_contexts"] if "needle" in benches else ():
-        for i, depth in enumerate(plan["depths"]):
-            code = needle_code(i, ctx)
-            prompt = tokenizer(haystack(tokenizer, ctx, depth, code), return_tensors="pt")[
-                "input_ids"
-            ]
-            ratio = ratios.get(("needle", "-1", str(ctx), str(depth)), args.default_ratio)
-            for name, press in [("kvpress_none", None), *presses(ratio).items()]:
-                toks, kept = run_greedy(model, press, prompt, NEEDLE_TOKENS)
-                answer = tokenizer.decode(toks)
-                emit(
+    out = Path(args.out)
+    ratios = [float(x) for x in args.ratios.split(",")]
+    todo = [("kvpress_none", 0.0, None)] + [
+        (name, r, p) for r in ratios for name, p in presses(r).items()
+    ]
+    gen_eos = model.generation_config.eos_token_id
+    eos = {tok.eos_token_id, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))}
+    depths = [i / max(1, args.depths - 1) for i in range(args.depths)]
+    contexts = [int(x) for x in args.contexts.split(",") if x]
+    t_all = time.time()
+    base = dict(model=args.model)
+    for ctx, depth, case, code in needle_cases(contexts, depths, args.per_depth):
+        ids = tok(needle_prompt(tok, ctx, depth, code), return_tensors="pt")["input_ids"]
+        n = ids.shape[1]
+        full, logits = prefill(model, ids)
+        first = int(logits.argmax())
+        rows = []
+        for name, ratio, press in todo:
+            cache = compress(model, press, full)
+            kept = kept_fraction(cache, n)
+            answer = tok.decode(greedy(model, cache, first, n, NEEDLE_TOKENS, eos))
+            rows.append(
+                dict(
+                    base,
                     bench="needle",
-                    method=name,
-                    matched_to="" if press is None else MATCH_T,
-                    compression_ratio=0.0 if press is None else round(ratio, 4),
-                    doc=-1,
-                    context=ctx,
+                    ctx=ctx,
+                    prompt_tokens=n,
                     depth=depth,
+                    case=case,
+                    method=name,
+                    target_kept=round(1 - ratio, 2),
                     kept_fraction=round(kept, 4),
-                    value=float(code in answer),
+                    success=int(code in answer),
+                    answer=answer.strip().replace("\n", " ")[:40],
                 )
-                print(
-                    f"needle ctx{ctx} d{depth} {name}: kept {kept:.3f} "
-                    f"{'hit' if code in answer else 'miss'} {answer!r}",
-                    flush=True,
+            )
+        append(out, rows, tags)
+        hits = ", ".join(f"{r['method']}@{r['target_kept']}:{r['success']}" for r in rows)
+        print(
+            f"needle ctx={ctx} depth={depth:.2f} ({time.time() - t_all:.0f}s): {hits}", flush=True
+        )
+    for i, doc in enumerate(documents(tok, args.ppl_ctx, args.ppl_docs, args.ppl_cont)):
+        ids = torch.tensor([doc[: args.ppl_ctx]])
+        full, logits = prefill(model, ids)
+        rows = []
+        for name, ratio, press in todo:
+            cache = compress(model, press, full)
+            nll = continuation_nll(model, cache, logits, args.ppl_ctx, doc[args.ppl_ctx :])
+            rows.append(
+                dict(
+                    base,
+                    bench="ppl",
+                    ctx=args.ppl_ctx,
+                    prompt_tokens=args.ppl_ctx,
+                    doc=i,
+                    method=name,
+                    target_kept=round(1 - ratio, 2),
+                    kept_fraction=round(kept_fraction(cache, args.ppl_ctx), 4),
+                    nll=round(nll, 4),
+                    tokens=args.ppl_cont,
+                    ppl=round(math.exp(nll / args.ppl_cont), 4),
                 )
-    print(f"done in {time.perf_counter() - t0:.0f} s ({len(rows)} rows -> {args.out})")
+            )
+        append(out, rows, tags)
+        print(f"ppl doc {i} ({time.time() - t_all:.0f}s)", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

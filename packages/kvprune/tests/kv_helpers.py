@@ -58,6 +58,9 @@ def rule_keep_python(cls, pos, score, n_real, p) -> set[int]:
     ``cls``, ``pos``, ``score`` are lists over the prompt (pos -1 = padding); ``p`` a dict of
     ints."""
     newest = n_real - 1
+    grown = (p.get("window_q", 0) * n_real >> rules.FRACTION_BITS) - p["n_sink"]
+    window = max(p["window"], grown)
+    k_f = max(p["k_f"], (p.get("k_f_q", 0) * n_real >> rules.FRACTION_BITS) - window - p["n_sink"])
     prot, cand = set(), []
     for j, (c, q, s) in enumerate(zip(cls, pos, score, strict=True)):
         if q < 0:
@@ -67,13 +70,13 @@ def rule_keep_python(cls, pos, score, n_real, p) -> set[int]:
             or (p["level"] >= 2 and c == rules.CLS_PUNCT)
             or q < p["n_sink"]
             or q >= p["keep_from"]
-            or q > newest - p["window"]
+            or q > newest - window
         ):
             prot.add(j)
         else:
             cand.append((s, q, j))
     cand.sort(key=lambda t: (-t[0], -t[1]))
-    return prot | {j for _, _, j in cand[: max(0, p["k_f"])]}
+    return prot | {j for _, _, j in cand[: max(0, k_f)]}
 
 
 def causal_attention(n_rows: int, n: int, heads: int, seed: int, real=None, temp: float = 2.0):

@@ -7,19 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvprune import rules
-from kvprune.cache import RaggedLayer
-from kvprune.policies import Plan, Policy
-
-
-class Owner:
-    def __init__(self, score_mode: str, slack: int):
-        self.slack = slack
-        self.backend = "reference"
-        self.policy = Policy()
-        self.policy.score_mode = score_mode
+from kvprune.policies import Plan
+from kvprune.storage import RaggedStore
 
 
 def simulate(tokens, params, n_prompt, kept0, steps, score_mode):
+    """The rule written plainly (budgets in force at the current length L)."""
     """tokens: {pos: (cls, score)} of the kept prompt; steps: list of (cls, {pos: weight})."""
     live = {q: [c, s] for q, (c, s) in tokens.items() if q in kept0}
     history = []
@@ -29,6 +22,11 @@ def simulate(tokens, params, n_prompt, kept0, steps, score_mode):
         for q in live:
             w = weights.get(q, 0.0)
             live[q][1] = w if score_mode == "last" else live[q][1] + w
+        length = newest + 1
+        grown = (params["window_q"] * length >> rules.FRACTION_BITS) - params["n_sink"]
+        window = max(params["window"], grown)
+        grown_k = (params["k_f_q"] * length >> rules.FRACTION_BITS) - window - params["n_sink"]
+        k_f = max(params["k_f"], grown_k)
         while True:
             cand = [
                 (s, q)
@@ -38,10 +36,10 @@ def simulate(tokens, params, n_prompt, kept0, steps, score_mode):
                     or (params["level"] >= 2 and c == rules.CLS_PUNCT)
                     or q < params["n_sink"]
                     or q >= params["keep_from"]
-                    or q > newest - params["window"]
+                    or q > newest - window
                 )
             ]
-            if len(cand) <= params["k_f"]:
+            if len(cand) <= k_f:
                 break
             _, victim = min(cand)  # lowest score, then the oldest
             del live[victim]
@@ -63,6 +61,8 @@ def scenarios(draw):
                 "keep_from": draw(st.sampled_from([rules.UNBOUNDED, n // 2])),
                 "window": draw(st.integers(0, 4)),
                 "k_f": draw(st.integers(0, 4)),
+                "window_q": draw(st.sampled_from([0, rules.fraction_q(0.3)])),
+                "k_f_q": draw(st.sampled_from([0, rules.fraction_q(0.25)])),
             }
         )
     return (
@@ -89,11 +89,9 @@ def test_decode_eviction_matches_the_rule(scenario):
     params = {k: torch.tensor([[s[k] for s in segs]]) for k in rules.PARAM_NAMES}
     keep = rules.prefill_keep(cls, pos, real, torch.tensor([n]), score, params)
     plan = Plan(keep, score, params, torch.zeros(1, h, dtype=torch.long), ("x",), torch.ones(1, h))
-    layer = RaggedLayer.__new__(RaggedLayer)
-    owner = Owner(score_mode, slack)
-    RaggedLayer.__init__(layer, owner, 0)
+    layer = RaggedStore(slack=slack, score_mode=score_mode)
     key = torch.randn(1, h, n, d, generator=gen)
-    layer._build(plan, key, key.clone(), cls, pos, torch.tensor([n]))
+    layer.build(plan, key, key.clone(), cls, pos, torch.tensor([n]))
 
     steps_cls = torch.randint(0, 3, (n_steps,), generator=gen).tolist()
     expected_hist = []
@@ -103,9 +101,9 @@ def test_decode_eviction_matches_the_rule(scenario):
         expected_hist.append((tokens, kept0))
     step_weights = []
     for t in range(n_steps):
-        layer._append(torch.randn(1, h, d), torch.randn(1, h, d), torch.tensor([steps_cls[t]]))
+        layer.append(torch.randn(1, h, d), torch.randn(1, h, d), torch.tensor([steps_cls[t]]))
         weights = torch.zeros(layer.k_pool.shape[0], 1)
-        live = layer._live()
+        live = layer.live()
         weights[live, 0] = torch.randint(0, 8, (int(live.sum()),), generator=gen) / 8
         per_seg = []
         for k in range(h):
@@ -114,7 +112,7 @@ def test_decode_eviction_matches_the_rule(scenario):
                 {int(layer.slot_pos[off + j]): float(weights[off + j, 0]) for j in range(ln)}
             )
         step_weights.append(per_seg)
-        layer.after_decode(weights)
+        layer.after_step(weights)
         for k in range(h):
             tokens, kept0 = expected_hist[k]
             p = {name: int(v[0, k]) for name, v in params.items()}

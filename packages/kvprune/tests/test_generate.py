@@ -6,7 +6,17 @@ import kvprune
 import pytest
 import torch
 from kv_helpers import tiny_model, token_table
-from kvprune import H2O, TOVA, FastGen, Full, KVPruneCache, SnapKV, StreamingLLM, UnsupportedError
+from kvprune import (
+    H2O,
+    TOVA,
+    AdaptiveFastGen,
+    FastGen,
+    Full,
+    KVPruneCache,
+    SnapKV,
+    StreamingLLM,
+    UnsupportedError,
+)
 from kvprune.generate import cache_kwarg
 from transformers import AttentionInterface, DynamicCache
 
@@ -77,6 +87,8 @@ def masked_eager(module, query, key, value, attention_mask, scaling=None, dropou
         H2O(kept_fraction=0.4),
         TOVA(kept_fraction=0.3),
         SnapKV(kept_fraction=0.4, window=4),
+        AdaptiveFastGen(kept_fraction=0.4, window=4, min_window=2),
+        AdaptiveFastGen(kept_fraction=0.3, window=6, kernel=3, structural_recovery=0.3),
     ],
     ids=lambda p: type(p).__name__,
 )
@@ -102,9 +114,9 @@ def test_pruned_decoding_equals_masked_dense_attention(policy):
         for step in range(8):
             total = n + step + 1
             for layer in cache.layers:
-                keep = torch.zeros(b, layer.n_kv, total, dtype=torch.bool)
+                keep = torch.zeros(b, layer.store.n_kv, total, dtype=torch.bool)
                 for row in range(b):
-                    for h in range(layer.n_kv):
+                    for h in range(layer.store.n_kv):
                         for q in layer.kept_positions(row, h):
                             keep[row, h, q + int(pad[row])] = True
                         keep[row, h, -1] = True  # the new token attends to itself
@@ -114,7 +126,7 @@ def test_pruned_decoding_equals_masked_dense_attention(policy):
             ref = dense_model(tok, attention_mask=mask, **{cache_kwarg(model): dense_cache})
             torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
-    pruned = sum(int(layer.lengths.sum()) for layer in cache.layers)
+    pruned = sum(int(layer.store.lengths.sum()) for layer in cache.layers)
     assert pruned < len(cache.layers) * b * 2 * (n + 8)  # something was actually pruned
 
 
@@ -125,10 +137,14 @@ def test_memory_stays_bounded_while_decoding():
     policy = FastGen(recovery=0.01, ladder=(("frequent", "local"),), sink_tokens=0)
     cache = KVPruneCache(model, policy, token_classes_table=table)
     run(model, cache, ids, mask, max_new_tokens=60, do_sample=False, min_new_tokens=60)
-    budget = int(0.3 * 40) * 2  # k_f + window, fixed by the prompt length
+    length = 40 + 59  # tokens cached after the last step
+    budget = int(0.6 * length)  # frequent + local: 30% + 30% of the current length
     for layer in cache.layers:
-        assert int(layer.lengths.max()) == budget
-        assert layer.k_pool.shape[0] <= layer.lengths.shape[0] * (budget + cache.slack)
+        assert int(layer.store.lengths.max()) == budget
+        # grown one segment at a time, by at most an eighth of its length
+        assert layer.store.k_pool.shape[0] <= layer.store.lengths.shape[0] * (
+            budget + max(cache.slack, budget // 8)
+        )
 
 
 def test_memory_accounting_matches_tensor_sizes():
@@ -139,16 +155,16 @@ def test_memory_accounting_matches_tensor_sizes():
     mem = cache.memory()
     kv = meta = live = 0
     for layer in cache.layers:
-        for name, t in vars(layer).items():
+        tensors = [*vars(layer).items(), *vars(layer.store).items()]
+        tensors += list(layer.store.params.items())
+        for name, t in tensors:
             if isinstance(t, torch.Tensor):
                 nbytes = t.untyped_storage().nbytes()
                 if name in ("k_pool", "v_pool"):
                     kv += nbytes
                 else:
                     meta += nbytes
-        for p in layer.params.values():
-            meta += p.untyped_storage().nbytes()
-        live += 2 * layer.k_pool.shape[1] * 4 * int(layer.lengths.sum())
+        live += 2 * layer.store.k_pool.shape[1] * 4 * int(layer.store.lengths.sum())
     assert mem == {"kv_allocated": kv, "kv_live": live, "metadata": meta}
     report = cache.report()
     assert report.kv_allocated_bytes == kv
@@ -159,7 +175,8 @@ def test_memory_accounting_matches_tensor_sizes():
         assert r.tokens == n_real
         assert r.full_bytes == n_real * 3 * 2 * row
         assert r.kept_bytes == sum(map(sum, r.kept)) * row
-        assert r.freed_bytes == r.full_bytes - r.allocated_bytes
+        assert r.freed_bytes == r.full_bytes - r.kept_bytes >= 0
+        assert r.slack_bytes == r.allocated_bytes - r.kept_bytes >= 0
         assert len(r.policies) == 3 and all(len(x) == 2 for x in r.policies)
         assert sum(r.policy_counts().values()) == 6
 
@@ -175,20 +192,30 @@ def test_generate_helper_returns_output_and_report():
         do_sample=False,
         pad_token_id=0,
         policy=FastGen(recovery=0.8),
+        token_classes_table=token_table(),
     )
     assert out.shape == (1, 25)
     assert report.requests[0].tokens == 24
     assert "freed" in report.summary()
 
 
-def test_plain_forward_without_kvprune_cache_is_sdpa():
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_model_keeps_its_attention_implementation(impl):
+    """Building a cache and generating with it leaves the model as it was: other calls run
+    the model's own attention (the fix: the cache used to switch the model for good)."""
     model = tiny_model("llama")
+    model.set_attn_implementation(impl)
     ids, mask = batch()
     with torch.no_grad():
         ref = model(ids, attention_mask=mask).logits
-        KVPruneCache(model)  # switches the model to the kvprune attention
-        assert model.config._attn_implementation == "kvprune"
+        cache = KVPruneCache(model, Full(), token_classes_table=token_table())
+        assert model.config._attn_implementation == impl
+        run(model, cache, ids, mask, max_new_tokens=3, do_sample=False)
+        assert model.config._attn_implementation == impl
         torch.testing.assert_close(model(ids, attention_mask=mask).logits, ref)
+        with pytest.raises(UnsupportedError):  # a failing kvprune call restores it too
+            model(ids[:1], **{cache_kwarg(model): cache})
+        assert model.config._attn_implementation == impl
 
 
 # -- clear errors -------------------------------------------------------------------------
@@ -244,13 +271,115 @@ def test_right_padding_and_embeddings_are_rejected():
         model(inputs_embeds=embeds, **{cache_kwarg(model): cache})
 
 
-def test_multi_token_steps_and_crop_are_rejected():
+def test_crop_is_rejected():
     model = tiny_model("llama")
     ids, _mask = batch(b=1, n=10, pad=(0,))
     cache = KVPruneCache(model, token_classes_table=token_table())
     with torch.no_grad():
         model(ids, **{cache_kwarg(model): cache})
-        with pytest.raises(UnsupportedError, match="one token per step"):
-            model(ids[:, :3], **{cache_kwarg(model): cache})
     with pytest.raises(UnsupportedError, match="cropped"):
         cache.crop(-1)
+
+
+# -- what a new user hit ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "policy",
+    [FastGen(), AdaptiveFastGen(), H2O(0.3), TOVA(0.3), SnapKV(0.3), StreamingLLM(0.3)],
+    ids=lambda p: type(p).__name__,
+)
+def test_one_token_prompt_keeps_a_minimum_window(policy):
+    """A one-token prompt used to leave FastGen with nothing but special tokens (4% kept,
+    'the the the'): every policy keeps at least its last ``min_window`` tokens."""
+    model = tiny_model("llama")
+    ids = torch.tensor([[40]])
+    cache = KVPruneCache(model, policy, token_classes_table=token_table())
+    run(model, cache, ids, torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    for layer in cache.layers:
+        for h in range(layer.store.n_kv):
+            kept = layer.kept_positions(0, h)
+            assert set(range(24 - policy.min_window, 24)) <= set(kept)
+
+
+def test_a_cache_continues_its_conversation():
+    """A second ``generate`` on the longer input (the next turn) continues the cache; with
+    ``Full`` it equals a dense cache doing the same (the fix: it used to fail with 'cannot
+    reshape tensor of 0 elements' or 'one token per step')."""
+    model = tiny_model("llama")
+    ids, mask = batch(b=1, n=16, pad=(0,))
+    kw = dict(max_new_tokens=5, do_sample=False)
+    caches = [
+        DynamicCache(config=model.config),
+        KVPruneCache(model, Full(), token_classes_table=token_table()),
+    ]
+    outs = []
+    for cache in caches:
+        first = run(model, cache, ids, mask, **kw).sequences
+        turn = torch.cat([first, torch.tensor([[17, 23, 31, 44]])], 1)
+        second = run(model, cache, turn, torch.ones_like(turn), **kw)
+        outs.append(second)
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    for a, b in zip(outs[0].scores, outs[1].scores, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_multi_token_continuation_equals_token_by_token():
+    model = tiny_model("llama")
+    ids, _ = batch(b=2, n=20, pad=(0, 0))
+    more = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    logits = []
+    for chunked in (True, False):
+        cache = KVPruneCache(model, H2O(0.4), token_classes_table=token_table())
+        with torch.no_grad():
+            model(ids, **{cache_kwarg(model): cache})
+            if chunked:
+                logits.append(model(more, **{cache_kwarg(model): cache}).logits)
+            else:
+                steps = [
+                    model(more[:, t : t + 1], **{cache_kwarg(model): cache}).logits
+                    for t in range(6)
+                ]
+                logits.append(torch.cat(steps, 1))
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_new_batch_on_a_used_cache_is_refused_in_one_line():
+    model = tiny_model("llama")
+    ids, mask = batch(b=2, n=16, pad=(0, 0))
+    cache = KVPruneCache(model, H2O(0.5), token_classes_table=token_table())
+    run(model, cache, ids, mask, max_new_tokens=4, do_sample=False)
+    short, short_mask = batch(b=2, n=8, pad=(0, 0), seed=1)
+    with pytest.raises(UnsupportedError, match="adds no tokens"):
+        run(model, cache, short, short_mask, max_new_tokens=4, do_sample=False)
+    with pytest.raises(UnsupportedError, match="batch of 2 rows"), torch.no_grad():
+        model(short[:1], **{cache_kwarg(model): cache})
+
+
+def test_missing_tokenizer_and_bad_windows_are_refused():
+    model = tiny_model("llama")
+    for policy in (FastGen(), AdaptiveFastGen()):
+        with pytest.raises(UnsupportedError, match="pass tokenizer="):
+            KVPruneCache(model, policy)
+    KVPruneCache(model, H2O(0.5))  # policies that ignore token classes need no tokenizer
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        SnapKV(window=0)
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        AdaptiveFastGen(window=0)
+    with pytest.raises(ValueError, match="kept_fraction"):
+        H2O(kept_fraction=0)
+
+
+def test_report_means_what_it_says():
+    """``Full`` frees nothing (it printed negative freed bytes), ``H2O(0.5)`` keeps half of
+    the sequence after a long generation (it kept 21.7%: budgets were fractions of the
+    prompt), and the growth slack is reported apart from the kept entries."""
+    model = tiny_model("llama")
+    ids, mask = batch(b=1, n=40, pad=(0,))
+    cache = KVPruneCache(model, Full(), token_classes_table=token_table())
+    run(model, cache, ids, mask, max_new_tokens=8, do_sample=False)
+    report = cache.report()
+    assert report.freed_bytes == 0 and report.kept_fraction == 1.0
+    assert report.slack_bytes > 0 and "growth slack" in report.summary()
+    assert "freed 0.00 MB" in report.summary() and "-0." not in report.summary()
+    cache = KVPruneCache(model, H2O(0.5), token_classes_table=token_table())
+    run(model, cache, ids, mask, max_new_tokens=120, min_new_tokens=120, do_sample=False)
+    assert abs(cache.report().kept_fraction - 0.5) < 0.01

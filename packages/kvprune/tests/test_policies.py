@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_helpers import causal_attention, rule_keep_python
-from kvprune import H2O, TOVA, FastGen, Full, SnapKV, StreamingLLM, rules
+from kvprune import H2O, TOVA, AdaptiveFastGen, FastGen, Full, SnapKV, StreamingLLM, rules
 from kvprune.policies import Profile, kept_mass
 
 
@@ -88,7 +90,8 @@ def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce
                             continue  # the test judges only the last recovery_rows rows
                         n = profile.attn.shape[-1]
                         row_pos = int(profile.pos[bi, n - profile.attn.shape[3] + r])
-                        win = int(params["window"][bi, hi])
+                        seg = {k: int(v[bi, hi]) for k, v in params.items()}
+                        win = rules.window_at(seg, row_pos + 1)
                         kept = [
                             j
                             for j in range(n)
@@ -112,13 +115,17 @@ def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce
     profile=profiles(),
     f=st.floats(0.05, 1.0),
     which=st.sampled_from(["streaming", "h2o", "tova", "snapkv", "full"]),
+    min_window=st.sampled_from([0, 3]),
 )
-def test_baseline_kept_sets_are_their_rule(profile, f, which):
+def test_baseline_kept_sets_are_their_rule(profile, f, which, min_window):
+    """Every baseline keeps its rule's set, and exactly its budget: ``floor(f * n)`` tokens per
+    head, or the minimum window where that is larger."""
+    mw = min_window
     policy = {
-        "streaming": StreamingLLM(kept_fraction=f, sinks=2),
-        "h2o": H2O(kept_fraction=f),
-        "tova": TOVA(kept_fraction=f),
-        "snapkv": SnapKV(kept_fraction=f, window=4, kernel=3),
+        "streaming": StreamingLLM(kept_fraction=f, sinks=2, min_window=mw),
+        "h2o": H2O(kept_fraction=f, min_window=mw),
+        "tova": TOVA(kept_fraction=f, min_window=mw),
+        "snapkv": SnapKV(kept_fraction=f, window=4, kernel=3, min_window=mw),
         "full": Full(),
     }[which]
     plan = policy.plan(profile)
@@ -127,8 +134,9 @@ def test_baseline_kept_sets_are_their_rule(profile, f, which):
     budget = rules.budgets(f, profile.n_real)[:, None]
     if which == "full":
         assert bool((kept == profile.n_real[:, None]).all())
-    else:  # uniform budgets: exactly floor(f * n) tokens per head
-        assert bool((kept == budget).all()), (kept, budget)
+    else:  # uniform budgets: exactly floor(f * n) tokens per head (the floor where larger)
+        floor = torch.minimum(profile.n_real[:, None], torch.tensor(min_window))
+        assert bool((kept == torch.maximum(budget, floor)).all()), (kept, budget, floor)
 
 
 def test_snapkv_votes_are_pooled_and_window_kept():
@@ -144,7 +152,7 @@ def test_snapkv_votes_are_pooled_and_window_kept():
         torch.zeros(1, n, dtype=torch.int8),
         torch.tensor([n]),
     )
-    plan = SnapKV(kept_fraction=0.5, window=3, kernel=3).plan(profile)
+    plan = SnapKV(kept_fraction=0.5, window=3, kernel=3, min_window=0).plan(profile)
     kept = plan.keep[0, 0].nonzero().flatten().tolist()
     assert kept == [1, 2, 3, 9, 10, 11]
 
@@ -178,3 +186,114 @@ def test_bad_policy_arguments_are_rejected():
         FastGen(recovery_rows=0)
     with pytest.raises(ValueError, match="kept_fraction"):
         H2O(kept_fraction=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    profile=profiles(),
+    f=st.floats(0.05, 1.0),
+    alpha=st.sampled_from([0.0, 0.2, 1.0]),
+    structural=st.sampled_from([0.3, 0.98, 1.0]),
+    min_window=st.sampled_from([0, 2]),
+)
+def test_adaptive_fastgen_keeps_its_rule_and_exactly_its_budget(
+    profile, f, alpha, structural, min_window
+):
+    policy = AdaptiveFastGen(
+        kept_fraction=f,
+        window=3,
+        kernel=3,
+        alpha=alpha,
+        structural_recovery=structural,
+        min_window=min_window,
+        sinks=1,
+    )
+    plan = policy.plan(profile)
+    check_rule(profile, plan)  # kept set == protected | top-k_f(votes) per head
+    b, h = profile.shape
+    structural_heads = plan.policy == 0
+    # Structural heads pass the recovery test and keep no heavy hitters.
+    assert bool((plan.recovery[structural_heads] >= structural - 1e-5).all())
+    assert bool((plan.params["k_f"][structural_heads] == 0).all())
+    # The layer keeps exactly its budget: floor(f * n) * heads, unless what the rule protects
+    # alone is larger, or there are not enough candidates.
+    for i in range(b):
+        n = int(profile.n_real[i])
+        total = math.floor(f * n + 1e-9) * h
+        p_zero = {k: v.clone() for k, v in plan.params.items()}
+        p_zero["k_f"] = torch.zeros_like(p_zero["k_f"])
+        protected = rules.prefill_keep(
+            profile.cls, profile.pos, profile.real, profile.n_real, plan.score, p_zero
+        )[i]
+        kept = int(plan.keep[i].sum())
+        n_prot = int(protected.sum())
+        cand = int((profile.real[i][None] & ~protected)[~structural_heads[i]].sum())
+        assert kept == n_prot + min(max(0, total - n_prot), cand), (kept, n_prot, total, cand)
+        # Ada-KV floor: every non-structural head gets at least its safeguard share.
+        share = math.floor(max(0, total - n_prot) * alpha / h)
+        for k in range(h):
+            if not structural_heads[i, k]:
+                n_cand = int((profile.real[i] & ~protected[k]).sum())
+                assert int(plan.params["k_f"][i, k]) >= min(share, n_cand)
+
+
+def test_adaptive_fastgen_gives_the_budget_to_the_highest_votes_across_heads():
+    """Ada-KV: with no floor, the heavy hitters are the top votes of all heads together."""
+    n, h = 20, 2
+    attn = torch.zeros(1, h, 1, 2, n)
+    attn[0, 0, 0, :, 2] = 1.0  # head 0: all votes on one token
+    attn[0, 1, 0, :, 1:9] = 0.125  # head 1: votes spread over eight tokens
+    real = torch.ones(1, n, dtype=torch.bool)
+    profile = Profile(
+        attn,
+        torch.ones(1, 2, dtype=torch.bool),
+        real,
+        torch.arange(n)[None],
+        torch.zeros(1, n, dtype=torch.int8),
+        torch.tensor([n]),
+    )
+    policy = AdaptiveFastGen(
+        kept_fraction=0.35,
+        window=2,
+        kernel=1,
+        alpha=0.0,
+        min_window=0,
+        sinks=0,
+        structural_recovery=1.0,
+    )
+    plan = policy.plan(profile)
+    # 7 entries per head = 14; the window (2 per head) protects 4; 10 heavy hitters: head 0's
+    # one voted token, then head 1's eight (all equal), then one zero-vote token of either.
+    k_f = plan.params["k_f"][0].tolist()
+    assert sum(k_f) == 10 and k_f[1] >= 8 and k_f[0] >= 1
+    assert bool(plan.keep[0, 1, 1:9].all()) and bool(plan.keep[0, 0, 2])
+
+
+@settings(max_examples=25, deadline=None)
+@given(profile=profiles(), f=st.floats(0.05, 1.0))
+def test_fastgen_kept_fraction_fits_the_budget_with_the_highest_threshold(profile, f):
+    """``FastGen(kept_fraction=f)``: the paper's ladder and test at the highest threshold whose
+    kept set fits ``f`` of the layer (the cheapest rungs when none does)."""
+    policy = FastGen(kept_fraction=f, profile_window=10**6, min_window=0)
+    plan = policy.plan(profile)
+    check_rule(profile, plan)
+    _score, rungs = policy.rungs(profile)
+    b, h = profile.shape
+
+    def cost(i, t):  # kept entries of row i when every head takes the first rung passing t
+        total = 0
+        for k in range(h):
+            j = next(
+                j for j, (_, _, r) in enumerate(rungs) if float(r[i, k]) >= t or j == len(rungs) - 1
+            )
+            total += int(rungs[j][0][i, k].sum())
+        return total
+
+    for i in range(b):
+        budget = math.floor(f * int(profile.n_real[i]) + 1e-9) * h
+        kept = int(plan.keep[i].sum())
+        assert kept == cost(i, float(policy.threshold_for_budget(profile, rungs)[i]))
+        assert kept <= budget or kept == cost(i, 0.0)
+        for t in {float(r[i, k]) for _, _, r in rungs for k in range(h)}:
+            if cost(i, t) <= budget:  # every fitting threshold keeps no more than the chosen
+                assert cost(i, t) <= kept

@@ -1,23 +1,26 @@
-"""kvprune: FastGen adaptive KV-cache compression with a genuinely ragged per-head cache.
+"""kvprune: KV-cache compression with a genuinely ragged per-head cache (FastGen and more).
 
-from kvprune import FastGen, KVPruneCache
-cache = KVPruneCache(model, FastGen(recovery=0.95), tokenizer)
-out = model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+from kvprune import AdaptiveFastGen, KVPruneCache
+cache = KVPruneCache(model, AdaptiveFastGen(kept_fraction=0.5), tokenizer)
+out = model.generate(**inputs, cache=cache, max_new_tokens=64)
 print(cache.report().summary())
 """
 
-from .cache import KVPruneCache, check_model
+from tensor_utils.version import package_version
+
+from .cache import KVPruneCache
 from .errors import UnsupportedError
 from .generate import generate
-from .policies import H2O, TOVA, FastGen, Full, Policy, SnapKV, StreamingLLM
+from .model_check import check_model
+from .policies import H2O, TOVA, AdaptiveFastGen, FastGen, Full, Policy, SnapKV, StreamingLLM
 from .report import Report
-from tensor_utils.version import package_version
 
 __version__ = package_version("kvprune", __file__)
 
 __all__ = [
     "H2O",
     "TOVA",
+    "AdaptiveFastGen",
     "FastGen",
     "Full",
     "KVPruneCache",

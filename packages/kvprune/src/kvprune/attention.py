@@ -1,21 +1,30 @@
-"""The ``kvprune`` attention function, registered through transformers' ``AttentionInterface``.
+"""The ``kvprune`` attention function and the model hooks that put it in place per call.
 
-For keys coming from a ``KVPruneCache`` layer it runs SDPA on the prompt and then hands the
-prompt to the layer for profiling/compression, and ragged decode attention afterwards. For any
-other keys (no cache, a ``DynamicCache``) it is plain SDPA, so switching a model to ``kvprune``
-changes nothing for other uses. Its mask function is SDPA's.
+A model that a ``KVPruneCache`` was built for gets two forward hooks (installed once): before a
+call whose cache is a kvprune cache, the hook records the call's input ids and attention mask
+on the cache, makes it the *active cache* (a context variable) and switches the model's
+attention implementation to ``"kvprune"``; after the call (also when it raises) both are put
+back. Calls with any other cache, or none, run exactly as before, with the model's own
+attention implementation (eager, SDPA or flash attention).
+
+During a kvprune call, the attention function finds its cache layer through the module's
+``layer_idx`` and the active cache, and lets that layer attend (SDPA then compression on the
+prompt, ragged decode attention afterwards). This module knows caches only through that small
+protocol (``is_kvprune_cache``, ``set_inputs``, ``pending_layer``), so it imports no cache code.
 """
 
 from __future__ import annotations
+
+from contextvars import ContextVar
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from .errors import UnsupportedError
-
 ATTN_NAME = "kvprune"
+ACTIVE_CACHE: ContextVar = ContextVar("kvprune_active_cache", default=None)
+_STACK = "_kvprune_calls"
 
 
 def kvprune_attention_forward(
@@ -28,23 +37,16 @@ def kvprune_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ):
-    handle = getattr(key, "_kvprune", None)
-    if handle is None:
+    cache = ACTIVE_CACHE.get()
+    layer = None
+    if cache is not None:
+        layer = cache.pending_layer(getattr(module, "layer_idx", None))
+    if layer is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    del key._kvprune
-    if kwargs.get("sliding_window") is not None:
-        raise UnsupportedError("kvprune does not support sliding-window attention layers")
-    layer, phase = handle
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if phase == "prefill":
-        out = sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs
-        )
-        layer.finish_prefill(query, key, value, attention_mask, scale)
-        return out
-    return layer.decode_attention(query, scale), None
+    return layer.attend(module, query, key, value, attention_mask, scale, dropout, kwargs)
 
 
 def register() -> None:
@@ -53,20 +55,37 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
-def _capture_inputs(module, args, kwargs):
-    from .cache import KVPruneCache
-
+def _call_cache(args, kwargs):
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    if isinstance(cache, KVPruneCache):
+    return cache if getattr(cache, "is_kvprune_cache", False) else None
+
+
+def _before(model, args, kwargs):
+    stack = getattr(model, _STACK)
+    stack.append(None)  # popped by _after, which also runs when this hook raises
+    cache = _call_cache(args, kwargs)
+    if cache is not None:
         ids = kwargs.get("input_ids", args[0] if args else None)
-        cache._set_inputs(ids, kwargs.get("attention_mask"))
+        cache.set_inputs(ids, kwargs.get("attention_mask"))
+        config = model.config
+        previous = config._attn_implementation
+        config._attn_implementation = ATTN_NAME
+        stack[-1] = (ACTIVE_CACHE.set(cache), previous)
+
+
+def _after(model, args, kwargs, output):
+    stack = getattr(model, _STACK)
+    entry = stack.pop() if stack else None
+    if entry is not None:
+        token, previous = entry
+        model.config._attn_implementation = previous
+        ACTIVE_CACHE.reset(token)
 
 
 def install(model) -> None:
-    """Register ``kvprune``, switch ``model`` to it and hook its forward to see input ids."""
+    """Register ``kvprune`` and hook ``model`` (once) so kvprune calls use it."""
     register()
-    if getattr(model.config, "_attn_implementation", None) != ATTN_NAME:
-        model.set_attn_implementation(ATTN_NAME)
-    if not getattr(model, "_kvprune_hooked", False):
-        model.register_forward_pre_hook(_capture_inputs, with_kwargs=True)
-        model._kvprune_hooked = True
+    if getattr(model, _STACK, None) is None:
+        setattr(model, _STACK, [])
+        model.register_forward_pre_hook(_before, with_kwargs=True)
+        model.register_forward_hook(_after, with_kwargs=True, always_call=True)

@@ -1,100 +1,63 @@
-"""``KVPruneCache``: a transformers ``Cache`` whose layers store every (row, KV head) raggedly.
+"""``KVPruneCache``: the transformers ``Cache`` adapter over ragged per-head storage.
 
-Layout of one layer (``RaggedLayer``): a flat pool ``k_pool``/``v_pool`` ``[N, D]``; segment
-``s = b * n_kv_heads + h`` owns rows ``offsets[s] .. offsets[s] + capacity[s] - 1``, of which the
-first ``lengths[s]`` are live. Per row of the pool: ``slot_pos`` (position of the token among its
-row's real tokens), ``slot_cls`` (token class) and ``slot_score`` (accumulated attention). Pruned
-entries are simply not in the pool, so their bytes are freed; a segment that fills up triggers a
-re-allocation of the layer's pool with ``max(slack, length // 8)`` spare rows for it.
+Each layer (``KVPruneLayer``) holds a ``storage.RaggedStore``. Lifecycle, driven by transformers'
+generation loop and the ``kvprune`` attention function (``attention``):
 
-Lifecycle, driven by transformers' generation loop and the ``kvprune`` attention function:
-
-1. prefill (first ``update``, prompt of ``n`` tokens): keys/values pass through untouched, the
-   attention function runs SDPA, then profiles the last ``profile_window`` query rows and calls
-   ``finish_prefill``: the policy's plan decides the kept set and the pool is built from it;
-2. each decoding step: ``update`` writes the new token into its segments' next free row, the
-   attention function runs ``ragged_decode_attention`` (kernel on CUDA) over the live rows, and
-   ``after_decode`` adds the returned attention weights to the scores and evicts what the rule
-   says (``rules``): local windows slide, heavy hitters compete, special/punctuation stay.
+1. prompt (first ``update`` of a layer, ``n`` tokens): keys/values pass through untouched and
+   the layer is marked pending; the attention function finds it (module ``layer_idx`` + the
+   active cache) and calls ``attend``: SDPA over the prompt, then the attention probabilities
+   of the policy's last ``profile_window`` query rows are computed, the policy plans the kept
+   set and the store is built from it;
+2. each decoding step: ``update`` appends the new token to the store, ``attend`` runs
+   ``ragged_decode_attention`` over the live rows (Triton kernel on CUDA) and the store updates
+   scores and evicts (``rules``), with no host synchronization;
+3. a later multi-token call (a conversation's next turn, teacher forcing) runs its tokens one
+   at a time through step 2, which is exactly what decoding them would do.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from . import rules
+from .attention import ATTN_NAME, install
 from .errors import UnsupportedError
+from .model_check import check_model, head_dim, kv_heads, text_config
 from .ops.ragged_decode import ragged_decode_attention
-from .policies import FastGen, Plan, Policy, Profile
+from .policies import FastGen, Policy, Profile
+from .report import Report, build_report
+from .storage import RaggedStore
 from .tokens import token_classes
 
-ATTN_NAME = "kvprune"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
-
-def text_config(model):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def check_model(model) -> None:
-    """Raise ``UnsupportedError`` (one line) unless ``model`` is a supported decoder-only LM."""
-    config = text_config(model)
-    kind = getattr(config, "model_type", None)
-    if getattr(model.config, "is_encoder_decoder", False) or kind not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedError(
-            f"kvprune supports Llama-family decoder models ({', '.join(SUPPORTED_MODEL_TYPES)}), "
-            f"not model_type={kind!r}"
-        )
-    layer_types = getattr(config, "layer_types", None) or []
-    sliding = any(t != "full_attention" for t in layer_types)
-    if kind == "mistral" and getattr(config, "sliding_window", None) is not None:
-        sliding = True
-    if kind in ("qwen2", "qwen3") and getattr(config, "use_sliding_window", False):
-        sliding = True
-    if sliding:
-        raise UnsupportedError(
-            "kvprune does not support sliding-window attention layers "
-            f"({kind} with sliding_window={getattr(config, 'sliding_window', None)})"
-        )
-
-
-def _kv_heads(config) -> int:
-    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-
-
-class RaggedLayer(CacheLayerMixin):
+class KVPruneLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
     is_sliding = False
 
     def __init__(self, owner: KVPruneCache, layer_idx: int):
         super().__init__()
-        self._owner = weakref.ref(owner)
+        self.owner = owner
         self.layer_idx = layer_idx
         self.seen = 0  # tokens seen by this layer, padding included (transformers' length)
-        self.k_pool: torch.Tensor | None = None
-        self.v_pool: torch.Tensor | None = None
-        self.compressed = False
+        self.store = RaggedStore(
+            slack=owner.slack, reserve=owner.reserve, score_mode=owner.policy.score_mode
+        )
+        self.pending: tuple | None = None  # what the next attention call does
 
     # -- CacheLayerMixin API -------------------------------------------------------------
-    @property
-    def owner(self) -> KVPruneCache:
-        return self._owner()
-
-    def lazy_initialization(self, key_states, value_states) -> None:
+    def lazy_initialization(self, key_states, value_states, *args, **kwargs) -> None:
         self.device = key_states.device
         self.dtype = key_states.dtype
         self.is_initialized = True
 
-    def get_seq_length(self) -> int:
+    def get_seq_length(self, *args, **kwargs) -> int:
         return self.seen
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0
+    def get_mask_sizes(self, query_length, *args, **kwargs) -> tuple[int, int]:
+        q = query_length if isinstance(query_length, int) else int(query_length.shape[0])
+        return self.seen + q, 0
 
     def get_max_length(self) -> int:
         return -1
@@ -131,232 +94,125 @@ class RaggedLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         b, _h, q, _d = key_states.shape
         if self.seen == 0:
-            owner._begin_prompt(self.layer_idx, b, q)
+            owner.begin_prompt(self.layer_idx, b, q)
             self.seen = q
-            key_states._kvprune = (self, "prefill")
+            self.pending = ("prefill",)
             return key_states, value_states
-        if not self.compressed:
+        if not self.store.built:
             raise UnsupportedError(
-                f"KVPruneCache needs the '{ATTN_NAME}' attention implementation during the prompt "
-                "(build the cache with the model: KVPruneCache(model, ...))"
+                f"KVPruneCache needs the '{ATTN_NAME}' attention during the prompt: call the "
+                "model the cache was built for (KVPruneCache(model, ...)), not a submodule"
             )
-        if q != 1:
-            raise UnsupportedError(
-                "kvprune decodes one token per step; multi-token steps on a filled cache "
-                f"(got {q} tokens: chunked prefill, assisted decoding, continuing a cache) are "
-                "not supported"
-            )
-        self._append(key_states[:, :, 0], value_states[:, :, 0], owner._token_class_now(b))
-        self.seen += 1
-        key_states._kvprune = (self, "decode")
+        owner.check_continuation(b, q, self.store.batch)
+        cls = owner.token_classes_now(b, q)
+        if q == 1:
+            self.store.append(key_states[:, :, 0], value_states[:, :, 0], cls[:, 0])
+            self.pending = ("decode",)
+        else:
+            self.pending = ("extend", key_states, value_states, cls)
+        self.seen += q
         return key_states, value_states
 
-    # -- prefill -------------------------------------------------------------------------
-    def finish_prefill(self, query, key, value, attention_mask, scale: float) -> None:
+    # -- attention (called by the kvprune attention function) ----------------------------
+    def attend(self, module, query, key, value, attention_mask, scale, dropout, kwargs):
+        pending, self.pending = self.pending, None
+        if kwargs.get("sliding_window") is not None:
+            raise UnsupportedError("kvprune does not support sliding-window attention layers")
+        phase = pending[0] if pending else None
+        if phase == "prefill":
+            out = sdpa_attention_forward(
+                module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs
+            )
+            self.build(query, key, value, scale)
+            return out
+        if phase == "decode":
+            return self.decode_attention(query, scale), None
+        _, k_new, v_new, cls = pending  # "extend": the tokens one at a time
+        outs = []
+        for t in range(query.shape[2]):
+            self.store.append(k_new[:, :, t], v_new[:, :, t], cls[:, t])
+            outs.append(self.decode_attention(query[:, :, t : t + 1], scale))
+        return torch.cat(outs, 1), None
+
+    def build(self, query, key, value, scale: float) -> None:
+        """Profile the prompt's last ``profile_window`` query rows, plan, build the store."""
         owner = self.owner
         b, hq, n, d = query.shape
         h = key.shape[1]
         g = hq // h
-        real, cls, pos, n_real = owner._prompt_info(n, query.device)
+        real, cls, pos, n_real = owner.prompt_info(query.device)
         r = min(n, owner.policy.profile_window)
         qw = query[:, :, n - r :].float().reshape(b, h, g, r, d)
         logits = torch.einsum("bhgrd,bhnd->bhgrn", qw, key.float()) * scale
         rows = torch.arange(n - r, n, device=query.device)
-        allowed = (torch.arange(n, device=query.device)[None, :] <= rows[:, None])[None] & real[
-            :, None, :
-        ]  # [B, R, n]
+        allowed = torch.arange(n, device=query.device)[None, :] <= rows[:, None]
+        allowed = allowed[None] & real[:, None, :]  # [B, R, n]
         logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
         attn = torch.softmax(logits, dim=-1)
         row_valid = real[:, n - r :]
         attn = torch.where(row_valid[:, None, None, :, None], attn, torch.zeros_like(attn))
         attn = torch.nan_to_num(attn, nan=0.0)
-        profile = Profile(attn, row_valid, real, pos, cls, n_real)
-        plan = owner.policy.plan(profile)
+        plan = owner.policy.plan(Profile(attn, row_valid, real, pos, cls, n_real))
         del attn, logits
-        self._build(plan, key, value, cls, pos, n_real)
-
-    def _build(self, plan: Plan, key, value, cls, pos, n_real) -> None:
-        b, h, n, d = key.shape
-        keep = plan.keep
-        counts = keep.sum(-1).reshape(-1)
-        cap = counts + self.owner.slack
-        self.lengths = counts.clone()
-        self._set_capacity(cap)
-        dest = (self.offsets.view(b, h, 1) + keep.long().cumsum(-1) - 1)[keep]
-        n_rows = int(cap.sum())
-        self.k_pool = key.new_empty(n_rows, d)
-        self.v_pool = value.new_empty(n_rows, d)
-        self.k_pool[dest] = key[keep]
-        self.v_pool[dest] = value[keep]
-        self.slot_pos = torch.full((n_rows,), -1, dtype=torch.int32, device=key.device)
-        self.slot_cls = torch.zeros(n_rows, dtype=torch.int8, device=key.device)
-        self.slot_score = torch.zeros(n_rows, dtype=torch.float32, device=key.device)
-        self.slot_pos[dest] = pos.unsqueeze(1).expand(b, h, n)[keep].int()
-        self.slot_cls[dest] = cls.unsqueeze(1).expand(b, h, n)[keep]
-        self.slot_score[dest] = plan.score[keep].float()
-        self.params = {k: v.reshape(-1).clone() for k, v in plan.params.items()}
-        # Scores only decide evictions when a segment keeps some but not all of its
-        # unprotected tokens (0 < k_f < unbounded); otherwise the kernel may skip the weights.
-        k_f = self.params["k_f"]
-        self.needs_scores = bool(((k_f > 0) & (k_f < rules.UNBOUNDED)).any())
-        self.policy = plan.policy.reshape(-1).clone()
+        self.policy_index = plan.policy.reshape(-1).clone()
         self.policy_names = plan.names
         self.recovery = plan.recovery.reshape(-1).clone()
-        self.next_pos = n_real.clone()  # [B]
-        self.n_rows_batch, self.n_kv = b, h
         self.prompt_real = n_real.clone()
-        self.compressed = True
-
-    def _set_capacity(self, cap: torch.Tensor) -> None:
-        self.capacity = cap
-        self.offsets = cap.cumsum(0) - cap
-        s = cap.shape[0]
-        self.slot_seg = torch.repeat_interleave(
-            torch.arange(s, dtype=torch.int32, device=cap.device), cap
-        )
-        self.max_cap = int(cap.max()) if s else 0
-
-    # -- decoding ------------------------------------------------------------------------
-    def _append(self, k_new, v_new, cls_new) -> None:
-        b, h, d = k_new.shape
-        if bool((self.lengths >= self.capacity).any()):
-            self._grow()
-        dest = self.offsets + self.lengths
-        self.k_pool[dest] = k_new.reshape(b * h, d).to(self.k_pool.dtype)
-        self.v_pool[dest] = v_new.reshape(b * h, d).to(self.v_pool.dtype)
-        self.slot_pos[dest] = self.next_pos.repeat_interleave(h).int()
-        self.slot_cls[dest] = cls_new.repeat_interleave(h).to(torch.int8)
-        self.slot_score[dest] = 0.0
-        self.lengths += 1
-
-    def _grow(self) -> None:
-        need = self.lengths >= self.capacity
-        extra = torch.clamp(self.lengths // 8, min=self.owner.slack)
-        new_cap = torch.where(need, self.lengths + extra, self.capacity)
-        old_off, old_seg = self.offsets, self.slot_seg.long()
-        live = (torch.arange(old_seg.shape[0], device=old_seg.device) - old_off[old_seg]) < (
-            self.lengths[old_seg]
-        )
-        src = live.nonzero().squeeze(1)
-        self._set_capacity(new_cap)
-        dst = self.offsets[old_seg[src]] + (src - old_off[old_seg[src]])
-        n_rows = int(new_cap.sum())
-        for name in ("k_pool", "v_pool", "slot_pos", "slot_cls", "slot_score"):
-            old = getattr(self, name)
-            new = old.new_empty((n_rows, *old.shape[1:]))
-            if name == "slot_pos":
-                new.fill_(-1)
-            elif name != "k_pool" and name != "v_pool":
-                new.zero_()
-            new[dst] = old[src]
-            setattr(self, name, new)
+        self.store.build(plan, key, value, cls, pos, n_real)
 
     def decode_attention(self, query: torch.Tensor, scale: float) -> torch.Tensor:
-        """Attention of the new token over the live rows, then score update and eviction.
+        """Attention of one new token over the live rows, then score update and eviction.
         ``query`` is ``[B, Hq, 1, D]``; returns ``[B, 1, Hq, D]``."""
+        store = self.store
         b, hq, _, d = query.shape
-        h = self.n_kv
-        q = query.reshape(b, h, hq // h, d).reshape(b * h, hq // h, d).to(self.k_pool.dtype)
+        h = store.n_kv
+        q = query.reshape(b * h, hq // h, d).to(store.k_pool.dtype)
         out, weights = ragged_decode_attention(
             q,
-            self.k_pool,
-            self.v_pool,
-            self.offsets,
-            self.lengths,
+            store.k_pool,
+            store.v_pool,
+            store.offsets,
+            store.lengths,
             scale,
-            self.max_cap,
-            self.needs_scores,
+            store.max_cap,
+            store.needs_scores,
             backend=self.owner.backend,
         )
-        self.after_decode(weights)
+        store.after_step(weights)
         return out.reshape(b, hq, d).unsqueeze(1).to(query.dtype)
 
-    def after_decode(self, weights: torch.Tensor | None) -> None:
-        if weights is not None:  # None: no segment's eviction depends on scores
-            step = weights.sum(-1)
-            if self.owner.policy.score_mode == "last":
-                self.slot_score.copy_(step)
-            else:
-                self.slot_score += step
-        self._evict(self.next_pos)
-        self.next_pos = self.next_pos + 1
-
-    def _live(self) -> torch.Tensor:
-        seg = self.slot_seg.long()
-        return (torch.arange(seg.shape[0], device=seg.device) - self.offsets[seg]) < self.lengths[
-            seg
-        ]
-
-    def _evict(self, newest_per_row: torch.Tensor) -> None:
-        seg = self.slot_seg.long()
-        s_count = self.lengths.shape[0]
-        newest = newest_per_row.repeat_interleave(self.n_kv)
-        while True:
-            live = self._live()
-            p = {k: v[seg] for k, v in self.params.items()}
-            prot = rules.protected(self.slot_cls, self.slot_pos.long(), newest[seg], p)
-            cand = live & ~prot
-            count = torch.zeros(s_count, dtype=torch.long, device=seg.device)
-            count.index_add_(0, seg[cand], torch.ones_like(seg[cand]))
-            over = count > self.params["k_f"]
-            if not bool(over.any()):
-                return
-            cand &= over[seg]
-            inf = torch.full_like(self.slot_score, float("inf"))
-            key = torch.where(cand, self.slot_score, inf)
-            low = inf[:s_count].clone().scatter_reduce_(0, seg, key, "amin")
-            tie = cand & (self.slot_score == low[seg])
-            big = torch.full_like(seg, rules.UNBOUNDED)
-            pos_key = torch.where(tie, self.slot_pos.long(), big)
-            oldest = big[:s_count].clone().scatter_reduce_(0, seg, pos_key, "amin")
-            victim = (tie & (self.slot_pos.long() == oldest[seg])).nonzero().squeeze(1)
-            vseg = seg[victim]
-            last = self.offsets[vseg] + self.lengths[vseg] - 1
-            for name in ("k_pool", "v_pool", "slot_pos", "slot_cls", "slot_score"):
-                t = getattr(self, name)
-                t[victim] = t[last]
-            self.slot_pos[last] = -1
-            self.lengths[vseg] -= 1
-
     # -- introspection -------------------------------------------------------------------
+    @property
+    def compressed(self) -> bool:
+        return self.store.built
+
     def kept_positions(self, b: int, h: int) -> list[int]:
-        s = b * self.n_kv + h
-        off, n = int(self.offsets[s]), int(self.lengths[s])
-        return sorted(int(x) for x in self.slot_pos[off : off + n])
+        return self.store.kept_positions(b, h)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor this layer holds (what its memory is made of)."""
-        if not self.compressed:
+        if not self.store.built:
             return {}
-        out = {
-            "k_pool": self.k_pool,
-            "v_pool": self.v_pool,
-            "slot_pos": self.slot_pos,
-            "slot_cls": self.slot_cls,
-            "slot_score": self.slot_score,
-            "slot_seg": self.slot_seg,
-            "offsets": self.offsets,
-            "lengths": self.lengths,
-            "capacity": self.capacity,
-            "policy": self.policy,
-            "recovery": self.recovery,
-            "next_pos": self.next_pos,
-            "prompt_real": self.prompt_real,
-        }
-        out.update({f"param_{k}": v for k, v in self.params.items()})
+        out = self.store.tensors()
+        out.update(policy=self.policy_index, recovery=self.recovery, prompt_real=self.prompt_real)
         return out
 
 
 class KVPruneCache(Cache):
     """Ragged, per-head compressed KV cache for ``model.generate``.
 
-        cache = KVPruneCache(model, FastGen(recovery=0.95), tokenizer)
-        out = model.generate(**inputs, past_key_values=cache, max_new_tokens=64)
+        cache = KVPruneCache(model, AdaptiveFastGen(kept_fraction=0.5), tokenizer)
+        out = model.generate(**inputs, cache=cache, max_new_tokens=64)
         print(cache.report().summary())
 
-    Building the cache registers the ``kvprune`` attention function and switches ``model`` to
-    it (it behaves like SDPA for any other cache). One cache serves one ``generate`` call.
+    The model keeps its attention implementation: only calls that pass this cache run through
+    the ``kvprune`` attention. A cache can continue its conversation (a later ``generate`` with
+    the longer input, or a multi-token forward); a new batch needs a new cache or ``reset()``.
+    ``reserve`` pre-allocates rows per (row, KV head) for that many new tokens: decoding within
+    it never reads the device from the host (needed to capture a decode step in a CUDA graph).
     """
+
+    is_kvprune_cache = True
 
     def __init__(
         self,
@@ -366,10 +222,9 @@ class KVPruneCache(Cache):
         *,
         token_classes_table: torch.Tensor | None = None,
         slack: int = 8,
+        reserve: int = 0,
         backend: str | None = None,
     ):
-        from .attention import install
-
         check_model(model)
         config = text_config(model)
         self.policy = policy if policy is not None else FastGen()
@@ -377,27 +232,59 @@ class KVPruneCache(Cache):
             raise TypeError(f"policy must be a kvprune Policy, got {type(self.policy).__name__}")
         if slack < 1:
             raise ValueError(f"slack must be >= 1 (one free row per segment), got {slack}")
-        self.slack = int(slack)
-        self.backend = backend
+        if reserve < 0:
+            raise ValueError(f"reserve must be >= 0, got {reserve}")
         if token_classes_table is None:
+            if tokenizer is None and self.policy.uses_token_classes:
+                raise UnsupportedError(
+                    f"{type(self.policy).__name__} keeps special and punctuation tokens: pass "
+                    "tokenizer= (or token_classes_table=) so kvprune knows which they are"
+                )
             token_classes_table = token_classes(
                 tokenizer, vocab_size=config.vocab_size, config=config
             )
+        self.slack = int(slack)
+        self.reserve = int(reserve)
+        self.backend = backend
         self.token_table = token_classes_table.to(torch.int8)
-        self.num_kv_heads = _kv_heads(config)
-        self.head_dim = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads
-        )
+        self._tables: dict = {}
+        self.num_kv_heads = kv_heads(config)
+        self.head_dim = head_dim(config)
         install(model)
-        layers = [RaggedLayer(self, i) for i in range(config.num_hidden_layers)]
+        layers = [KVPruneLayer(self, i) for i in range(config.num_hidden_layers)]
         super().__init__(layers=layers)
         self._inputs: dict = {}
         self._prompt: tuple | None = None
 
-    # fed by the model's forward pre-hook (attention.install)
-    def _set_inputs(self, input_ids, attention_mask) -> None:
+    def prefill_from(self, states, input_ids, attention_mask=None, scale: float | None = None):
+        """Compress a prompt that already ran: ``states[i] = (query, key, value)`` of layer i
+        as its attention saw them (``[B, H, n, D]``, keys after RoPE). The same cache a
+        ``generate`` prefill would build, without running the model again: one prefill can
+        be compressed by several policies (the quality benchmark does)."""
+        self.reset()
+        self.set_inputs(input_ids, attention_mask)
+        for layer, (query, key, value) in zip(self.layers, states, strict=True):
+            layer.update(key, value)
+            layer.pending = None
+            layer.build(query, key, value, scale or query.shape[-1] ** -0.5)
+
+    # -- the attention function's protocol ------------------------------------------------
+    def set_inputs(self, input_ids, attention_mask) -> None:
+        seen = self.layers[0].seen
+        if seen and input_ids is not None and input_ids.shape[-1] == 0:
+            raise UnsupportedError(
+                f"kvprune: the call adds no tokens to this cache, which holds {seen}: a new "
+                "prompt needs a new KVPruneCache (or cache.reset())"
+            )
         self._inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    def pending_layer(self, layer_idx) -> KVPruneLayer | None:
+        if layer_idx is None or not 0 <= layer_idx < len(self.layers):
+            return None
+        layer = self.layers[layer_idx]
+        return layer if layer.pending is not None else None
+
+    # -- inputs ---------------------------------------------------------------------------
     def _ids(self) -> torch.Tensor:
         ids = self._inputs.get("input_ids")
         if ids is None:
@@ -407,7 +294,12 @@ class KVPruneCache(Cache):
             )
         return ids
 
-    def _begin_prompt(self, layer_idx: int, batch: int, n: int) -> None:
+    def _table(self, device) -> torch.Tensor:
+        if device not in self._tables:
+            self._tables[device] = self.token_table.to(device)
+        return self._tables[device]
+
+    def begin_prompt(self, layer_idx: int, batch: int, n: int) -> None:
         if layer_idx != 0 and self._prompt is not None:
             return
         ids = self._ids()
@@ -432,19 +324,38 @@ class KVPruneCache(Cache):
                 )
         pos = real.long().cumsum(-1) - 1
         pos = torch.where(real, pos, torch.full_like(pos, -1))
-        cls = self.token_table.to(device)[ids.clamp(0, self.token_table.shape[0] - 1)]
+        table = self._table(device)
+        cls = table[ids.clamp(0, table.shape[0] - 1)]
         self._prompt = (real, cls, pos, real.sum(-1))
 
-    def _prompt_info(self, n: int, device):
+    def prompt_info(self, device):
         real, cls, pos, n_real = self._prompt
         return real.to(device), cls.to(device), pos.to(device), n_real.to(device)
 
-    def _token_class_now(self, batch: int) -> torch.Tensor:
+    def check_continuation(self, batch: int, q: int, cached_batch: int) -> None:
+        if q == 0:
+            raise UnsupportedError(
+                "kvprune: the call adds no tokens to this cache (a prompt no longer than what "
+                "it holds); a new prompt needs a new KVPruneCache (or cache.reset())"
+            )
+        if batch != cached_batch:
+            raise UnsupportedError(
+                f"this KVPruneCache holds a batch of {cached_batch} rows; a new batch of "
+                f"{batch} needs a new cache (or cache.reset())"
+            )
+        if q > 1:  # a multi-token continuation must not add padding inside the sequence
+            mask = self._inputs.get("attention_mask")
+            if mask is not None and not bool(mask[:, -q:].bool().all()):
+                raise UnsupportedError(
+                    "kvprune: a continuation cannot contain padding (continue each row alone)"
+                )
+
+    def token_classes_now(self, batch: int, q: int) -> torch.Tensor:
         ids = self._ids()
-        if ids.shape[0] != batch or ids.shape[1] < 1:
-            raise UnsupportedError(f"kvprune: unexpected decode input_ids {tuple(ids.shape)}")
-        table = self.token_table.to(ids.device)
-        return table[ids[:, -1].clamp(0, table.shape[0] - 1)]
+        if ids.shape[0] != batch or ids.shape[1] < q:
+            raise UnsupportedError(f"kvprune: unexpected input_ids {tuple(ids.shape)}")
+        table = self._table(ids.device)
+        return table[ids[:, -q:].clamp(0, table.shape[0] - 1)]
 
     # -- Cache API overrides -------------------------------------------------------------
     def reorder_cache(self, beam_idx):
@@ -460,27 +371,30 @@ class KVPruneCache(Cache):
         )
 
     def reset(self):
-        super().reset()
+        for layer in self.layers:
+            layer.reset()
         self._prompt = None
         self._inputs = {}
 
     # -- accounting ----------------------------------------------------------------------
     def memory(self) -> dict[str, int]:
-        """Bytes held: ``kv_allocated`` (pools, slack included), ``kv_live`` (live rows only),
-        ``metadata`` (per-row positions/classes/scores/segments and per-segment arrays)."""
+        """Bytes held: ``kv_allocated`` (pools, growth slack included), ``kv_live`` (live rows
+        only), ``metadata`` (per-row positions/classes/scores/segments, per-segment arrays)."""
         kv_alloc = kv_live = meta = 0
         for layer in self.layers:
             if not layer.compressed:
                 continue
-            row = layer.k_pool.shape[1] * layer.k_pool.element_size()
-            kv_alloc += layer.k_pool.nbytes + layer.v_pool.nbytes
-            kv_live += 2 * row * int(layer.lengths.sum())
+            store = layer.store
+            row = store.k_pool.shape[1] * store.k_pool.element_size()
+            kv_alloc += store.k_pool.nbytes + store.v_pool.nbytes
+            kv_live += 2 * row * int(store.lengths.sum())
             meta += sum(
                 t.nbytes for k, t in layer.tensors().items() if k not in ("k_pool", "v_pool")
             )
         return {"kv_allocated": kv_alloc, "kv_live": kv_live, "metadata": meta}
 
-    def report(self):
-        from .report import build_report
-
+    def report(self) -> Report:
         return build_report(self)
+
+
+__all__ = ["KVPruneCache", "KVPruneLayer", "check_model"]

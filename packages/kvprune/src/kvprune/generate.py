@@ -34,12 +34,20 @@ def check_generation_kwargs(model, kwargs: dict) -> None:
             raise UnsupportedError(f"kvprune does not support {what} ({name} was given)")
 
 
-def generate(model, input_ids=None, *, policy: Policy | None = None, tokenizer=None, **kwargs):
+def generate(
+    model,
+    input_ids=None,
+    *,
+    policy: Policy | None = None,
+    tokenizer=None,
+    token_classes_table=None,
+    **kwargs,
+):
     """``model.generate(input_ids, **kwargs)`` with a ``KVPruneCache`` (FastGen T=0.95 by
     default); returns ``(output_ids, report)``. Greedy and sampling, any batch size (left
     padding); beam search, assisted and contrastive decoding raise ``UnsupportedError``."""
     check_generation_kwargs(model, kwargs)
-    cache = KVPruneCache(model, policy, tokenizer)
+    cache = KVPruneCache(model, policy, tokenizer, token_classes_table=token_classes_table)
     kwargs[cache_kwarg(model)] = cache
     out = model.generate(input_ids, **kwargs)
     return out, cache.report()

@@ -9,13 +9,23 @@ Each (batch row, KV head) segment carries five integers (``SegmentParams``):
 - ``window``: the last ``window`` positions are kept (a sliding local window: FastGen's C_local,
   StreamingLLM, H2O's recent tokens);
 - ``k_f``: at most ``k_f`` other tokens are kept, those with the highest score (FastGen's
-  C_frequent, H2O's heavy hitters, SnapKV's selected prefix, TOVA).
+  C_frequent, H2O's heavy hitters, SnapKV's selected prefix, TOVA);
+- ``window_q``, ``k_f_q``: budgets that grow with the sequence, as fractions of the current
+  length ``L`` (real tokens so far) in units of ``1 / FRACTION_ONE``. The window in force is
+  ``max(window, window_q * L // FRACTION_ONE - n_sink)`` (sinks count in a grown window's
+  budget), the heavy-hitter budget ``max(k_f, k_f_q * L // FRACTION_ONE - window - n_sink)``
+  (``k_f_q`` is the share of window, sinks and heavy hitters together), so the absolute values
+  act as floors (the minimum kept window) and a ``kept_fraction`` keeps meaning "this share of
+  the sequence" while decoding, exactly.
 
 A token is *protected* when one of the first four says so. At prefill the kept set is
 ``protected | top-k_f(other real tokens by score)``. While decoding, after each step's attention
 has updated the scores, the lowest-scoring unprotected tokens are evicted one by one until at
 most ``k_f`` remain (FastGen's Algorithm 2, H2O's greedy eviction). Ties go against the older
-token. Positions are per row, counting real (non-padding) tokens from 0.
+token. A step adds one token and moves the window by at most one; the heavy-hitter budget shrinks
+(by one) only in a step where the window grows and so releases no token. Hence a step evicts
+at most one token per segment: the decode step has a fixed amount of
+work and needs no host synchronization. Positions are per row, counting real (non-padding) tokens from 0.
 """
 
 from __future__ import annotations
@@ -28,8 +38,35 @@ CLS_NORMAL = 0
 CLS_PUNCT = 1
 CLS_SPECIAL = 2
 UNBOUNDED = 1 << 30  # "keep everything" for window / k_f / keep_from bounds
+FRACTION_BITS = 20
+FRACTION_ONE = 1 << FRACTION_BITS  # fixed-point unit of window_q / k_f_q (exact integer math)
 
-PARAM_NAMES = ("level", "n_sink", "keep_from", "window", "k_f")
+PARAM_NAMES = ("level", "n_sink", "keep_from", "window", "k_f", "window_q", "k_f_q")
+
+
+def fraction_q(ratio: float) -> int:
+    """``ratio`` in fixed point (``FRACTION_ONE`` = 1), for ``window_q`` / ``k_f_q``."""
+    return math.floor(ratio * FRACTION_ONE + 1e-6)
+
+
+def window_at(params: dict, length):
+    """The window in force when the sequence has ``length`` real tokens."""
+    grown = ((params["window_q"] * length) >> FRACTION_BITS) - params["n_sink"]
+    return _maximum(params["window"], grown)
+
+
+def k_f_at(params: dict, length):
+    """The heavy-hitter budget in force when the sequence has ``length`` real tokens: what
+    ``k_f_q`` grants, less the window and the sinks (they count in the same budget)."""
+    grown = (params["k_f_q"] * length) >> FRACTION_BITS
+    grown = grown - window_at(params, length) - params["n_sink"]
+    return _maximum(params["k_f"], grown)
+
+
+def _maximum(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return max(a, b)
 
 
 def budget(ratio: float, n: int) -> int:
@@ -63,8 +100,8 @@ def protected_static(cls: torch.Tensor, pos: torch.Tensor, params: dict[str, tor
 
 
 def in_window(pos: torch.Tensor, newest: torch.Tensor, params: dict[str, torch.Tensor]):
-    """The sliding local window: the last ``window`` positions up to ``newest``."""
-    return pos > newest - params["window"]
+    """The sliding local window: the last ``window_at(newest + 1)`` positions up to ``newest``."""
+    return pos > newest - window_at(params, newest + 1)
 
 
 def top_k_keep(
@@ -110,7 +147,8 @@ def prefill_parts(
     static = protected_static(cls3, pos3, p) & real3
     window = in_window(pos3, newest, p) & real3
     cand = real3 & ~static & ~window
-    return static, window, top_k_keep(cand, score, pos3, params["k_f"])
+    k_f = k_f_at(params, n_real.view(-1, 1))
+    return static, window, top_k_keep(cand, score, pos3, k_f)
 
 
 def prefill_keep(cls, pos, real, n_real, score, params) -> torch.Tensor:
@@ -121,7 +159,15 @@ def prefill_keep(cls, pos, real, n_real, score, params) -> torch.Tensor:
 
 def make_params(shape: tuple[int, ...], device, **values) -> dict[str, torch.Tensor]:
     """Segment parameters of ``shape`` from scalars or tensors (missing ones: keep nothing)."""
-    defaults = {"level": 0, "n_sink": 0, "keep_from": UNBOUNDED, "window": 0, "k_f": 0}
+    defaults = {
+        "level": 0,
+        "n_sink": 0,
+        "keep_from": UNBOUNDED,
+        "window": 0,
+        "k_f": 0,
+        "window_q": 0,
+        "k_f_q": 0,
+    }
     out = {}
     for name in PARAM_NAMES:
         v = values.get(name, defaults[name])

@@ -9,6 +9,7 @@ Punctuation: tokens whose text, stripped of whitespace, is non-empty and made on
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -31,6 +32,31 @@ def token_classes(
     Without a tokenizer, only ``extra_special`` and the special ids of ``config`` (bos, eos,
     pad) are special and nothing is punctuation.
     """
+    key = (vocab_size, punct_chars, tuple(sorted(int(i) for i in extra_special)), _ids(config))
+    if tokenizer is not None:
+        try:
+            memo = _MEMO.setdefault(tokenizer, {})
+        except TypeError:  # not weak-referenceable: no memo
+            memo = {}
+        if key not in memo:
+            memo[key] = _table(tokenizer, vocab_size, punct_chars, extra_special, config)
+        return memo[key].clone()
+    return _table(tokenizer, vocab_size, punct_chars, extra_special, config)
+
+
+# Decoding every vocabulary entry takes seconds: one table per tokenizer and arguments.
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ids(config) -> tuple:
+    if config is None:
+        return ()
+    return tuple(
+        repr(getattr(config, n, None)) for n in ("bos_token_id", "eos_token_id", "pad_token_id")
+    )
+
+
+def _table(tokenizer, vocab_size, punct_chars, extra_special, config) -> torch.Tensor:
     if tokenizer is not None:
         size = max(len(tokenizer), vocab_size or 0)
     elif vocab_size is not None:
