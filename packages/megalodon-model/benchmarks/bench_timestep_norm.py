@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         count = torch.zeros(1, dtype=torch.int64)
         mean, var = torch.zeros(1, args.groups), torch.ones(1, args.groups)
 
-        def tsn(xx, ww, bb):
+        def tsn(xx, ww, bb, count=count, mean=mean, var=var):
             return timestep_norm(xx, count, mean, var, ww, bb, None, 1e-5, backend="reference")[0]
 
         def ln(xx, ww, bb):

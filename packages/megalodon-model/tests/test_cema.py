@@ -152,3 +152,12 @@ def test_fft_paths_report_their_state_shape_for_empty_sequences():
     for path in ("reference", *PYTORCH_PATHS):
         y, h = cema(x, p, q, eta, h0, backend=path)
         assert y.shape == (2, 0, 3) and h.shape == (2, 3, 2, 2)
+
+
+@pytest.mark.parametrize("path", ("reference", *PYTORCH_PATHS))
+def test_mismatched_shapes_are_one_line(path):
+    x, p, q, eta, h0 = _inputs(1, 5, 4, 2, 0)
+    with pytest.raises(ValueError, match=r"cema: p must be \[3, N\]"):
+        cema(x[..., :3], p, q, eta, backend=path)
+    with pytest.raises(ValueError, match="cema: h0 must be"):
+        cema(x, p, q, eta, h0[..., :1, :], backend=path)

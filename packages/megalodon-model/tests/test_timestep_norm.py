@@ -15,7 +15,7 @@ from tensor_utils_dev.testing.opcheck import check_backend
 
 def _definition(x, prev_count, prev_mean, prev_var, weight, bias, pad, eps):
     """Position by position: mean/variance over the prior and every valid token so far."""
-    batch, length, dim = x.shape
+    batch, length, _dim = x.shape
     groups = prev_mean.shape[1]
     y = torch.zeros_like(x)
     for b in range(batch):
@@ -67,7 +67,7 @@ def test_reference_equals_definition_at_every_position(length, groups, per, seed
     if per == 1 and not prior:
         per = 2  # one value has no variance without a prior (the config refuses it too)
     args = _case(2, length, groups, per, seed, prior, padded)
-    y, count, mean, var = timestep_norm(*args, backend="reference")
+    y, count, _mean, _var = timestep_norm(*args, backend="reference")
     want = _definition(*args)
     pad = args[6]
     if pad is not None:

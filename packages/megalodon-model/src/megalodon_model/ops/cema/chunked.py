@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .naive import as_complex, real_dtype
+from .naive import as_complex, check_inputs, real_dtype
 
 CHUNK = 64
 
@@ -30,6 +30,7 @@ def cema(
     eta: torch.Tensor,
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_inputs(x, p, q, eta, h0)
     rd = real_dtype(x)
     batch, length, dim = x.shape
     n_dim = p.shape[-1]
@@ -46,7 +47,8 @@ def cema(
     pr, qc, etac = p.to(rd), as_complex(q, rd), as_complex(eta, rd)
     j = torch.arange(c, device=x.device, dtype=rd)
     log_q = torch.log(qc)
-    qpow = torch.exp(log_q[..., None] * j)  # [D, N, C]: q^j
+    # q^j = |q|^j e^{i j arg q} from real exponentials and sines (faster than a complex exp)
+    qpow = torch.polar(torch.exp(log_q.real[..., None] * j), log_q.imag[..., None] * j)
     # intra-chunk causal Toeplitz matrix T[d, i, j] = k[d, i - j] (i >= j)
     k = ((pr * etac)[..., None] * qpow).real.sum(1)  # [D, C]
     lag = j[:, None] - j[None, :]

@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .naive import as_complex, real_dtype
+from .naive import as_complex, check_inputs, real_dtype
 
 
 def _powers(log_q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return torch.exp(log_q[..., None] * t)
+    """q^t = |q|^t e^{i t arg q} from real exponentials and sines (faster than a complex exp)."""
+    return torch.polar(torch.exp(log_q.real[..., None] * t), log_q.imag[..., None] * t)
 
 
 def _kernel_and_state(x, p, qc, etac, h0c):
@@ -33,9 +34,7 @@ def _kernel_and_state(x, p, qc, etac, h0c):
         k = k + (p[:, n, None] * etac[:, n, None] * pw).real
         # sum_t q^(L-1-t) x_t for every batch row: a real x against complex powers
         flipped = pw.flip(-1)
-        s = torch.einsum("bdl,dl->bd", x, flipped.real) + 1j * torch.einsum(
-            "bdl,dl->bd", x, flipped.imag
-        )
+        s = torch.complex((x * flipped.real).sum(-1), (x * flipped.imag).sum(-1))
         s = p[:, n] * s
         if h0c is not None:
             q_l = torch.exp(log_q[:, n] * length)
@@ -53,12 +52,13 @@ def cema(
     eta: torch.Tensor,
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_inputs(x, p, q, eta, h0)
     rd = real_dtype(x)
     batch, length, dim = x.shape
     if length == 0:
         state = h0.to(rd) if h0 is not None else torch.zeros(batch, dim, p.shape[-1], 2, dtype=rd)
         return x.clone(), state.contiguous()
-    xt = x.to(rd).transpose(1, 2)  # [B, D, L]
+    xt = x.to(rd).transpose(1, 2).contiguous()  # [B, D, L]
     pr, qc, etac = p.to(rd), as_complex(q, rd), as_complex(eta, rd)
     h0c = as_complex(h0, rd) if h0 is not None else None
     if torch.is_grad_enabled() and any(

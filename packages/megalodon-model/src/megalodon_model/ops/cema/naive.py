@@ -27,6 +27,23 @@ def as_complex(pairs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.complex(pairs[..., 0], pairs[..., 1])
 
 
+def check_inputs(x, p, q, eta, h0) -> None:
+    """One-line ``ValueError`` for shapes that do not fit together (every backend calls this)."""
+    if x.dim() != 3:
+        raise ValueError(f"cema: x must be [batch, length, channels], got {tuple(x.shape)}")
+    dim = x.shape[-1]
+    if p.dim() != 2 or p.shape[0] != dim:
+        raise ValueError(
+            f"cema: p must be [{dim}, N] for x with {dim} channels, got {tuple(p.shape)}"
+        )
+    want = (dim, p.shape[1], 2)
+    for name, t in (("q", q), ("eta", eta)):
+        if tuple(t.shape) != want:
+            raise ValueError(f"cema: {name} must be {list(want)}, got {list(t.shape)}")
+    if h0 is not None and tuple(h0.shape) != (x.shape[0], *want):
+        raise ValueError(f"cema: h0 must be {[x.shape[0], *want]}, got {list(h0.shape)}")
+
+
 def cema(
     x: torch.Tensor,
     p: torch.Tensor,
@@ -35,6 +52,7 @@ def cema(
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Complex EMA of ``x`` [B, L, D] by the step-by-step recurrence; returns (y, last state)."""
+    check_inputs(x, p, q, eta, h0)
     rd = real_dtype(x)
     batch, length, dim = x.shape
     qc, etac = as_complex(q, rd), as_complex(eta, rd)

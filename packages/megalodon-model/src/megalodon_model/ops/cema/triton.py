@@ -34,7 +34,7 @@ import triton.language as tl
 
 from tensor_utils.ops import KernelLaunch
 
-from .naive import as_complex
+from .naive import as_complex, check_inputs
 
 BLOCK_NS = (4, 8, 16, 32)  # EMA dimensions N up to 32, padded to one of these
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -420,6 +420,7 @@ def cema(
     eta: torch.Tensor,
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_inputs(x, p, q, eta, h0)
     _check(x, p, q, eta, h0)
     x, p, q, eta = x.contiguous(), p.contiguous(), q.contiguous(), eta.contiguous()
     if h0 is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cema.naive import as_complex, real_dtype
+from ..cema.naive import as_complex, check_inputs, real_dtype
 
 
 def cema_step(
@@ -16,6 +16,9 @@ def cema_step(
     h: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` [B, D] one token, ``h`` [B, D, N, 2] the state before it -> (y [B, D], new state)."""
+    if x.dim() != 2:
+        raise ValueError(f"cema_step: x must be one token [batch, channels], got {tuple(x.shape)}")
+    check_inputs(x[:, None], p, q, eta, h)
     rd = real_dtype(x)
     hc = as_complex(h, rd)
     hc = as_complex(q, rd) * hc + p.to(rd) * x.to(rd)[..., None]
