@@ -133,12 +133,12 @@ def block_rows(model, calib, rounds: int, context: int, dtype) -> list[dict]:
                 def layer_dense(cache=cache, ids=ids, pos=pos):
                     switch(False)
                     model(ids, cache=cache, position_ids=pos)
-                    cache.crop(context)
+                    cache.crop(-1)
 
                 def layer_sparse(cache=cache, ids=ids, pos=pos):
                     switch(True)
                     model(ids, cache=cache, position_ids=pos)
-                    cache.crop(context)
+                    cache.crop(-1)
 
                 with torch.no_grad():
                     state.reset_stats()
@@ -175,7 +175,9 @@ def main() -> None:
     tags = {**environment_tags(packages=["dejavu-sparse"]), "dtype": "float32",
             "threads": str(args.threads), "context": str(args.context),
             "shapes": "Llama-3-8B layer (4096/14336, 32/8 heads)"}  # fmt: skip
-    rows = [] if args.skip_kernels else kernel_rows(args.rounds, dtype)
+    if not args.skip_kernels:  # written at once: a later failure keeps these
+        write_csv(args.out, kernel_rows(args.rounds, dtype), tags=tags)
+    rows = []
     model = build(dtype)
     t0 = time.perf_counter()
     calib = calibration(model)
