@@ -143,7 +143,7 @@ def write_auto_module(save_directory: str | os.PathLike) -> None:
 def _typo_of(key: str) -> str | None:
     """The JetMoE key ``key`` is most likely a misspelling of, if any."""
     known = sorted({*DEFAULTS, *ALIASES, *FIXED, "num_attention_heads"})
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.9)
     return close[0] if close else None
 
 

@@ -330,6 +330,16 @@ class JetMoEBlock(GradientCheckpointingLayer):
 _CACHE_RENAMED = isinstance(getattr(ModelOutput, "past_key_values", None), property)
 
 
+def _renamed_cache_kwarg(forward):
+    """Where transformers renamed ``past_key_values`` to ``cache``, the old name still works
+    with transformers' deprecation warning, as in its own models."""
+    if not _CACHE_RENAMED:
+        return forward
+    from transformers.utils.deprecation import deprecate_kwarg
+
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+
 @dataclass
 class JetMoEModelOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
@@ -476,6 +486,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @_renamed_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -595,6 +606,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @_renamed_cache_kwarg
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
