@@ -87,7 +87,7 @@ def time_generate(model, tok, cache, ids, first: int, new: int) -> float:
         streamer=stamps,
         pad_token_id=tok.eos_token_id,
     )
-    gaps = [b - a for a, b in zip(stamps.times, stamps.times[1:])]
+    gaps = [b - a for a, b in zip(stamps.times, stamps.times[1:], strict=False)]
     return statistics.median(gaps)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -59,20 +58,17 @@ SMOKE = dict(
 
 
 def build_model(config_kw: dict, device: str, dtype):
+    """A randomly initialised Llama (transformers' own init), built on ``device`` in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**config_kw)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device=device).to(dtype)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.02, generator=gen)
-            else:
-                p.fill_(1.0)
-        model.model.rotary_emb.__init__(config, device=device)  # buffers were on meta
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.set_attn_implementation("sdpa")
     return model.eval()
 
@@ -235,13 +231,14 @@ def main(argv=None) -> int:
     ap.add_argument("--kept", type=float, default=0.55, help="kept fraction (0.55 = 45%% freed)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="tiny model and budget (code path)")
-    ap.add_argument("--out", default="serving_gpu.csv")
+    ap.add_argument("--out", default=None, help="CSV (default: results/serving_gpu.csv)")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_serving_gpu: needs CUDA (or --device cpu --smoke)", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from tensor_utils_dev.bench import write_csv
+    from tensor_utils_dev.bench import results_dir, write_csv
+
+    out = args.out or results_dir(__file__) / "serving_gpu.csv"
 
     cfg = SMOKE if args.smoke else LLAMA3_8B
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
@@ -303,7 +300,7 @@ def main(argv=None) -> int:
                 host_cache_us_per_layer_step=round(timer.seconds / steps * 1e6, 2),
             )
             print(row, flush=True)
-            write_csv(args.out, [row])
+            write_csv(out, [row])
             del cache, built
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()

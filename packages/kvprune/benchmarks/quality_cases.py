@@ -3,13 +3,15 @@
 
 Text is English documentation shipped with Python (``pydoc_data.topics``). A needle case hides
 ``The secret passcode is NNNN.`` at a depth of a haystack of ``ctx`` tokens and asks for it in
-the model's chat template; a perplexity case is a document's first ``ctx`` tokens followed by
+the model's chat template, the assistant turn starting with "The secret passcode is" (so a few
+greedy tokens carry the number); a perplexity case is a document's first ``ctx`` tokens followed by
 ``cont`` tokens to score.
 """
 
 from __future__ import annotations
 
-NEEDLE_TOKENS = 14
+NEEDLE_TOKENS = 6
+ANSWER_PREFIX = "The secret passcode is"
 HAYSTACK_TOPICS = ("assignment", "class", "compound", "exceptions", "specialnames", "types")
 
 
@@ -30,7 +32,8 @@ def needle_prompt(tokenizer, ctx: int, depth: float, code: str) -> str:
     body = hay[:cut] + needle + hay[cut:]
     question = "\n\nWhat is the secret passcode? Answer with the number only."
     messages = [{"role": "user", "content": body + question}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return chat + ANSWER_PREFIX  # the answer starts in the prompt: only the number is decoded
 
 
 def needle_cases(contexts, depths, per_depth):
