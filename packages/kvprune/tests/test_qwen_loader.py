@@ -42,7 +42,7 @@ def test_a_mismatched_hash_is_refused_and_nothing_is_kept(tmp_path, monkeypatch)
 
 
 def test_unknown_size_and_missing_parts_are_one_line_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown Qwen2.5-Coder size"):
+    with pytest.raises(ValueError, match=r"unknown Qwen2\.5-Coder size"):
         models.qwen_coder_gguf("7b", cache_dir=tmp_path)
     with pytest.raises(models.ModelUnavailableError, match="is not installed"):
         models._part_file("no-such-carrier-part", "0.0.1")
