@@ -6,6 +6,8 @@
   bf16/fp16, the PyTorch reference otherwise).
 """
 
+from typing import TYPE_CHECKING
+
 from tensor_utils.version import package_version
 
 __version__ = package_version("expo-merge", __file__)
@@ -20,8 +22,11 @@ from .errors import (
     VocabSizeMismatchError,
 )
 
+if TYPE_CHECKING:
+    from .merge import MergeReport, extrapolate_checkpoints, extrapolate_state_dict
 
-def __getattr__(name):
+
+def __getattr__(name: str):
     # The torch-based API loads on first use, so the CLI can start reading inputs first.
     if name in ("MergeReport", "extrapolate_checkpoints", "extrapolate_state_dict"):
         from . import merge

@@ -86,7 +86,7 @@ class ChunkReader:
         view = buf[:nbytes]
         if nbytes:
             fd = self._fd(info.file)
-            mv = memoryview(view.numpy())
+            mv = view.numpy().data
             got, offset = 0, start + begin * size
             while got < nbytes:
                 n = os.preadv(fd, [mv[got:]], offset + got)
