@@ -270,3 +270,27 @@ def test_layers_are_gradient_checkpointing_layers():
     x = ids()
     ours(x, labels=x).loss.backward()
     assert ours.lm_head.weight.grad is not None
+
+
+def test_missing_tensors_load_and_are_reported_with_output_loading_info(tmp_path):
+    from jetmoe_model import CheckpointMismatchError
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state.pop("model.layers.1.mlp.bias")
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError, match="lacks 1 tensor"):
+        JetMoEForCausalLM.from_pretrained(tmp_path)  # refused unless the report is asked for
+    loaded, info = JetMoEForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"model.layers.1.mlp.bias"} or info["missing_keys"] == [
+        "model.layers.1.mlp.bias"
+    ]
+    torch.testing.assert_close(
+        loaded.model.layers[0].mlp.bias, model.model.layers[0].mlp.bias
+    )  # the present tensors are the checkpoint's
+    state["model.layers.0.mlp.bias"] = torch.zeros(5)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match=r"model.layers.0.mlp.bias.*\[5\]"):
+        JetMoEForCausalLM.from_pretrained(tmp_path, output_loading_info=True)

@@ -19,8 +19,9 @@ from tensor_utils.checkpoint import open_checkpoint
 from .configuration import JetMoEConfig
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensors do not fit the config."""
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """The checkpoint's tensors do not fit the config (a ``RuntimeError`` too, what transformers
+    raises for mismatched sizes)."""
 
 
 def expected_shapes(config: JetMoEConfig, prefix: str = "model.") -> dict[str, tuple[int, ...]]:
@@ -81,11 +82,15 @@ def _shapes_of(source) -> dict[str, tuple[int, ...]]:
 
 
 def check_checkpoint(
-    config: JetMoEConfig, source: str | os.PathLike | dict[str, torch.Tensor]
+    config: JetMoEConfig,
+    source: str | os.PathLike | dict[str, torch.Tensor],
+    *,
+    complete: bool = True,
 ) -> dict[str, tuple[int, ...]]:
     """Raise ``CheckpointMismatchError`` unless ``source`` (a path or a state dict) holds
     exactly the tensors ``config`` builds (``lm_head.weight`` may be absent when tied).
-    Returns the checkpoint's shapes."""
+    ``complete=False`` checks only the shapes of the tensors present (missing and extra ones are
+    left to the caller's report). Returns the checkpoint's shapes."""
     found = _shapes_of(source)
     prefix = "model." if any(k.startswith("model.") for k in found) else ""
     expected = expected_shapes(config, prefix)
@@ -100,6 +105,8 @@ def check_checkpoint(
                 f"checkpoint tensor {name}{where} has shape {list(found[name])} but the config "
                 f"builds {list(shape)} ({_why(name)}); check the config against the checkpoint"
             )
+    if not complete:
+        return found
     missing = [n for n in expected if n not in found]
     if missing:
         raise CheckpointMismatchError(

@@ -248,12 +248,12 @@ class JetMoEAttention(nn.Module):
             attn_mask = F.pad(attn_mask, (0, length - attn_mask.shape[-1]), value=False)
         weights = None
         if output_attentions or self.config._attn_implementation == "eager":
-            out, weights = self._eager(q, key, value, attn_mask, dropout)
-            if output_attentions:
-                # transformers' head order: expert slot j's head h is head j * H_kv + h
-                weights = weights.view(b, hkv, k, s, length).transpose(1, 2)
-                weights = weights.reshape(b, k * hkv, s, length)
-            else:
+            # transformers' head order (expert slot j's head h is head j * H_kv + h), so that
+            # the returned weights are the ones the output was computed from (retain_grad)
+            q_t = q.view(b, hkv, k, s, dh).transpose(1, 2).reshape(b, k * hkv, s, dh)
+            out, weights = self._eager(q_t, key, value, attn_mask, dropout)
+            out = out.view(b, k, hkv, s, dh).transpose(1, 2).reshape(b, hkv * k, s, dh)
+            if not output_attentions:
                 weights = None
         elif isinstance(attn_mask, torch.Tensor):
             length = key.shape[2]
@@ -275,17 +275,17 @@ class JetMoEAttention(nn.Module):
         return self.experts.reduce(out, route).view(b, s, -1), route, weights
 
     def _eager(self, q, key, value, attn_mask, dropout: float):
-        """Attention as explicit matmuls and softmax (float32 softmax, like transformers')."""
-        b, heads, s, dh = q.shape
-        hkv, length = key.shape[1], key.shape[2]
-        key = key[:, :, None].expand(b, hkv, heads // hkv, length, dh).reshape(b, heads, length, dh)
-        value = value[:, :, None].expand(b, hkv, heads // hkv, length, dh)
-        value = value.reshape(b, heads, length, dh)
+        """Attention as explicit matmuls and softmax (float32 softmax, like transformers'); query
+        head ``j * H_kv + h`` attends with KV head ``h`` (K/V tiled)."""
+        _, heads, s, dh = q.shape
+        hkv = key.shape[1]
+        key = key.repeat(1, heads // hkv, 1, 1)
+        value = value.repeat(1, heads // hkv, 1, 1)
         scores = torch.matmul(q, key.transpose(-1, -2)) * dh**-0.5
         if isinstance(attn_mask, torch.Tensor):
             allowed = attn_mask
         elif attn_mask:  # plain causal, aligned to the top-left as SDPA's is_causal
-            allowed = torch.ones(s, length, dtype=torch.bool, device=q.device).tril()
+            allowed = torch.ones(s, key.shape[2], dtype=torch.bool, device=q.device).tril()
         else:
             allowed = None
         if allowed is not None:
@@ -394,8 +394,11 @@ class JetMoEPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' loader, after checking a local checkpoint's tensor shapes against the
-        config (transformers itself only warns and re-initialises mismatched tensors)."""
+        """transformers' loader, after checking a local checkpoint's tensors against the config:
+        a tensor of the wrong shape is refused (``CheckpointMismatchError``, a ``RuntimeError``
+        as transformers raises), so are missing or extra tensors, unless the caller asks for
+        ``output_loading_info=True``: then they are loaded around and reported in it, as
+        transformers does."""
         path = Path(str(pretrained_model_name_or_path))
         if (
             cls._check_released_layout
@@ -406,7 +409,7 @@ class JetMoEPreTrainedModel(PreTrainedModel):
             if not isinstance(config, JetMoEConfig):
                 config = JetMoEConfig.from_pretrained(path)
             with contextlib.suppress(CheckpointNotFoundError):  # no weights: transformers reports
-                check_checkpoint(config, path)
+                check_checkpoint(config, path, complete=not kwargs.get("output_loading_info"))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @torch.no_grad()
