@@ -96,7 +96,7 @@ def decode_ms(model, cache, tokens: int, vocab: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--contexts", type=int, nargs="*", default=[1024, 2048])
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=1, help="Megalodon attention heads")
@@ -106,12 +106,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--prefill-piece", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--chunk-peak", action="store_true",
+        help="also measure Megalodon's largest cache: chunk - 1 tokens into a chunk",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     models = {"megalodon": megalodon(args), "llama": llama(args)}
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     rows = []
+    if args.chunk_peak:
+        # the cache is largest one token before a chunk boundary (chunk - 1 tokens of K/V);
+        # the CEMA / norm states have the same size at any context
+        cache = prefill_megalodon(
+            models["megalodon"], args.chunk - 1, args.prefill_piece, args.vocab
+        )
+        peak = {
+            "bench": "decode", "model": "megalodon", "context": args.chunk - 1, "dim": args.dim,
+            "layers": args.layers, "params": params["megalodon"],
+            "cache_bytes_at_context": cache_bytes(cache), "chunk": args.chunk,
+            "how_context_was_built": "prefill of chunk - 1 tokens: the largest the cache gets",
+            "threads": args.threads,
+        }  # fmt: skip
+        rows.append(peak)
+        print(f"megalodon cache at its largest ({args.chunk - 1} tokens into a chunk): "
+              f"{peak['cache_bytes_at_context'] / 1e6:.2f} MB")  # fmt: skip
     for context in args.contexts:
         caches = {
             "megalodon": prefill_megalodon(models["megalodon"], context, args.prefill_piece,

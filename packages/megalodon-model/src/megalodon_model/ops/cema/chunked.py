@@ -46,9 +46,12 @@ def cema(
     xc = xs.view(batch, n_chunks, c, dim)
     pr, qc, etac = p.to(rd), as_complex(q, rd), as_complex(eta, rd)
     j = torch.arange(c, device=x.device, dtype=rd)
-    log_q = torch.log(qc)
-    # q^j = |q|^j e^{i j arg q} from real exponentials and sines (faster than a complex exp)
-    qpow = torch.polar(torch.exp(log_q.real[..., None] * j), log_q.imag[..., None] * j)
+    # q^j from float64 logarithms (|q|^j e^{i j arg q}): in float32 the rounding of log q grows
+    # with j and, through q^C over many chunks, with the sequence length
+    log_q = torch.log(as_complex(q, torch.float64))
+    j64 = j.double()
+    qpow = torch.polar(torch.exp(log_q.real[..., None] * j64), log_q.imag[..., None] * j64)
+    qpow = qpow.to(qc.dtype)
     # intra-chunk causal Toeplitz matrix T[d, i, j] = k[d, i - j] (i >= j)
     k = ((pr * etac)[..., None] * qpow).real.sum(1)  # [D, C]
     lag = j[:, None] - j[None, :]

@@ -325,7 +325,8 @@ def _check(x, p, q, eta, h0):
 
 
 def _pow_pairs(qc: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.view_as_real(qc**k).contiguous()
+    """q^k as float32 pairs, computed in complex128 (complex64 powers lose k * eps of phase)."""
+    return torch.view_as_real((qc.to(torch.complex128) ** k).to(torch.complex64)).contiguous()
 
 
 def _forward(x, p, q, eta, h0):
@@ -372,7 +373,8 @@ def _backward(x, p, q, eta, h0, dy, dhl):
     dq = torch.zeros(dim, n_dim, 2, device=dev, dtype=torch.float32)
     deta = torch.zeros(dim, n_dim, 2, device=dev, dtype=torch.float32)
     cq = as_complex(q, torch.float32).conj()
-    trans = torch.cat([_pow_pairs(cq, chunk), torch.view_as_real(chunk * cq ** (chunk - 1))], -1)
+    lead = (chunk * cq.to(torch.complex128) ** (chunk - 1)).to(torch.complex64)
+    trans = torch.cat([_pow_pairs(cq, chunk), torch.view_as_real(lead)], -1)
     trans = trans.contiguous()
     _bwd_chunk_state[(grid_bd, n_chunks)](
         x, dy, dhl, p, q, eta, g, length, dim, n_dim, chunk, n_chunks, BLOCK_D=bd, BLOCK_N=bn
