@@ -96,10 +96,11 @@ def test_out_argument_and_errors():
         naive.extrapolate(sft.int(), aligned.int(), 0.5)
 
 
-# ---- the op's CPU fast path: the lerp backend, torch.lerp(sft, aligned, 1 + alpha) for same-dtype
-# half I/O, which the automatic dispatch picks for bf16/fp16 CPU tensors ----
+# ---- the op's CPU fast path: the reference's same-dtype branch, torch.lerp(sft, aligned, 1 + alpha)
+# for half I/O, which is what the CPU engine runs ----
 def _fast(sft, aligned, alpha):
-    assert extrapolate.select("cpu", aligned.dtype) == "lerp"
+    assert extrapolate.select("cpu", aligned.dtype) == "reference"
+    assert naive.lerp_applies(sft, aligned, aligned.dtype)
     out = torch.empty_like(aligned)
     res = extrapolate(sft, aligned, alpha, out=out)
     assert res is out

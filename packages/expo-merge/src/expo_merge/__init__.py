@@ -2,8 +2,8 @@
 
 - ``extrapolate_state_dict(sft, aligned, alpha)``: in-memory state dicts.
 - ``extrapolate_checkpoints(sft_path, aligned_path, alpha, out)``: streams checkpoints from disk.
-- ``expo_merge.ops.extrapolate``: the per-tensor op (Triton on CUDA, ``torch.lerp`` for CPU
-  bf16/fp16, the PyTorch reference otherwise).
+- ``expo_merge.ops.extrapolate``: the per-tensor op (Triton on CUDA, the PyTorch reference
+  otherwise).
 """
 
 from typing import TYPE_CHECKING

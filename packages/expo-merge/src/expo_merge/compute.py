@@ -1,10 +1,10 @@
 """The per-tensor math shared by the engines and the state-dict API: the ``extrapolate`` op per
 alpha, the statistics, and the overflow check.
 
-Every output value comes from ``expo_merge.ops.extrapolate`` (its ``lerp`` backend on CPU
-bf16/fp16, the Triton kernel on CUDA, the reference otherwise). The one shortcut here is
-``alpha == 0`` with an unchanged dtype on the CPU: the op's result is ALIGNED's bits, so the
-chunk engine hands ALIGNED's own chunk to the writer instead of copying it.
+Every output value comes from ``expo_merge.ops.extrapolate`` (the Triton kernel on CUDA, the
+reference otherwise, whose same-dtype bf16/fp16 branch is one ``torch.lerp``). The one shortcut
+here is ``alpha == 0`` with an unchanged dtype on the CPU: the op's result is ALIGNED's bits, so
+the chunk engine hands ALIGNED's own chunk to the writer instead of copying it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The fused ExPO op: ``aligned + alpha * (aligned - sft)`` rounded once to the output dtype.
 
-``extrapolate`` runs the Triton kernel for CUDA tensors (when triton imports), the ``lerp``
-backend for bf16/fp16 CPU tensors (same dtype in and out; other combinations fall back to the
-reference) and the PyTorch reference otherwise; ``backend="reference"|"lerp"|"triton"`` or
-``TENSOR_UTILS_BACKEND`` override.
+``extrapolate`` runs the Triton kernel for CUDA tensors (when triton imports) and the PyTorch
+reference otherwise (whose same-dtype bf16/fp16 branch is one ``torch.lerp``, the CPU engine's
+fast path); ``backend="reference"|"triton"`` or ``TENSOR_UTILS_BACKEND`` override.
 Registered as ``expo_merge::extrapolate`` (``tensor_utils.ops``).
 """
 
@@ -42,14 +41,6 @@ extrapolate = Op(
     "expo_merge::extrapolate",
     reference=naive.extrapolate,
     backends=[
-        Backend(
-            "lerp",
-            "expo_merge.ops.extrapolate.lerp:extrapolate",
-            device_types=("cpu",),
-            dtypes=frozenset({torch.bfloat16, torch.float16}),
-            requires=(),
-            interpretable=False,
-        ),
         Backend(
             "triton",
             "expo_merge.ops.extrapolate.triton:extrapolate",

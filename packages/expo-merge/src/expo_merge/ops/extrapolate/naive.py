@@ -6,6 +6,13 @@ computed in ``compute_dtype(...)``: float32 when the result is stored in a half 
 float64 when it is stored in float32 or float64, so the stored value is within one rounding of
 the exact result. Where the step ``alpha * (aligned - sft)`` is zero the output is ``aligned``
 itself (this keeps signed zeros, so ``alpha=0`` returns ``aligned`` bit for bit).
+
+Same-dtype branch: bf16/fp16 CPU inputs and output of one dtype are computed as
+``torch.lerp(sft, aligned, 1 + alpha)`` (``aligned - (1 - w) * (aligned - sft)`` with float32
+internal math and one rounding to the output): the same contract (within one rounding of the
+exact result; ``alpha=0`` copies ``aligned``), one vectorized pass instead of five, about 10x
+faster on the CPU. The two forms differ only where a float32 intermediate lands on a rounding
+tie (and in the sign of a zero result where ``aligned == sft == +-0``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -45,6 +53,15 @@ def check_args(
     return dtype
 
 
+def lerp_applies(sft: torch.Tensor, aligned: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """The same-dtype branch: bf16/fp16 CPU tensors in, the same dtype out."""
+    return (
+        sft.dtype == aligned.dtype == out_dtype
+        and out_dtype in HALF_DTYPES
+        and sft.device.type == aligned.device.type == "cpu"
+    )
+
+
 def extrapolate(
     sft: torch.Tensor,
     aligned: torch.Tensor,
@@ -55,6 +72,12 @@ def extrapolate(
 ) -> torch.Tensor:
     """``aligned + alpha * (aligned - sft)``, rounded once to ``out_dtype`` (default: aligned's)."""
     dtype = check_args(sft, aligned, out_dtype, out)
+    if lerp_applies(sft, aligned, dtype):
+        if out is None:
+            out = torch.empty_like(aligned, memory_format=torch.contiguous_format)
+        if alpha == 0:  # ALIGNED itself, bit for bit
+            return out.copy_(aligned)
+        return torch.lerp(sft, aligned, 1.0 + float(alpha), out=out)
     math = compute_dtype(sft.dtype, aligned.dtype, dtype)
     a = aligned.to(math)
     s = sft.to(math)
