@@ -244,14 +244,21 @@ def train(model, data, ref_losses, *, method, ratio, steps, lr, eval_every, val,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=150, help="student steps (16 x 64 tokens each)")
-    p.add_argument("--ref-steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=100, help="student steps (16 x 64 tokens each)")
+    p.add_argument("--ref-steps", type=int, default=100)
     p.add_argument("--ratio", type=float, default=0.6)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=15)
-    p.add_argument("--val-seqs", type=int, default=64)
+    p.add_argument("--eval-every", type=int, default=20)
+    p.add_argument("--val-seqs", type=int, default=32)
     p.add_argument("--out", default=None, help="CSV path (default: results/selection_cpu.csv)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: no barrier waits on a shared machine)",
+    )
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
     def log(msg):

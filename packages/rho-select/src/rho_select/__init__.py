@@ -11,6 +11,8 @@ You Need", 2024).
 - ``RhoTrainer``: a ``transformers.Trainer`` that trains with the selective loss.
 """
 
+from typing import TYPE_CHECKING
+
 from tensor_utils.version import package_version
 
 from .errors import ManifestMismatchError, RhoSelectError, ScoresFormatError
@@ -18,6 +20,11 @@ from .loss import SelectiveLossOutput, selective_loss, token_cross_entropy
 from .selection import MODES, Selection, select_tokens, selected_count
 
 __version__ = package_version("rho-select", __file__)
+
+if TYPE_CHECKING:  # resolved lazily at run time (transformers is optional)
+    from .packing import PackedCorpus, pack_documents
+    from .scoring import OnlineReference, ReferenceScores, score_corpus, score_sequences
+    from .trainer import RhoTrainer
 
 _LAZY = {
     "OnlineReference": "scoring",

@@ -16,6 +16,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import RhoSelectError
 
@@ -114,7 +115,8 @@ def _score(args) -> dict:
     if int(corpus.input_ids.max()) >= vocab or int(corpus.input_ids.min()) < 0:
         raise RhoSelectError(f"--data holds token ids outside the tokenizer's vocabulary ({vocab})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = model.to(device)
     return score_corpus(
         model,
         corpus,

@@ -27,11 +27,11 @@ def lm_head_weight(model) -> torch.Tensor:
     return head.weight
 
 
-def decoder(model):
+def decoder(model) -> torch.nn.Module:
     """The base model whose ``last_hidden_state`` feeds the LM head."""
     get = getattr(model, "get_decoder", None)
     base = get() if callable(get) else None
-    if base is None:
+    if not isinstance(base, torch.nn.Module):
         raise RhoSelectError(f"{type(model).__name__} has no get_decoder(): not a causal LM?")
     return base
 

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import math
 
-from transformers import Trainer
+try:  # the `hf` extra: fail here, with one line, rather than later inside Trainer
+    import accelerate  # noqa: F401  (Trainer refuses to run without it)
+    from transformers import Trainer
+except ImportError as err:
+    raise ImportError(
+        f"rho_select.RhoTrainer needs the `hf` extra ({err.name} is not installed): "
+        'pip install "rho-select[hf]"'
+    ) from None
 
 from .errors import RhoSelectError
 from .hf import _unwrap, final_hidden_states, lm_head_weight

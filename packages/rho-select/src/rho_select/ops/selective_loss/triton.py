@@ -98,8 +98,9 @@ def selective_loss_forward(
         idx = rows[start : start + step]
         logits = hidden.index_select(0, idx) @ weight.t()
         _lse_loss_kernel[(idx.numel(),)](
-            logits, logits.stride(0), idx, labels, lse, loss, vocab, BLOCK_V=bv, num_warps=warps
-        )
+            logits, logits.stride(0), idx, labels, lse, loss, vocab,
+            BLOCK_V=bv, num_warps=warps,  # pyright: ignore[reportCallIssue]
+        )  # fmt: skip
     return loss, lse
 
 
@@ -126,8 +127,9 @@ def selective_loss_backward(
         h = hidden.index_select(0, idx)
         grad = h @ weight.t()  # becomes d loss / d logits in place
         _ce_grad_kernel[(idx.numel(),)](
-            grad, grad.stride(0), idx, labels, lse, row_scale, vocab, BLOCK_V=bv, num_warps=warps
-        )
+            grad, grad.stride(0), idx, labels, lse, row_scale, vocab,
+            BLOCK_V=bv, num_warps=warps,  # pyright: ignore[reportCallIssue]
+        )  # fmt: skip
         grad_hidden.index_copy_(0, idx, grad @ weight)
         _accumulate(grad_weight, grad.t(), h)
     return grad_hidden, grad_weight.to(weight.dtype)
