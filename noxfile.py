@@ -14,7 +14,9 @@ declare a dependency fails here rather than working by accident.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tomllib
 
 import nox
 
@@ -71,6 +73,74 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("pyright", "--pythonpath", os.path.join(session.bin, "python"))
+
+
+def floor_pins(requirements: list[str]) -> list[str]:
+    """``name>=X`` -> ``name==X`` (markers kept); our own members and unbounded ones dropped."""
+    pins = []
+    for req in requirements:
+        spec, _, marker = req.partition(";")
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*>=\s*([\w.]+)\s*(,.*)?", spec)
+        if match and match[1] not in MEMBERS:
+            pin = f"{match[1]}{match[2] or ''}=={match[3]}"
+            pins.append(f"{pin}; {marker.strip()}" if marker.strip() else pin)
+    return pins
+
+
+FLOOR_MEMBERS = [m.name for m in MEMBERS.values() if m.published]
+
+
+@nox.session(default=False)
+@nox.parametrize("member", [nox.param(name, id=name) for name in FLOOR_MEMBERS])
+def floors(session: nox.Session, member: str) -> None:
+    """A published member at the lowest versions its pyproject allows: every `>=` floor of the
+    member, its extras and the shared package pinned exactly, installed from the folders as a
+    user of a clone would (`uv pip install`, no lock), then every module imported and the
+    member's CPU tests run. Extra index options for the install (e.g. PyTorch's CPU wheels:
+    `FLOORS_INDEX="--index-url https://download.pytorch.org/whl/cpu --extra-index-url
+    https://pypi.org/simple"`) come from the FLOORS_INDEX environment variable."""
+    m, shared = MEMBERS[member], MEMBERS["llm-efficiency-tensor-utils"]
+    requirements = []
+    for each in {m.name: m, shared.name: shared}.values():
+        project = tomllib.loads((each.path / "pyproject.toml").read_text())["project"]
+        requirements += project.get("dependencies", [])
+        for extra in project.get("optional-dependencies", {}).values():
+            requirements += extra
+    groups = tomllib.loads((m.path / "pyproject.toml").read_text()).get("dependency-groups", {})
+    test_group = [r for r in groups.get("test", []) if isinstance(r, str)]
+    extras = tomllib.loads((m.path / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {}
+    )
+    target = f"{m.path}[{','.join(extras)}]" if extras else str(m.path)
+    # The CPU tests run kernels in Triton's interpreter; Triton 3.6's converts one-element arrays
+    # with int(), which NumPy 2.4 refuses (a test-environment limit, not the package's).
+    pins = [*floor_pins(requirements + test_group), "numpy<2.4"]
+    session.log("floor pins: " + " ".join(pins))
+    index = os.environ.get("FLOORS_INDEX", "").split()
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--python",
+        os.path.join(session.bin, "python"),
+        *index,
+        str(shared.path),
+        str(MEMBERS["tensor-utils-dev"].path),
+        target,
+        *[r for r in test_group if r.split("[")[0] not in MEMBERS],
+        *pins,
+        silent=False,
+    )
+    session.run("uv", "pip", "list", "--python", os.path.join(session.bin, "python"), silent=False)
+    modules = [
+        ".".join(p.relative_to(m.src).with_suffix("").parts).removesuffix(".__init__")
+        for p in sorted((m.src / m.module).rglob("*.py"))
+        if not (p.name == "cases.py" and p.parent.parent.name == "ops")
+    ]
+    session.run(
+        "python", "-c", f"import importlib; [importlib.import_module(n) for n in {modules!r}]"
+    )
+    session.run("pytest", str(m.tests), "-x", "-q", *session.posargs, env=CPU_TEST_ENV)
 
 
 @nox.session(default=False)

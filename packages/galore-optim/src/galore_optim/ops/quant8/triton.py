@@ -1,3 +1,8 @@
+# Triton's language is not Python that pyright can type: kernel bodies (tl.static_range,
+# tl.tuple, None-indexing) and launches `kernel[grid](..., BLOCK=64, num_warps=4)`, which
+# Triton types as the kernel's own signature. Off for this file only; host code keeps the
+# other rules (optional access, attributes, returns).
+# pyright: reportArgumentType=false, reportCallIssue=false, reportGeneralTypeIssues=false, reportOperatorIssue=false, reportIndexIssue=false
 """Triton kernels for block-wise 8-bit moments (see ``naive.py`` for the format).
 
 Each program handles ``ROWS`` quantization blocks of ``QBLOCK`` values as a ``(ROWS, QBLOCK)``
