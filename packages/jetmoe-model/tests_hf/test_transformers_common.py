@@ -1,8 +1,12 @@
 """transformers' ConfigTester and ModelTesterMixin on JetMoE's classes (see conftest.py), with a
-tester shaped like transformers' own JetMoe tester (tiny config, same kwargs)."""
+tester shaped like transformers' own JetMoe tester (tiny config, same kwargs).
+
+``JETMOE_HF_TESTS_CLASSES=transformers`` runs the same tests on transformers' own ``JetMoe*``
+classes (the baseline: what passes there must pass for ours)."""
 
 from __future__ import annotations
 
+import os
 import unittest
 
 import pytest
@@ -27,7 +31,15 @@ from transformers.models.auto.modeling_auto import (  # noqa: E402
 # the Auto classes build ours for `jetmoe` configs here (the documented opt-in), and the mixin's
 # name lookups (which classes are base models, which get causal-LM / classification labels) see
 # our class names next to transformers' own
-register_auto_classes()
+if os.environ.get("JETMOE_HF_TESTS_CLASSES") == "transformers":
+    from transformers import JetMoeConfig as JetMoEConfig  # type: ignore[assignment]
+    from transformers import JetMoeForCausalLM as JetMoEForCausalLM  # type: ignore[assignment]
+    from transformers import (  # type: ignore[assignment]
+        JetMoeForSequenceClassification as JetMoEForSequenceClassification,
+    )
+    from transformers import JetMoeModel as JetMoEModel  # type: ignore[assignment]
+else:
+    register_auto_classes()
 MODEL_MAPPING_NAMES.setdefault("jetmoe_model", "JetMoEModel")
 MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault("jetmoe_model", "JetMoEForCausalLM")
 MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.setdefault(
@@ -99,3 +111,16 @@ class JetMoEModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    # RoPE scaling: JetMoEConfig refuses rope_scaling / a non-default rope_type with one line
+    # (README, "Not supported"); these fail by design and must keep failing until it is built
+    _ROPE_REFUSED = "JetMoEConfig refuses RoPE scaling (plain RoPE only, see the README)"
+
+    if os.environ.get("JETMOE_HF_TESTS_CLASSES") != "transformers":
+        for _name in (
+            "test_model_rope_scaling_frequencies",
+            "test_model_rope_scaling_from_config_0_linear",
+            "test_model_rope_scaling_from_config_1_dynamic",
+            "test_model_rope_scaling_from_config_2_yarn",
+        ):
+            locals()[_name] = unittest.expectedFailure(getattr(ModelTesterMixin, _name))
