@@ -145,6 +145,8 @@ def main(argv=None) -> int:
 
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
     model.set_attn_implementation("sdpa")
+    for layer in model.model.layers:  # what BasePress.__call__ sets up for its presses
+        layer.self_attn.rotary_emb = model.model.rotary_emb
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     from importlib.metadata import version
 
