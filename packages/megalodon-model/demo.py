@@ -46,7 +46,7 @@ def run(ctx) -> list[str]:
     tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
     ids = torch.tensor(tokenizer(english_text())["input_ids"])
     vocab, compact = torch.unique(ids, return_inverse=True)  # real ids -> 0..V-1
-    seq, batch, chunk = 128, 16, 32
+    seq, batch, chunk = 128, 8, 32
     usable = compact[: (compact.numel() // seq) * seq].view(-1, seq)
     held_out, train = usable[:32], usable[32:]
 

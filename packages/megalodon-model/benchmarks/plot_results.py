@@ -55,10 +55,14 @@ def plot_decode(data, name):
         pts = sorted(
             (int(r["context"]), float(r["cache_bytes_at_context"]) / 2**20,
              float(r["ms_per_token_median"]))
-            for r in data if r["model"] == model
+            for r in data if r["model"] == model and r["ms_per_token_median"]
         )  # fmt: skip
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=model)
+    peak = [float(r["cache_bytes_at_context"]) / 2**20 for r in data
+            if r["model"] == "megalodon" and not r["ms_per_token_median"]]  # fmt: skip
+    if peak:
+        axes[0].axhline(peak[0], ls="--", color="C0", label="megalodon, largest (full chunk K/V)")
     for ax, label in zip(axes, ("cache MiB", "ms per generated token"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
