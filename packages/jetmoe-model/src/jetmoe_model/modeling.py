@@ -692,7 +692,7 @@ class JetMoEForSequenceClassification(GenericForSequenceClassification, JetMoEPr
         JetMoEPreTrainedModel.__init__(self, config)
         self.num_labels = config.num_labels
         self.model = JetMoEModel(config)
-        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.score = nn.Linear(config.hidden_size, int(self.num_labels), bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
