@@ -43,6 +43,10 @@ def time_fn(
         from triton.testing import do_bench
 
         q = do_bench(fn, warmup=warmup, rep=rep, quantiles=list(QUANTILES))
+        if not isinstance(q, list):  # one value per quantile whenever quantiles are given
+            raise TypeError(
+                f"triton.testing.do_bench returned {q!r}, expected {len(QUANTILES)} values"
+            )
         return Timing(*q)
     for _ in range(max(1, min(warmup, 3))):
         fn()

@@ -90,7 +90,7 @@ def _fingerprint(path: Path) -> str:
 
 def _missing_message(what: str, err: ImportError) -> str:
     return (
-        f"{what} SmolLM2 needs the `models` extra of tensor-utils-dev ({err.name} is not "
+        f"{what} the model needs the `models` extra of tensor-utils-dev ({err.name} is not "
         "installed): `uv sync --extra models` here, or `pip install transformers gguf accelerate`"
     )
 
@@ -121,36 +121,7 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     target = root / "models" / f"{SMOLLM2_NAME}-{_fingerprint(gguf)}"
     if (target / _DONE).exists():
         return target
-    AutoModelForCausalLM, AutoTokenizer = _transformers_auto("converting")
-    try:  # transformers' GGUF loader needs both; say so here rather than deep inside it
-        import accelerate  # noqa: F401
-        import gguf as gguf_reader  # noqa: F401
-    except ImportError as err:
-        raise ModelUnavailableError(_missing_message("converting", err)) from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # GGUF weights arrive dequantized; drop the loader's quantizer marker so they save as
-        # ordinary float tensors.
-        # (nn.Module.__setattr__ is typed for tensors and modules only)
-        model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
-        if hasattr(model.config, "quantization_config"):
-            delattr(model.config, "quantization_config")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _DONE).write_text(json.dumps({"source": str(gguf), "format": "safetensors"}) + "\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first; keep theirs
-            if not (target / _DONE).exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _convert_gguf(gguf, target)
     return target
 
 
@@ -187,7 +158,7 @@ def _part_file(dist_name: str, version: str) -> Path:
     data = [f for f in dist.files or [] if str(f).endswith(".bin")]
     if len(data) != 1:
         raise ModelUnavailableError(f"{dist_name} holds {len(data)} data files, expected one")
-    return Path(dist.locate_file(data[0])).resolve()
+    return Path(str(dist.locate_file(data[0]))).resolve()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -251,13 +222,14 @@ def qwen_coder_dir(size: str = "0.5b", cache_dir=None) -> Path:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError:
-        raise ModelUnavailableError(
-            "converting a GGUF needs transformers, gguf and accelerate: install "
-            "tensor-utils-dev[models]"
-        ) from None
+    """Convert a GGUF file into a Hugging Face directory ``target`` (float32 safetensors), via a
+    temporary directory renamed into place only when complete."""
+    AutoModelForCausalLM, AutoTokenizer = _transformers_auto("converting")
+    try:  # transformers' GGUF loader needs both; say so here rather than deep inside it
+        import accelerate  # noqa: F401
+        import gguf as gguf_reader  # noqa: F401
+    except ImportError as err:
+        raise ModelUnavailableError(_missing_message("converting", err)) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -266,9 +238,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # GGUF weights arrive dequantized; the loader still marks the model quantized, which
         # refuses save_pretrained: clear the marker so they save as ordinary float tensors.
-        model.hf_quantizer = None
+        # (nn.Module.__setattr__ is typed for tensors and modules only)
+        model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
         if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+            delattr(model.config, "quantization_config")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _DONE).write_text(json.dumps({"source": gguf.name, "format": "safetensors"}) + "\n")
@@ -286,9 +259,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 def load_qwen_coder(size: str = "0.5b", *, dtype=None, device: str = "cpu", cache_dir=None):
     """``(model, tokenizer)`` for Qwen2.5-Coder-``size``-Instruct (benchmarks only)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    AutoModelForCausalLM, AutoTokenizer = _transformers_auto("loading")
     path = qwen_coder_dir(size, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model = model.to(device)  # pyright: ignore[reportArgumentType]  (see load_smollm2)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.eval(), tokenizer

@@ -381,10 +381,12 @@ class Op:
                 return self._library_call(*args, **kwargs)
             # Fast path: the cache key avoids building a torch.device (0.4 us) for CUDA and CPU.
             t = args[0] if self._first_arg and args else self._dispatch_tensor(args, kwargs)
+            # (`__class__ is` narrows to a tensor at run time; pyright narrows only isinstance)
             if t.__class__ is torch.Tensor or isinstance(t, torch.Tensor):
-                impl = self._cache.get((t.dtype, t.is_cuda, t.is_cpu))
+                key = (t.dtype, t.is_cuda, t.is_cpu)  # pyright: ignore[reportOptionalMemberAccess]
+                impl = self._cache.get(key)
                 if impl is None:
-                    impl = self._resolve(t)
+                    impl = self._resolve(t)  # pyright: ignore[reportArgumentType]
             else:
                 impl = self.implementation(self.select("cpu", None))
             return impl(*args, **kwargs)
