@@ -231,6 +231,42 @@ def test_errors_for_bad_groups():
         GaLoreAdafactor(m.parameters(), lr=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("rnak", "did you mean 'rank'"),
+        ("Rank", "did you mean 'rank'"),
+        ("update_proj_gp", "did you mean 'update_proj_gap'"),
+        ("proj_tpye", "did you mean 'proj_type'"),
+        ("scael", "did you mean 'scale'"),
+        ("galore_rank", "GaLore keys are"),
+        ("proj_rank", "GaLore keys are"),
+    ],
+)
+@pytest.mark.parametrize("cls", [GaLoreAdamW, GaLoreAdamW8bit, GaLoreAdafactor])
+def test_misspelled_galore_keys_are_refused(cls, key, hint):
+    m = tiny_model()
+    kw = {"lr": 1e-3} if cls is not GaLoreAdafactor else {}
+    with pytest.raises(ValueError, match=rf"param group 0: unknown key '{key}'.*{hint}"):
+        cls([{"params": [m.attn.weight], key: 4}], **kw)
+    with pytest.raises(ValueError, match=rf"param group 1: unknown key '{key}'"):
+        cls([{"params": [m.attn.weight], "rank": 2}, {"params": [m.mlp_up.weight], key: 4}], **kw)
+
+
+def test_galore_keys_without_rank_are_refused():
+    m = tiny_model()
+    with pytest.raises(ValueError, match="GaLore key.* update_proj_gap, proj_type but no 'rank'"):
+        GaLoreAdamW([{"params": [m.attn.weight], "update_proj_gap": 50, "proj_type": "left"}])
+
+
+def test_other_extra_group_keys_still_pass():
+    m = tiny_model()
+    opt = GaLoreAdamW(
+        [{"params": [m.attn.weight], "rank": 2, "name": "galore"}, {"params": [m.mlp_up.weight], "lr_scale": 2.0}]
+    )
+    assert opt.param_groups[0]["name"] == "galore" and opt.param_groups[1]["lr_scale"] == 2.0
+
+
 def test_error_for_sparse_gradients():
     emb = torch.nn.Embedding(10, 4, sparse=True)
     opt = GaLoreAdamW(emb.parameters())

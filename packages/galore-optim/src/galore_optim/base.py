@@ -23,6 +23,14 @@ clamp_rank         False       clamp ``rank`` to ``min(m, n)`` instead of raisin
 seed               0           seeds the randomized solvers' sketches
 sync_projectors    True        under torch.distributed, broadcast each new basis from rank 0
 =================  ==========  ================================================================
+
+Misspelled keys are refused (one ``ValueError`` line naming the key and the likely intended
+one) instead of silently making a plain group. A key of any group that is not the optimizer's
+(its defaults, ``params``, ``param_names``, ``initial_lr``) is refused when it *looks like* a
+GaLore key: within optimal-string-alignment distance 2 of one (1 for the 4-letter ``rank`` and
+``seed``; case-insensitive), or containing ``galore`` or ``proj``. GaLore keys in a group
+without ``rank`` are refused too. Other extra keys (``name``, ``lr_scale``, ...) pass, as in
+``torch.optim``.
 """
 
 from __future__ import annotations
@@ -55,6 +63,34 @@ GALORE_DEFAULTS: dict[str, Any] = {
 }
 
 BACKENDS = (None, "auto", "reference", "triton")
+
+GALORE_KEYS = ("rank", *GALORE_DEFAULTS)
+# Keys torch.optim or its schedulers put in groups besides an optimizer's defaults.
+_TORCH_GROUP_KEYS = ("params", "param_names", "initial_lr")
+
+
+def _osa_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance (Levenshtein plus adjacent transpositions)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def galore_lookalike(key: str) -> str | None:
+    """The GaLore key ``key`` is probably a misspelling of (``"galore"`` for a key that merely
+    mentions GaLore or projection), or ``None``."""
+    low = key.lower()
+    best = min(GALORE_KEYS, key=lambda k: _osa_distance(low, k))
+    if _osa_distance(low, best) <= (1 if len(best) <= 4 else 2):
+        return best
+    if "galore" in low or "proj" in low:
+        return "galore"
+    return None
 
 
 def is_galore_group(group: dict) -> bool:
@@ -91,6 +127,7 @@ class GaLoreOptimizer(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         group = dict(param_group)
         gi = len(getattr(self, "param_groups", []))
+        self._check_unknown_keys(group, gi)
         if is_galore_group(group):
             for key, value in GALORE_DEFAULTS.items():
                 group.setdefault(key, value)
@@ -102,6 +139,30 @@ class GaLoreOptimizer(Optimizer):
                 raise ValueError(f"param group {gi}: sparse parameters are not supported")
             if is_galore_group(group):
                 self._validate_galore_param(p, group, gi)
+
+    def _check_unknown_keys(self, group: dict, gi: int) -> None:
+        known = {*self.defaults, *_TORCH_GROUP_KEYS, *GALORE_KEYS}
+        for key in group:
+            if not isinstance(key, str) or key in known:
+                continue
+            like = galore_lookalike(key)
+            if like == "galore":
+                raise ValueError(
+                    f"param group {gi}: unknown key {key!r}; GaLore keys are "
+                    f"{', '.join(GALORE_KEYS)}"
+                )
+            if like is not None:
+                raise ValueError(
+                    f"param group {gi}: unknown key {key!r} (did you mean {like!r}?); GaLore "
+                    f"keys are {', '.join(GALORE_KEYS)}"
+                )
+        if not is_galore_group(group):
+            stray = [k for k in GALORE_DEFAULTS if k in group]
+            if stray:
+                raise ValueError(
+                    f"param group {gi} sets GaLore key(s) {', '.join(stray)} but no 'rank', so it "
+                    f"would be a plain group; add 'rank' or remove them"
+                )
 
     @staticmethod
     def _validate_galore_keys(group: dict, gi: int) -> None:
