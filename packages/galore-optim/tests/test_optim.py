@@ -262,7 +262,10 @@ def test_galore_keys_without_rank_are_refused():
 def test_other_extra_group_keys_still_pass():
     m = tiny_model()
     opt = GaLoreAdamW(
-        [{"params": [m.attn.weight], "rank": 2, "name": "galore"}, {"params": [m.mlp_up.weight], "lr_scale": 2.0}]
+        [
+            {"params": [m.attn.weight], "rank": 2, "name": "galore"},
+            {"params": [m.mlp_up.weight], "lr_scale": 2.0},
+        ]
     )
     assert opt.param_groups[0]["name"] == "galore" and opt.param_groups[1]["lr_scale"] == 2.0
 
