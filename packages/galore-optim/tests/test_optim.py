@@ -255,7 +255,7 @@ def test_misspelled_galore_keys_are_refused(cls, key, hint):
 
 def test_galore_keys_without_rank_are_refused():
     m = tiny_model()
-    with pytest.raises(ValueError, match="GaLore key.* update_proj_gap, proj_type but no 'rank'"):
+    with pytest.raises(ValueError, match=r"GaLore key.* update_proj_gap, proj_type but no 'rank'"):
         GaLoreAdamW([{"params": [m.attn.weight], "update_proj_gap": 50, "proj_type": "left"}])
 
 

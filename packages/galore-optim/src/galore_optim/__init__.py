@@ -6,6 +6,8 @@ groups = galore_param_groups(model, target_modules=["attn", "mlp"], rank=128)
 optimizer = GaLoreAdamW(groups, lr=1e-3)
 """
 
+from tensor_utils.version import package_version
+
 from .adafactor import GaLoreAdafactor
 from .adamw import GaLoreAdamW
 from .adamw8bit import GaLoreAdamW8bit
@@ -13,7 +15,6 @@ from .base import GALORE_DEFAULTS, GaLoreOptimizer, is_galore_group
 from .layerwise import LayerwiseGaLore
 from .param_groups import galore_param_groups, galore_target_names
 from .projector import GaLoreProjector
-from tensor_utils.version import package_version
 
 __version__ = package_version("galore-optim", __file__)
 

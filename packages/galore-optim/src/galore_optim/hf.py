@@ -23,7 +23,7 @@ from torch import nn
 
 try:  # the `hf` extra: fail here, with one line, rather than later inside Trainer
     import accelerate  # noqa: F401  (Trainer refuses to run without it)
-    import transformers  # noqa: F401
+    import transformers
 except ImportError as err:
     raise ImportError(
         f"galore_optim.hf needs the `hf` extra ({err.name} is not installed): "
