@@ -97,7 +97,7 @@ def run(ctx) -> list[str]:
         f"the junk string's {len(junk_tokens)} tokens: {junk_selected} selected "
         f"(the reference finds them unpredictable, so their excess loss ranks low)",
         f"{STEPS} selective steps on a {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M-"
-        f"parameter student: loss {float(first_step.loss):.2f} -> {float(last.loss):.2f}, "
+        f"parameter student: loss {float(first_step.loss.detach()):.2f} -> {float(last.loss.detach()):.2f}, "
         f"selected {float(last.selected_fraction):.0%}, selected/unselected token loss "
         f"{float(last.selected_loss):.2f}/{float(last.unselected_loss):.2f}",
     ]

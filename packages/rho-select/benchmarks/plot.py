@@ -39,7 +39,7 @@ def read(name: str) -> list[dict]:
 
 
 def plot_selection(ax) -> None:
-    rows = [r for r in read("selection_cpu.csv") if r["method"] != "reference"]
+    rows = [r for r in read("selection_cpu*.csv") if r["method"] != "reference"]
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         curves[r["method"]][int(r["tokens_seen"])].append(float(r["val_loss"]))
