@@ -200,7 +200,8 @@ class GaLoreTrainer(transformers.Trainer):
             and self.optimizer_cls_and_kwargs is None
             and _optim_name(self.args) in OPTIM_NAMES
         ):
-            self.optimizer_cls_and_kwargs = galore_optimizer_cls_and_kwargs(
-                self.model if model is None else model, self.args
-            )
+            opt_model = self.model if model is None else model
+            if opt_model is None:
+                raise ValueError("GaLoreTrainer needs a model to build a GaLore optimizer")
+            self.optimizer_cls_and_kwargs = galore_optimizer_cls_and_kwargs(opt_model, self.args)
         return super().create_optimizer(model)
