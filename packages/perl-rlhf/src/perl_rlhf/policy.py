@@ -55,6 +55,7 @@ class PolicyConfig:
     reward_clip: float | None = None
     whiten_advantages: bool | None = None
     max_new_tokens: int = 32
+    min_new_tokens: int = 0
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 1.0
@@ -209,6 +210,7 @@ class PolicyTrainer:
             temperature=cfg.temperature,
             top_k=cfg.top_k,
             top_p=cfg.top_p,
+            min_new_tokens=cfg.min_new_tokens,
         )
         prompts = [self.prompt_texts[i] for i in idx]
         responses = self.decode(rollout)

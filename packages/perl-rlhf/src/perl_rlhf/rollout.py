@@ -98,6 +98,7 @@ def sample(
     temperature: float = 0.7,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_new_tokens: int = 0,
 ) -> Rollout:
     """Sample one response per prompt id list with the policy."""
     device = next(model.parameters()).device
@@ -111,6 +112,7 @@ def sample(
         top_k=top_k,
         top_p=top_p,
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         pad_token_id=pad_token,
         eos_token_id=list(eos_ids),
     )
