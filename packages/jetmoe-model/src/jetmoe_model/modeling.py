@@ -53,7 +53,13 @@ from .ops.expert_mlp import moe_layer
 from .ops.expert_mlp.naive import combine
 from .ops.experts import expert_linear
 from .ops.routing import top_k_route
-from .routing import TopKRouting, load_balancing_loss, router_z_loss
+from .routing import (
+    TopKRouting,
+    all_reduce_statistics,
+    balance_from_statistics,
+    router_statistics,
+    z_loss_from_statistics,
+)
 
 
 class JetMoERMSNorm(nn.Module):
@@ -572,18 +578,26 @@ def _return_dict(config, return_dict: bool | None) -> bool:
 
 
 def router_losses(
-    router_logits, router_expert_index, attention_mask: torch.Tensor | None = None
+    router_logits, router_expert_index, attention_mask: torch.Tensor | None = None, group=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(load-balancing sum, z-loss sum) over the routers, padding left out."""
+    """(load-balancing sum, z-loss sum) over the routers, padding left out.
+
+    ``group``: a ``torch.distributed`` process group whose ranks each hold a shard of the batch
+    (data parallel); the router statistics are summed over it first, so every rank gets the
+    losses of the whole global batch (``routing.all_reduce_statistics``). ``None``: this
+    process's tokens only."""
     mask = None
     if attention_mask is not None:
         q_len = router_logits[0].shape[0] // attention_mask.shape[0]
         mask = attention_mask[:, attention_mask.shape[1] - q_len :].reshape(-1)
-    lb = sum(
-        load_balancing_loss(lg, ix, mask)
+    stats = [
+        router_statistics(lg, ix, mask)
         for lg, ix in zip(router_logits, router_expert_index, strict=True)
-    )
-    z = sum(router_z_loss(lg, mask) for lg in router_logits)
+    ]
+    if group is not None:
+        stats = all_reduce_statistics(stats, group)
+    lb = sum(balance_from_statistics(s) for s in stats)
+    z = sum(z_loss_from_statistics(s) for s in stats)
     return lb, z
 
 
@@ -595,6 +609,9 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         self.model = JetMoEModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # data-parallel group the router losses are summed over (``router_losses``); set by
+        # ``jetmoe_model.distributed.shard_model``. None: this process's tokens only.
+        self.router_loss_group = None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -652,7 +669,12 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden)
         loss = lm_loss = aux = z = None
         if output_router_logits:
-            aux, z = router_losses(out.router_logits, out.router_expert_index, attention_mask)
+            aux, z = router_losses(
+                out.router_logits,
+                out.router_expert_index,
+                attention_mask,
+                group=self.router_loss_group,
+            )
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss_kwargs = {
                 k: kwargs[k] for k in ("num_items_in_batch", "shift_labels", "ignore_index")

@@ -72,6 +72,46 @@ def top_k_route(logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> To
     return TopKRouting(logits, gates, expert_index, sort_by_expert(expert_index, num_experts))
 
 
+class RouterStatistics(NamedTuple):
+    """The sums one router's losses are built from; summing them over token shards (data-parallel
+    ranks) and then forming the losses gives exactly the losses of the whole batch."""
+
+    prob_sum: torch.Tensor  # [E] float32, full-softmax probability mass per expert
+    count_sum: torch.Tensor  # [E] float32, (token, choice) assignments per expert
+    z_sum: torch.Tensor  # [] float32, sum over tokens of logsumexp(logits)^2
+    tokens: torch.Tensor  # [] float32, tokens counted (mask sum)
+
+
+def router_statistics(
+    logits: torch.Tensor, expert_index: torch.Tensor, mask: torch.Tensor | None = None
+) -> RouterStatistics:
+    """Per-expert sums of one router over its tokens; ``mask`` (``[T]``, 1 = real token)."""
+    num_experts = logits.shape[-1]
+    logits = logits.float()
+    weight = logits.new_ones(logits.shape[0]) if mask is None else mask.to(logits.dtype)
+    probs = torch.softmax(logits, dim=-1)
+    onehot = F.one_hot(expert_index, num_experts).to(probs.dtype).sum(1)  # [T, E]
+    z = torch.logsumexp(logits, dim=-1).square()
+    return RouterStatistics(
+        (probs * weight[:, None]).sum(0),
+        (onehot * weight[:, None]).sum(0),
+        (z * weight).sum(),
+        weight.sum(),
+    )
+
+
+def balance_from_statistics(stats: RouterStatistics) -> torch.Tensor:
+    """``N * sum_i f_i * P_i`` from the sums (see ``load_balancing_loss``)."""
+    prob_share = stats.prob_sum / stats.prob_sum.sum().clamp_min(1e-9)
+    count_share = stats.count_sum / stats.count_sum.sum().clamp_min(1e-9)
+    return stats.prob_sum.shape[0] * (prob_share * count_share).sum()
+
+
+def z_loss_from_statistics(stats: RouterStatistics) -> torch.Tensor:
+    """Mean over tokens of ``logsumexp(x)^2`` from the sums (see ``router_z_loss``)."""
+    return stats.z_sum / stats.tokens.clamp_min(1.0)
+
+
 def load_balancing_loss(
     logits: torch.Tensor, expert_index: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -81,15 +121,7 @@ def load_balancing_loss(
     ``i``, ``P_i`` = share of the full-softmax router probability. 1.0 when perfectly balanced.
     ``mask`` (``[T]``, 1 = real token) leaves padding out of both shares.
     """
-    num_experts = logits.shape[-1]
-    probs = torch.softmax(logits.float(), dim=-1)
-    weight = probs.new_ones(probs.shape[0]) if mask is None else mask.to(probs.dtype)
-    prob_share = (probs * weight[:, None]).sum(0)
-    prob_share = prob_share / prob_share.sum().clamp_min(1e-9)
-    onehot = F.one_hot(expert_index, num_experts).to(probs.dtype).sum(1)  # [T, E]
-    count_share = (onehot * weight[:, None]).sum(0)
-    count_share = count_share / count_share.sum().clamp_min(1e-9)
-    return num_experts * (prob_share * count_share).sum()
+    return balance_from_statistics(router_statistics(logits, expert_index, mask))
 
 
 def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,11 +133,42 @@ def router_z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> tor
     return (z * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def all_reduce_statistics(stats: list[RouterStatistics], group=None) -> list[RouterStatistics]:
+    """Sum every router's statistics over the ranks of ``group`` (one ``all_reduce``), so the
+    losses formed from them equal the losses of the whole global batch on every rank.
+
+    Gradients: each rank's own contribution keeps its autograd graph, scaled by the world size,
+    and the other ranks' sums enter as constants. Data-parallel training (FSDP, DDP) averages
+    gradients over the ranks, which turns that back into exactly the gradient of the global loss.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group)
+    if world == 1 or not stats:
+        return stats
+    sizes = [t.numel() for s in stats for t in s]
+    flat = torch.cat([t.reshape(-1) for s in stats for t in s])
+    total = flat.detach().clone()
+    dist.all_reduce(total, group=group)
+    flat = total + world * (flat - flat.detach())  # value: global sum; gradient: world x own
+    parts = iter(flat.split(sizes))
+    out = []
+    for s in stats:
+        fields = [next(parts).reshape(t.shape) for t in s]
+        out.append(RouterStatistics(*fields))
+    return out
+
+
 __all__ = [
+    "RouterStatistics",
     "Routing",
     "TopKRouting",
+    "all_reduce_statistics",
+    "balance_from_statistics",
     "load_balancing_loss",
+    "router_statistics",
     "router_z_loss",
     "sort_by_expert",
     "top_k_route",
+    "z_loss_from_statistics",
 ]
