@@ -15,7 +15,6 @@ DATA = Path(__file__).parent / "examples" / "number_rule"
 
 def run(ctx, *, reward_epochs: int = 1, rl_steps: int = 6) -> list[str]:
     import torch
-
     from perl_rlhf import (
         LoraSpec,
         PerlModel,

@@ -137,9 +137,10 @@ class PerlModel(nn.Module):
         self.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer else None
         self.config = base.config
         hidden = int(base.config.hidden_size)
+        device = next(base.parameters()).device
         self.heads = nn.ModuleDict(
             {r: ScalarHead(hidden, zero=(r == "value")) for r in roles if r in HEAD_ROLES}
-        )
+        ).to(device)
         for p in base.parameters():
             p.requires_grad_(False)
         if self.is_lora:
