@@ -308,3 +308,21 @@ def test_closure_and_no_grad_params():
     assert max_param_diff(before, m) > 0
     opt.zero_grad()
     opt.step()  # every grad is None: nothing moves, nothing fails
+
+
+def test_slow_refresh_shows_progress(monkeypatch, capsys):
+    import galore_optim.base
+
+    data = batches(1)
+    m = tiny_model()
+    opt = GaLoreAdamW(galore_groups(m), lr=1e-3)
+    train(m, opt, data)  # a fast refresh: no bar
+    assert "GaLore basis refresh" not in capsys.readouterr().err
+    monkeypatch.setattr(galore_optim.base, "REFRESH_PROGRESS_DELAY_S", 0.0)
+    m = tiny_model()
+    opt = GaLoreAdamW(galore_groups(m), lr=1e-3)
+    train(m, opt, data)  # as if slow: the bar shows every refreshed matrix
+    err = capsys.readouterr().err
+    assert "GaLore basis refresh" in err and "/3 [" in err  # 3 refreshing matrices
+    train(m, opt, data)  # no refresh due: no bar
+    assert "GaLore basis refresh" not in capsys.readouterr().err

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.optim import Optimizer
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -111,6 +112,24 @@ def _is_dtensor(t: torch.Tensor) -> TypeIs[DTensor]:
 
 def _describe(t: torch.Tensor) -> str:
     return f"a DTensor with placements {tuple(t.placements)}" if _is_dtensor(t) else "a tensor"
+
+
+# A step that refreshes bases shows a progress bar once it has taken this long (the first
+# step of a large model on a CPU runs an exact SVD of every matrix: minutes).
+REFRESH_PROGRESS_DELAY_S = 2.0
+
+
+def _refresh_progress(total: int) -> tqdm:
+    dist = torch.distributed
+    other_rank = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+    return tqdm(
+        total=total,
+        desc="GaLore basis refresh",
+        unit="matrix",
+        delay=REFRESH_PROGRESS_DELAY_S,
+        leave=False,
+        disable=total < 2 or other_rank,
+    )
 
 
 class GaLoreOptimizer(Optimizer):
@@ -349,11 +368,13 @@ class GaLoreOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+        todo = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        refreshing = {id(p) for p, g in todo if is_galore_group(g) and self.refresh_due(p, g)}
+        with _refresh_progress(len(refreshing)) as bar:
+            for p, group in todo:
                 self._step_param(p, group, self._checked_grad(p, group))
+                if id(p) in refreshing:
+                    bar.update(1)
         return loss
 
     # -- checkpoints --------------------------------------------------------------------------
