@@ -24,13 +24,16 @@ import os
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CorruptCheckpointError
 from .readahead import willneed
-from .reader import Checkpoint
 from .safetensors_file import TensorInfo
+
+if TYPE_CHECKING:  # reader imports this module lazily; no cycle at run time
+    from .reader import Checkpoint
 
 
 class ChunkReader:

@@ -96,7 +96,7 @@ class Checkpoint:
         """
         if chunk_elements <= 0:
             raise ValueError(f"chunk_elements must be positive, got {chunk_elements}")
-        from .chunks import ChunkReader  # (chunks imports this module)
+        from .chunks import ChunkReader  # imported on use: it needs mmap/threading machinery
 
         numel = self.info(name).numel
         with ChunkReader(self, use_mmap=False) as reader:  # a fresh buffer per chunk
