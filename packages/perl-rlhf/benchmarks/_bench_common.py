@@ -94,7 +94,12 @@ def random_text(tok, n: int, seed: int) -> str:
     import random
 
     rng = random.Random(seed)
-    words = sorted(w for w in tok.get_vocab() if w.isalpha() or w.startswith("Ġ"))[:20000]
+    # Whole words that decode and re-encode to one token each, so n words are n tokens.
+    words = sorted(
+        w
+        for w in tok.get_vocab()
+        if (w.startswith("Ġ") and w[1:].isalpha()) or (w.startswith("w") and w[1:].isdigit())
+    )[:20000]
     ids = tok.convert_tokens_to_ids([rng.choice(words) for _ in range(n)])
     return tok.decode(ids)
 
@@ -245,7 +250,7 @@ def run_trl(args) -> list[float]:
             r=8, lora_alpha=16, target_modules=resolve_targets(model, args.targets),
             bias="none", task_type="SEQ_CLS",
         )  # fmt: skip
-        half = args.seq // 2 - 1
+        half = args.seq // 2 - 2  # prompt + response + end token fit in args.seq
         rows = [
             {"prompt": random_text(tok, half, 3 * i), "chosen": random_text(tok, half, 3 * i + 1),
              "rejected": random_text(tok, half, 3 * i + 2)}
