@@ -22,6 +22,9 @@ for _module in (
     "galore_optim.ops",
     "kvprune.ops.ragged_decode",
     "jetmoe_model.ops.routing",
+    "rho_select.ops",
+    "dejavu_sparse.ops",
+    "megalodon_model.ops",
 ):
     importlib.import_module(_module)
 
@@ -51,11 +54,32 @@ def _jetmoe_smallest_logits(real):
     return broken
 
 
+def _rho_labels_shifted(real):
+    # the target of each row taken from its neighbour (an off-by-one in the label load)
+    def broken(hidden, weight, labels, chunk_size, ignore_index):
+        return real(hidden, weight, labels.roll(1), chunk_size, ignore_index)
+
+    return broken
+
+
+def _dejavu_rows_reversed(real):
+    # the gathered rows written in reverse order of the index
+    return lambda x, weight, idx: real(x, weight, idx.flip(0))
+
+
+def _megalodon_rotation_conjugated(real):
+    # the complex decay rotating the wrong way (q is stored as (real, imag) pairs: imag negated)
+    return lambda x, p, q, eta, h0=None: real(x, p, q * q.new_tensor([1.0, -1.0]), eta, h0)
+
+
 MUTANTS = {
     "expo_merge::extrapolate": _expo_swapped,
     "galore_optim::adam8bit_moments": _galore_betas_swapped,
     "kvprune::ragged_decode_attention": _kvprune_scale_doubled,
     "jetmoe_model::top_k_route": _jetmoe_smallest_logits,
+    "rho_select::selective_loss_forward": _rho_labels_shifted,
+    "dejavu_sparse::gather_rows": _dejavu_rows_reversed,
+    "megalodon_model::cema": _megalodon_rotation_conjugated,
 }
 
 
@@ -83,6 +107,5 @@ def test_mutants_cover_every_package_with_ops():
 
     with_ops = {m.module for m in members() if m.is_package and (m.src / m.module / "ops").is_dir()}
     covered = {name.split("::")[0] for name in MUTANTS}
-    original = {"expo_merge", "galore_optim", "kvprune", "jetmoe_model"}
-    assert original <= covered, f"no mutant for {sorted(original - covered)}"
+    assert with_ops <= covered, f"no mutant for {sorted(with_ops - covered)}"
     assert covered <= with_ops, f"mutants for packages without ops: {sorted(covered - with_ops)}"
