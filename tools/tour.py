@@ -31,8 +31,8 @@ def foundation_part(ctx) -> list[str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tensor_utils_dev.bench import PeakMemory
     from tensor_utils.checkpoint import open_checkpoint
+    from tensor_utils_dev.bench import PeakMemory
 
     start = time.perf_counter()
     with PeakMemory(cuda=False) as mem, open_checkpoint(ctx.model_dir) as ckpt:
