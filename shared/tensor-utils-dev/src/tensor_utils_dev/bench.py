@@ -147,14 +147,14 @@ class PeakMemory:
             self.cuda_bytes = torch.cuda.max_memory_allocated()
 
 
-def _version(dist: str) -> str:
+def _version(dist: str, module_name: str | None = None) -> str:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         pass
     # Not installed (e.g. run from a checkout via PYTHONPATH): ask the module itself.
     try:
-        module = importlib.import_module(dist.replace("-", "_"))
+        module = importlib.import_module(module_name or dist.replace("-", "_"))
     except Exception:
         return ""
     return str(getattr(module, "__version__", ""))
@@ -175,7 +175,7 @@ def environment_tags(device: str | None = None, packages: Iterable[str] = ()) ->
         "torch": torch.__version__,
         "triton": _version("triton"),
         "transformers": _version("transformers"),
-        "tensor_utils": _version("llm-efficiency-tensor-utils"),
+        "tensor_utils": _version("llm-efficiency-tensor-utils", "tensor_utils"),
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for dist in packages:
