@@ -139,7 +139,7 @@ def test_basis_owns_only_its_storage(solver, proj_type):
     left, right = compute_basis(g, 3, proj_type, solver=solver)
     for t in (left, right):
         if t is not None:
-            assert t.is_contiguous()
+            assert t.is_contiguous() or t.mT.is_contiguous()  # row- or column-major, no gaps
             assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 

@@ -307,8 +307,11 @@ class GaLoreOptimizer(Optimizer):
             and dist.get_world_size() > 1
         ):
             for t in (left, right):
-                if t is not None:
-                    dist.broadcast(t, src=0)
+                if t is not None:  # collectives need contiguous buffers; the basis may be
+                    buf = t.contiguous()  # column-major (the exact solver keeps LAPACK's order)
+                    dist.broadcast(buf, src=0)
+                    if buf is not t:
+                        t.copy_(buf)
         for key, t in (("proj_left", left), ("proj_right", right)):
             if t is not None:
                 state[key] = t

@@ -245,12 +245,25 @@ def compute_basis(
                 vh = basis.mT
     else:
         raise ValueError(f"unknown solver {solver!r} (choose from {', '.join(SOLVERS)})")
-    # Fresh contiguous copies: a slice of the SVD factors would keep the whole (n, n) or (m, m)
-    # factor alive in the optimizer state (galore-torch does, for fp32 gradients).
-    copy = {"dtype": grad.dtype, "memory_format": torch.contiguous_format, "copy": True}
-    left = u.to(**copy) if u is not None and side in ("left", "full") else None
-    right = vh.to(**copy) if vh is not None and side in ("right", "full") else None
+    # Fresh compact copies: a slice of the SVD factors would keep the whole (n, n) or (m, m)
+    # factor alive in the optimizer state (galore-torch does, for fp32 gradients). The exact
+    # solver's copies keep the slices' element order (LAPACK's factors are column-major), which
+    # is the layout galore-torch keeps: the projection matmuls then take the same BLAS path and
+    # round the same way. The randomized solvers store row-major (contiguous) bases.
+    compact = _compact_like if solver == "exact" else _contiguous_copy
+    left = compact(u, grad.dtype) if u is not None and side in ("left", "full") else None
+    right = compact(vh, grad.dtype) if vh is not None and side in ("right", "full") else None
     return left, right
+
+
+def _compact_like(view: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A compact copy of ``view`` with its strides' order (what ``view.to(dtype)`` gives)."""
+    out = torch.empty_like(view, dtype=dtype)  # preserve_format: same stride order, no gaps
+    return out.copy_(view)
+
+
+def _contiguous_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def project(grad: torch.Tensor, side: str, left, right) -> torch.Tensor:
