@@ -2,6 +2,7 @@
 
 import copy
 import io
+import itertools
 import warnings
 
 import pytest
@@ -77,12 +78,12 @@ def test_adamw_bit_identical_to_galore_torch_on_drawn_shapes(
 ):
     """Odd shapes, ranks, gaps and weight decay: exactly galore-torch's parameters (CPU)."""
     layers = []
-    for d_in, d_out in zip(dims, dims[1:]):
+    for d_in, d_out in itertools.pairwise(dims):
         layers += [torch.nn.Linear(d_in, d_out), torch.nn.Tanh()]
     torch.manual_seed(seed)
     ref = torch.nn.Sequential(*layers[:-1])
     ours = copy.deepcopy(ref)
-    low = min(min(a, b) for a, b in zip(dims, dims[1:]))
+    low = min(min(a, b) for a, b in itertools.pairwise(dims))
     # galore-torch picks reverse_std's back-projection side from the projected shape, which is
     # wrong for a full-rank left basis of a wide matrix (a documented difference): rank < min.
     top = low - 1 if proj_type == "reverse_std" else low
@@ -103,7 +104,7 @@ def test_adamw_bit_identical_to_galore_torch_on_drawn_shapes(
         no_deprecation_warning=True,
     )
     _parity_run(GaLoreAdamW, ours, rank, proj_type, gap, weight_decay, data, backend="reference")
-    for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+    for (name, a), b in zip(ref.named_parameters(), ours.parameters(), strict=True):
         assert torch.equal(a, b), f"{name}: max diff {(a - b).abs().max().item():.3g}"
 
 
