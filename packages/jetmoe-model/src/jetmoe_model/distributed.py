@@ -8,6 +8,8 @@ the whole global batch. Launch with ``torchrun``; ``examples/train_fsdp.py`` is 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -83,7 +85,7 @@ def shard_model(
         )
     if gradient_checkpointing:
         enable_checkpointing(model)
-    kwargs = {"reshard_after_forward": reshard_after_forward}
+    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
     if mesh is not None:
         kwargs["mesh"] = mesh
     if mp_policy is not None:

@@ -596,8 +596,8 @@ def router_losses(
     ]
     if group is not None:
         stats = all_reduce_statistics(stats, group)
-    lb = sum(balance_from_statistics(s) for s in stats)
-    z = sum(z_loss_from_statistics(s) for s in stats)
+    lb = torch.stack([balance_from_statistics(s) for s in stats]).sum()
+    z = torch.stack([z_loss_from_statistics(s) for s in stats]).sum()
     return lb, z
 
 

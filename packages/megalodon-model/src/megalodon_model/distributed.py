@@ -9,6 +9,8 @@ loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -81,7 +83,7 @@ def shard_model(
         )
     if gradient_checkpointing:
         enable_checkpointing(model)
-    kwargs = {"reshard_after_forward": reshard_after_forward}
+    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
     if mesh is not None:
         kwargs["mesh"] = mesh
     if mp_policy is not None:
