@@ -178,3 +178,49 @@ def fsdp_worker(rank: int, world: int, init_file: str, out_dir: str, names: tupl
             )
     finally:
         dist.destroy_process_group()
+
+
+def fsdp_dcp_worker(rank: int, world: int, init_file: str, out_dir: str, names: tuple[str, ...]):
+    """One FSDP2 rank: train 5 steps; separately, train 3, ``save_checkpoint`` (DCP), build a
+    fresh sharded model and optimizer, ``load_checkpoint`` and train steps 4-5."""
+    import torch.distributed as dist
+    from galore_optim.checkpoint import load_checkpoint, save_checkpoint
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+    def sharded(seed: int = 0):
+        model = tiny_model(seed)
+        for module in (model.embed, model.attn, model.mlp_up, model.mlp_down, model.lm_head):
+            fully_shard(module)
+        fully_shard(model)
+        return model
+
+    def run(model, opt, data):
+        for ids in data:
+            opt.zero_grad()
+            lm_loss(model, ids.chunk(world)[rank]).backward()
+            opt.step()
+
+    try:
+        for name in names:
+            data = batches(5, batch=8)
+            model = sharded()
+            opt = fsdp_optimizer(name, model)
+            run(model, opt, data)
+            final = [p.full_tensor() for p in model.parameters()]
+            model = sharded()
+            opt = fsdp_optimizer(name, model)
+            run(model, opt, data[:3])
+            save_checkpoint(f"{out_dir}/{name}-dcp", model, opt)
+            resumed_model = sharded(seed=5)  # different init: everything comes from the checkpoint
+            resumed_opt = fsdp_optimizer(name, resumed_model)
+            load_checkpoint(f"{out_dir}/{name}-dcp", resumed_model, resumed_opt)
+            run(resumed_model, resumed_opt, data[3:])
+            torch.save(
+                {"params": final, "resumed": [p.full_tensor() for p in resumed_model.parameters()]},
+                f"{out_dir}/{name}-dcp-rank{rank}.pt",
+            )
+    finally:
+        dist.destroy_process_group()
