@@ -98,6 +98,8 @@ def test_gradients_reach_only_trainable_adapters_and_heads():
     base, tok = tiny()
     model = PerlModel(base, lora=LoraSpec(rank=4), tokenizer=tok)
     perturb_lora(model)
+    with torch.no_grad():  # a zero-initialised value head passes no gradient to its adapter
+        model.heads["value"].weight.normal_()
     model.set_trainable(("policy", "value"))
     ids, mask = _batch(len(tok))
     loss = model.logits("policy", ids, mask).logsumexp(-1).mean()
@@ -127,6 +129,7 @@ def test_adapters_and_heads_round_trip_through_peft_format(tmp_path):
     assert (tmp_path / "rm" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "rm" / "adapter_config.json").read_text())["r"] == 4
     ids, mask = _batch(len(tok))
+    model.eval()  # dropout 0.1 in training mode would make two forward passes differ
     with torch.no_grad():
         want_scores = model.scores(ids, mask)
         want_logits = model.logits("policy", ids, mask)
@@ -135,6 +138,7 @@ def test_adapters_and_heads_round_trip_through_peft_format(tmp_path):
     fresh = PerlModel(base2, lora=LoraSpec(rank=2), tokenizer=tok)
     fresh.load("reward", tmp_path / "rm")
     fresh.load("policy", tmp_path / "pol")
+    fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh.scores(ids, mask), want_scores)
         assert torch.equal(fresh.logits("policy", ids, mask), want_logits)
