@@ -24,6 +24,21 @@ def batches(n: int = STEPS, batch: int = 4, seq: int = 8, vocab: int = 97, seed:
     return [torch.randint(0, vocab, (batch, seq), generator=gen) for _ in range(n)]
 
 
+def padded_batch():
+    """Right-padded rows, padded differently on the two halves: ranks see unequal token counts."""
+    ids = batches(1, seed=7)[0]
+    mask = torch.ones_like(ids)
+    mask[2:, 5:] = 0
+    mask[3, 3:] = 0
+    return ids, mask
+
+
+def router_losses_on(model, ids, mask) -> tuple[float, float]:
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, output_router_logits=True)
+    return out.aux_loss.item(), out.z_loss.item()
+
+
 def optimizer(model):
     return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
 
@@ -62,6 +77,9 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 )
             block_calls[0] = 0
             history.append(step(model, opt, rows))
+        calls_last_step = block_calls[0]
+        ids, mask = padded_batch()
+        padded = router_losses_on(model, ids.chunk(world)[rank], mask.chunk(world)[rank])
         lm_losses = [0.0] * world
         dist.all_gather_object(lm_losses, [h["lm_loss"] for h in history])
         params = [p.full_tensor().detach().clone() for p in model.parameters()]
@@ -87,8 +105,9 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 {
                     "history": history,
                     "lm_losses": lm_losses,
+                    "padded": padded,
                     "local_aux": local_aux,
-                    "block_calls": block_calls[0],
+                    "block_calls": calls_last_step,
                     "params": params,
                     "mp": mp,
                 },

@@ -5,7 +5,16 @@ steps, with activation checkpointing on; a bf16 ``MixedPrecisionPolicy`` is appl
 import pytest
 import torch
 import torch.multiprocessing as mp
-from jetmoe_fsdp_lib import STEPS, batches, optimizer, step, tiny_model, worker
+from jetmoe_fsdp_lib import (
+    STEPS,
+    batches,
+    optimizer,
+    padded_batch,
+    router_losses_on,
+    step,
+    tiny_model,
+    worker,
+)
 from jetmoe_model.distributed import enable_checkpointing
 
 
@@ -32,14 +41,18 @@ def one_process():
     enable_checkpointing(model)
     opt = optimizer(model)
     history = [step(model, opt, ids) for ids in batches()]
-    return history, [p.detach().clone() for p in model.parameters()]
+    return (
+        history,
+        [p.detach().clone() for p in model.parameters()],
+        router_losses_on(model, *padded_batch()),
+    )
 
 
 pytestmark = pytest.mark.skipif(not _fully_shard_available(), reason="no FSDP2 / gloo")
 
 
 def test_router_losses_are_the_global_batch_losses(two_ranks, one_process):
-    single, _ = one_process
+    single, _, _ = one_process
     for got, want, local in zip(two_ranks["history"], single, two_ranks["local_aux"], strict=True):
         torch.testing.assert_close(got["aux_loss"], want["aux_loss"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["z_loss"], want["z_loss"], atol=1e-5, rtol=1e-5)
@@ -47,8 +60,24 @@ def test_router_losses_are_the_global_batch_losses(two_ranks, one_process):
         assert abs(local - want["aux_loss"]) > 1e-4
 
 
+def test_router_losses_with_unequal_padding_per_rank(two_ranks, one_process):
+    # token counts differ between the ranks (16 vs 8 real tokens): the summed statistics still
+    # give the whole batch's masked losses
+    want = one_process[2]
+    torch.testing.assert_close(two_ranks["padded"], want, atol=1e-5, rtol=1e-5)
+
+
+def test_shard_model_needs_a_process_group():
+    from jetmoe_model.distributed import shard_model
+
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is already initialized")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        shard_model(tiny_model())
+
+
 def test_two_ranks_train_like_one_process(two_ranks, one_process):
-    single, single_params = one_process
+    single, single_params, _ = one_process
     assert len(two_ranks["history"]) == STEPS
     # equal shards: the mean of the ranks' LM losses is the whole batch's; the router losses
     # are already global, so the total equals one process's total

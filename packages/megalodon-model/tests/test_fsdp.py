@@ -38,6 +38,15 @@ def one_process():
     return losses, [p.detach().clone() for p in model.parameters()]
 
 
+def test_shard_model_needs_a_process_group():
+    from megalodon_model.distributed import shard_model
+
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is already initialized")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        shard_model(tiny_model())
+
+
 def test_two_ranks_train_like_one_process(two_ranks, one_process):
     single_losses, single_params = one_process
     per_rank = two_ranks["losses"]
