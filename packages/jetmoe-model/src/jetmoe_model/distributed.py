@@ -1,52 +1,18 @@
 """Data-parallel, fully sharded training with PyTorch's FSDP2 (``torch.distributed.fsdp``).
 
 ``shard_model`` applies ``fully_shard`` to every decoder block and then to the root (the
-embedding, the final norm and the LM head, tied or not, live in the root group), and points the
-model's router losses at the data-parallel group so the load-balancing and z-losses are those of
-the whole global batch. Launch with ``torchrun``; ``examples/train_fsdp.py`` is a complete loop.
+embedding, the final norm and the LM head, tied or not, live in the root group; the sharding is
+``tensor_utils.distributed``), and points the model's router losses at the data-parallel group so
+the load-balancing and z-losses are those of the whole global batch. Launch with ``torchrun``;
+``examples/train_fsdp.py`` is a complete loop.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import nn
 
-
-def _fsdp():
-    try:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    except ImportError as err:  # torch < 2.6 kept it under _composable
-        raise ImportError(
-            "jetmoe_model.distributed needs torch >= 2.6 (torch.distributed.fsdp.fully_shard)"
-        ) from err
-    return fully_shard, MixedPrecisionPolicy
-
-
-def mixed_precision(
-    param_dtype: torch.dtype | None = torch.bfloat16,
-    reduce_dtype: torch.dtype | None = torch.float32,
-):
-    """An FSDP2 ``MixedPrecisionPolicy``: compute in ``param_dtype`` (the sharded parameters
-    and the optimizer stay in their own dtype, float32), reduce gradients in ``reduce_dtype``."""
-    _, policy = _fsdp()
-    return policy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-
-
-def enable_checkpointing(model: nn.Module) -> None:
-    """Recompute every decoder block in backward (non-reentrant ``torch.utils.checkpoint``),
-    through transformers' ``activation_checkpointing_enable`` (``gradient_checkpointing_enable``
-    on transformers releases before it)."""
-    kwargs = {"use_reentrant": False}
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=kwargs)
-        return
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if enable is None:
-        raise TypeError(f"{type(model).__name__} has no gradient checkpointing")
-    enable(gradient_checkpointing_kwargs=kwargs)
+from tensor_utils import distributed as _fsdp2
+from tensor_utils.distributed import enable_checkpointing, mixed_precision
 
 
 def shard_model(
@@ -60,12 +26,8 @@ def shard_model(
 ) -> nn.Module:
     """Shard a JetMoE model (``JetMoEForCausalLM``, ``JetMoEModel``, ...) in place with FSDP2.
 
-    ``mesh``: a 1-D ``DeviceMesh`` (default: every rank of the default process group).
-    ``mp_policy``: an FSDP2 ``MixedPrecisionPolicy`` (``mixed_precision()``), ``None``: full
-    precision. ``reshard_after_forward``: free each block's gathered parameters after its forward
-    (ZeRO-3; ``False`` keeps them until backward, ZeRO-2-like). ``gradient_checkpointing``:
-    recompute each block in backward (transformers' ``gradient_checkpointing_enable`` with
-    non-reentrant ``torch.utils.checkpoint``). ``aggregate_router_losses``: sum the router
+    ``mesh``, ``mp_policy``, ``reshard_after_forward``, ``gradient_checkpointing``: as
+    ``tensor_utils.distributed.shard_model``. ``aggregate_router_losses``: sum the router
     statistics over the data-parallel group, so ``aux_loss`` and ``z_loss`` equal the losses of
     the whole global batch (the gradients too, once FSDP averages them over the ranks).
 
@@ -74,25 +36,13 @@ def shard_model(
     """
     import torch.distributed as dist
 
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("shard_model: call torch.distributed.init_process_group first")
-    fully_shard, _ = _fsdp()
-    backbone = getattr(model, "model", model)
-    layers = getattr(backbone, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(
-            f"shard_model: {type(model).__name__} has no decoder layers (.model.layers or .layers)"
-        )
-    if gradient_checkpointing:
-        enable_checkpointing(model)
-    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
-    if mesh is not None:
-        kwargs["mesh"] = mesh
-    if mp_policy is not None:
-        kwargs["mp_policy"] = mp_policy
-    for layer in layers:
-        fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+    _fsdp2.shard_model(
+        model,
+        mesh=mesh,
+        mp_policy=mp_policy,
+        reshard_after_forward=reshard_after_forward,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     if aggregate_router_losses and hasattr(model, "router_loss_group"):
         group = mesh.get_group() if mesh is not None else dist.group.WORLD
         model.router_loss_group = group  # type: ignore[assignment]
