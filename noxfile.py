@@ -72,7 +72,11 @@ def lint(session: nox.Session) -> None:
     uv_sync(session, "--all-packages", "--all-extras", "--group", "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("pyright", "--pythonpath", os.path.join(session.bin, "python"))
+    # -p: this repository's [tool.pyright], never a pyrightconfig.json in a folder above it
+    session.run(
+        "pyright", "-p", os.path.dirname(os.path.abspath(__file__)),
+        "--pythonpath", os.path.join(session.bin, "python"),
+    )  # fmt: skip
 
 
 def floor_pins(requirements: list[str]) -> list[str]:
