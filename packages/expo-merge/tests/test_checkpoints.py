@@ -366,16 +366,20 @@ def test_device_cuda_matches_cpu(tmp_path):
     for alpha in (0.3, 2.0):
         got, _ = load(tmp_path / "o" / f"alpha-{alpha:g}")
         expected = extrapolate_state_dict(sft, aligned, alpha, backend="reference")
+        differing = compared = 0
         for k in got:
             if got[k].is_floating_point():
-                # The kernel may fuse the multiply-add: equal to the CPU result except at rare
-                # rounding ties (and near-cancellations), and always within one rounding of fp64.
-                assert (got[k] != expected[k]).float().mean() < 1e-2
+                # The kernel may fuse the multiply-add: every element is within one rounding of
+                # fp64, and equal to the CPU result except at rare rounding ties (counted over the
+                # whole checkpoint: one tie in a 64-element bias is 1.6% of that tensor).
                 assert_matches_float64(
                     got[k], lambda s_, a_, al=alpha: a_ + al * (a_ - s_), sft[k], aligned[k]
                 )
+                differing += int((got[k] != expected[k]).sum())
+                compared += got[k].numel()
             else:
                 assert torch.equal(got[k], expected[k])
+        assert differing / compared < 1e-2
 
 
 @pytest.mark.parametrize("fmt", ["pt", "dir-sharded"])
