@@ -2,12 +2,15 @@
 backend it resolves to directly, for a trivial op and one real op of each package (CPU tensors,
 so the chosen backend is the reference; the dispatch work is the same on CUDA).
 
-    python shared/tensor-utils/benchmarks/bench_dispatch.py [--number 2000 --repeat 15]
+    python shared/tensor-utils/benchmarks/bench_dispatch.py [--number 200 --repeat 200]
 
 Each op is timed with ``timeit`` as rounds of ``number`` calls, the op and the direct call
 interleaved round by round (A, B, A, B, ...) so drift and other load hit both; per call, the
-minimum over the rounds. Overhead = op - direct (goal: at most 1 us). CSV:
-``results/dispatch_overhead.csv`` (``BENCH_RESULTS`` when set).
+minimum over the rounds. ``overhead_us`` = op - direct with the real backend;
+``dispatch_us`` = the same difference with the cached backend swapped for an empty function of
+the same call (the dispatch alone, free of the body's own noise; goal: at most 1 us). Short
+rounds and many of them: the minimum then comes from a round no other process interrupted.
+CSV: ``results/dispatch_overhead.csv`` (``BENCH_RESULTS`` when set).
 """
 
 from __future__ import annotations
@@ -79,26 +82,45 @@ def measure(op: Op, args, kwargs, number: int, repeat: int) -> dict[str, float]:
     chosen = op.select(t.device.type, t.dtype)
     direct = op.implementation(chosen)
     op(*args, **kwargs)  # resolve and cache once, as any first call does
+    key = (t.dtype, t.is_cuda, t.is_cpu)
+    assert op._cache[key] is direct
+
+    def stub(*_args, **_kwargs):
+        return None
+
+    def with_body(body):
+        op._cache[key] = body  # the cached resolution, as a real call finds it
+
+    # The full call against the backend, and the same call with the backend replaced by an empty
+    # function: the second pair isolates the dispatch from a body whose own run-to-run noise
+    # (tens of us for a 150 us op) would hide a difference of 1 us.
     timers = {
-        "op": timeit.Timer(lambda: op(*args, **kwargs)),
-        "direct": timeit.Timer(lambda: direct(*args, **kwargs)),
+        "op": (timeit.Timer(lambda: op(*args, **kwargs)), direct),
+        "direct": (timeit.Timer(lambda: direct(*args, **kwargs)), direct),
+        "op_empty": (timeit.Timer(lambda: op(*args, **kwargs)), stub),
+        "empty": (timeit.Timer(lambda: stub(*args, **kwargs)), stub),
     }
     best = dict.fromkeys(timers, float("inf"))
-    for _ in range(repeat):
-        for name, timer in timers.items():  # interleaved rounds
-            best[name] = min(best[name], timer.timeit(number) / number * 1e6)
+    try:
+        for _ in range(repeat):
+            for name, (timer, body) in timers.items():  # interleaved rounds
+                with_body(body)
+                best[name] = min(best[name], timer.timeit(number) / number * 1e6)
+    finally:
+        with_body(direct)
     return {
         "backend": chosen,
         "op_us": best["op"],
         "direct_us": best["direct"],
         "overhead_us": best["op"] - best["direct"],
+        "dispatch_us": best["op_empty"] - best["empty"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--number", type=int, default=2000, help="calls per timed round")
-    parser.add_argument("--repeat", type=int, default=15, help="rounds per op and per direct call")
+    parser.add_argument("--number", type=int, default=200, help="calls per timed round")
+    parser.add_argument("--repeat", type=int, default=200, help="rounds per timer")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
@@ -108,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(
             f"{label:36s} {row['backend']:10s} op {row['op_us']:8.2f} us  direct "
-            f"{row['direct_us']:8.2f} us  overhead {row['overhead_us']:+.2f} us",
+            f"{row['direct_us']:8.2f} us  overhead {row['overhead_us']:+.2f} us  dispatch "
+            f"{row['dispatch_us']:+.2f} us",
             flush=True,
         )
     write_csv(results_dir(__file__) / "dispatch_overhead.csv", rows)

@@ -60,6 +60,9 @@ from typing import Any
 import torch
 
 ENV_VAR = "TENSOR_UTILS_BACKEND"
+# Bound once (a module attribute lookup per call is measurable at this scale); the compiler
+# recognises the function object itself and folds it to True while tracing.
+_is_compiling = torch.compiler.is_compiling
 AUTO, REFERENCE = "auto", "reference"
 
 __all__ = [
@@ -375,27 +378,38 @@ class Op:
 
     def __call__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> Any:
         if backend is None:
-            if self._library_call is not None and torch.compiler.is_compiling():
-                if self._compiled_call is not None:
-                    return self._compiled_call(self._library_call, *args, **kwargs)
-                return self._library_call(*args, **kwargs)
-            # Fast path: the cache key avoids building a torch.device (0.4 us) for CUDA and CPU.
+            if _is_compiling():
+                return self._compiling(args, kwargs)
+            # Fast path: one dict lookup keyed by three tensor getters (building a torch.device
+            # costs 0.4 us). A missing key, or a dispatch value that is no tensor, takes the slow
+            # path; a try costs nothing when nothing is raised.
             t = args[0] if self._first_arg and args else self._dispatch_tensor(args, kwargs)
-            # (`__class__ is` narrows to a tensor at run time; pyright narrows only isinstance)
-            if t.__class__ is torch.Tensor or isinstance(t, torch.Tensor):
-                key = (t.dtype, t.is_cuda, t.is_cpu)  # pyright: ignore[reportOptionalMemberAccess]
-                impl = self._cache.get(key)
-                if impl is None:
-                    impl = self._resolve(t)  # pyright: ignore[reportArgumentType]
-            else:
-                impl = self.implementation(self.select("cpu", None))
+            try:
+                impl = self._cache[t.dtype, t.is_cuda, t.is_cpu]  # pyright: ignore[reportOptionalMemberAccess]
+            except (KeyError, AttributeError):
+                impl = self._resolve_value(t)
             return impl(*args, **kwargs)
         t = self._dispatch_tensor(args, kwargs)
         key = (t.device.type, t.dtype) if t is not None else ("cpu", None)
         return self.implementation(self.select(*key, backend=backend))(*args, **kwargs)
 
+    def _compiling(self, args: tuple, kwargs: dict) -> Any:
+        """A call under ``torch.compile``: through the custom op, so the compiler sees one node;
+        ops without one (``library=False``) are traced through their dispatch."""
+        if self._library_call is None:
+            return self._eager(*args, **kwargs)
+        if self._compiled_call is not None:
+            return self._compiled_call(self._library_call, *args, **kwargs)
+        return self._library_call(*args, **kwargs)
+
+    def _resolve_value(self, value: Any) -> Callable[..., Any]:
+        if isinstance(value, torch.Tensor):
+            return self._resolve(value)
+        return self.implementation(self.select("cpu", None))
+
     def _eager(self, *args: Any, **kwargs: Any) -> Any:
-        """The automatic dispatch without the compile check (the custom op's implementation)."""
+        """The automatic dispatch without the compile check (the custom op's implementation, and
+        what the compiler traces for ``library=False`` ops: no try/except for it to follow)."""
         t = self._dispatch_tensor(args, kwargs)
         if t is None:
             return self.implementation(self.select("cpu", None))(*args, **kwargs)
