@@ -60,58 +60,97 @@ def _copy_cols(xs, w, idx):
     return acc
 
 
-def kernel_rows(rounds: int, dtype) -> list[dict]:
-    from dejavu_sparse.fallback import set_dense_fallback
-    from dejavu_sparse.ops import gather_cols, gather_rows
+def _gbps(nbytes: float, ms: float) -> float:
+    return round(nbytes / ms / 1e6, 2)
 
-    n, k = 14336, 4096
+
+def kernel_rows(rounds: int, dtype, copies: int = 4) -> list[dict]:
+    """The gathered ops against dense at several densities, and the effective bandwidth each
+    reaches (bytes of the rows it must read / time). ``copies`` weight copies are cycled so the
+    weights stream from memory (4 x 235 MB float32 against a 300 MB L3)."""
+    from dejavu_sparse.fallback import set_dense_fallback
+
     g = torch.Generator().manual_seed(0)
-    ws = [(torch.randn(n, k, generator=g) * 0.02).to(dtype) for _ in range(2)]  # > L3
     rows = []
     set_dense_fallback("cpu", {1: 1.0})  # time the gathered path itself
     try:
-        for batch, densities in ((1, (0.3, 0.5, 0.7)), (4, (0.3, 0.5))):
-            x = torch.randn(batch, k, dtype=dtype)
-            xi = torch.randn(batch, n, dtype=dtype)
-            for density in densities:
-                sel = int(density * n)
-                idx = torch.randperm(n, generator=g)[:sel].sort().values
-                xs = xi[:, idx].contiguous()
-                fns = {
-                    "dense_rows": lambda x=x: [x @ w.t() for w in ws],
-                    "gather_rows": lambda x=x, idx=idx: [gather_rows(x, w, idx) for w in ws],
-                    "contig_rows": lambda x=x, sel=sel: [x @ w[:sel].t() for w in ws],
-                    "dense_cols": lambda xi=xi: [xi @ w for w in ws],
-                    "gather_cols": lambda xs=xs, idx=idx: [gather_cols(xs, w, idx) for w in ws],
-                    # the copying path of gather_cols (what batch > 1 runs), at any batch
-                    "copy_cols": lambda xs=xs, idx=idx: [_copy_cols(xs, w, idx) for w in ws],
-                }
-                t = interleaved(fns, rounds)
-                rows.append({"bench": "kernel", "batch": batch, "density": density,
-                             **{f"{k}_ms": round(v / 2, 3) for k, v in t.items()},
-                             "rows_speedup": round(t["dense_rows"] / t["gather_rows"], 3),
-                             "cols_speedup": round(t["dense_cols"] / t["gather_cols"], 3),
-                             "ideal_speedup": round(t["dense_rows"] / t["contig_rows"], 3)})  # fmt: skip
-                print(rows[-1], flush=True)
+        # (n, k): gate/up rows (14336 x 4096: gathered rows; as a transposed down weight,
+        # gathered columns), and TEAL's fused gate/up transposed weight (4096 x 28672)
+        for n, k, ops in ((14336, 4096, ("rows", "cols")), (4096, 28672, ("cols",))):
+            ws = [(torch.randn(n, k, generator=g) * 0.02).to(dtype) for _ in range(copies)]
+            rows += _kernel_shape(ws, ops, rounds, g)
     finally:
         set_dense_fallback("cpu", None)
     return rows
 
 
-def block_rows(model, calib, rounds: int, context: int, dtype) -> list[dict]:
+def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g) -> list[dict]:
+    from dejavu_sparse.ops import gather_cols, gather_rows
+
+    n, k = ws[0].shape
+    dtype = ws[0].dtype
+    row_bytes = k * ws[0].element_size()
+    rows = []
+    for batch, densities in ((1, (0.3, 0.5, 0.7)), (4, (0.3, 0.5))):
+        x = torch.randn(batch, k, dtype=dtype)
+        xi = torch.randn(batch, n, dtype=dtype)
+        for density in densities:
+            sel = int(density * n)
+            idx = torch.randperm(n, generator=g)[:sel].sort().values
+            xs = xi[:, idx].contiguous()
+            fns = {"contig": lambda x=x, sel=sel: [x @ w[:sel].t() for w in ws]}
+            if "rows" in ops:
+                fns["dense_rows"] = lambda x=x: [x @ w.t() for w in ws]
+                fns["gather_rows"] = lambda x=x, idx=idx: [gather_rows(x, w, idx) for w in ws]
+                fns["copy_rows"] = lambda x=x, idx=idx: [
+                    gather_rows(x, w, idx, backend="chunked") for w in ws
+                ]
+            fns["dense_cols"] = lambda xi=xi: [xi @ w for w in ws]
+            fns["gather_cols"] = lambda xs=xs, idx=idx: [gather_cols(xs, w, idx) for w in ws]
+            # the copying path of gather_cols (what batch > 1 runs), at any batch
+            fns["copy_cols"] = lambda xs=xs, idx=idx: [_copy_cols(xs, w, idx) for w in ws]
+            t = {name: v / len(ws) for name, v in interleaved(fns, rounds).items()}
+            full, part = n * row_bytes, sel * row_bytes
+            row = {"bench": "kernel", "shape": f"{n}x{k}", "batch": batch, "density": density,
+                   **{f"{name}_ms": round(v, 3) for name, v in t.items()},
+                   "ideal_speedup": round(t["dense_cols"] / t["contig"], 3),
+                   "cols_speedup": round(t["dense_cols"] / t["gather_cols"], 3),
+                   "dense_cols_GBps": _gbps(full, t["dense_cols"]),
+                   "gather_cols_GBps": _gbps(part, t["gather_cols"]),
+                   "contig_GBps": _gbps(part, t["contig"])}  # fmt: skip
+            if "rows" in ops:
+                row.update({"rows_speedup": round(t["dense_rows"] / t["gather_rows"], 3),
+                            "copy_rows_speedup": round(t["dense_rows"] / t["copy_rows"], 3),
+                            "dense_rows_GBps": _gbps(full, t["dense_rows"]),
+                            "gather_rows_GBps": _gbps(part, t["gather_rows"])})  # fmt: skip
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def block_rows(
+    model,
+    calib,
+    rounds: int,
+    context: int,
+    dtype,
+    batches=(1, 4),
+    modes=("dejavu", "teal", "cats"),
+    sparsities=(0.4, 0.5, 0.7),
+) -> list[dict]:
     from dejavu_sparse import sparse_state, sparsify
 
     layer = model.model.layers[0]
     mlp = layer.mlp
     rows = []
     g = torch.Generator().manual_seed(1)
-    for batch in (1, 4):
+    for batch in batches:
         x = torch.randn(batch, 1, 4096, generator=g).to(dtype)
         xn = layer.post_attention_layernorm(x)
         ids = torch.randint(0, 256, (batch, 1), generator=g)
         pos = torch.full((batch, 1), context)
-        for mode in ("dejavu", "teal", "cats"):
-            for s in (0.4, 0.5, 0.7):
+        for mode in modes:
+            for s in sparsities:
                 sparsify(model, mode, s, calib, greedy=False)
                 state = sparse_state(model)
                 st = state.states[0]
@@ -168,6 +207,9 @@ def main() -> None:
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--modes", nargs="+", default=["dejavu", "teal", "cats"])
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.4, 0.5, 0.7])
     p.add_argument("--out", default=str(HERE / "results" / "decode_cpu.csv"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,7 +224,8 @@ def main() -> None:
     t0 = time.perf_counter()
     calib = calibration(model)
     print(f"calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
-    rows += block_rows(model, calib, args.rounds, args.context, dtype)
+    rows += block_rows(model, calib, args.rounds, args.context, dtype, args.batches, args.modes,
+                       args.sparsities)  # fmt: skip
     write_csv(args.out, rows, tags=tags)
     print(f"wrote {args.out}")
 

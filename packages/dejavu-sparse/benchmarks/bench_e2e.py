@@ -1,8 +1,12 @@
-"""End to end on the CPU: tokens/s of greedy ``generate`` on the real SmolLM2-135M-Instruct,
-dense against the best mode at the sparsity where its perplexity stays within 5% of dense
-(read from ``results/quality_cpu.csv``), interleaved runs in one process (medians).
+"""End to end on the CPU: tokens/s of greedy ``generate``, dense against a sparse mode,
+interleaved runs in one process (medians), and the perplexity of both on held-out text.
 
-    python benchmarks/bench_e2e.py [--rounds 5] [--new-tokens 64]
+SmolLM2-135M-Instruct by default, with the best mode at the sparsity where its perplexity stays
+within 5% of dense (read from ``results/quality_cpu.csv``); ``--model qwen-0.5b`` /
+``qwen-1.5b`` (Qwen2.5-Coder-Instruct, benchmark-only loaders of tensor-utils-dev) with
+``--mode``/``--sparsity``, where a batch-1 decode step streams more weight per operation.
+
+    python benchmarks/bench_e2e.py [--model qwen-0.5b --mode teal --sparsity 0.3 --uniform]
 """
 
 from __future__ import annotations
@@ -32,33 +36,78 @@ def best_config(path: Path, limit: float = 1.05) -> tuple[str, float, float]:
     return best[0], best[1], best[2]
 
 
+def load(name: str):
+    from tensor_utils_dev.models import load_qwen_coder, load_smollm2
+
+    if name == "smollm2":
+        return load_smollm2()
+    return load_qwen_coder(name.split("-", 1)[1])
+
+
+def calibration_for(model, tok, name: str, path: Path):
+    """The cached calibration of ``name``, else a TEAL/CATS-only one (thresholds; tiny
+    predictors that these runs do not use) on the calibration text, saved for reuse."""
+    from dejavu_sparse import Calibration, calibrate
+    from dejavu_sparse.text import stdlib_text
+
+    try:
+        return Calibration.load(path, model)
+    except Exception:
+        ids = tok(stdlib_text("calibration"), return_tensors="pt")["input_ids"][0][:4096]
+        calib = calibrate(model, ids, seq_len=256, rank=8, epochs=1, greedy=False,
+                          source="pydoc_data.topics (calibration topics)")  # fmt: skip
+        calib.save(path)
+        return calib
+
+
 def main() -> None:
-    from dejavu_sparse import Calibration, sparse_state, sparsify
+    from dejavu_sparse import sparse_state, sparsify, unsparsify
+    from dejavu_sparse.evaluate import perplexity
+    from dejavu_sparse.text import stdlib_text
 
     from tensor_utils_dev.bench import environment_tags, write_csv
-    from tensor_utils_dev.models import cache_root, load_smollm2
+    from tensor_utils_dev.models import cache_root
 
     p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2", choices=("smollm2", "qwen-0.5b", "qwen-1.5b"))
+    p.add_argument("--mode", help="default (SmolLM2): the best mode within 5%% perplexity")
+    p.add_argument("--sparsity", type=float)
+    p.add_argument("--uniform", action="store_true", help="TEAL without the greedy allocation")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--calibration", default=str(cache_root() / "dejavu-sparse" / "smollm2"))
-    p.add_argument("--out", default=str(HERE / "results" / "e2e_cpu.csv"))
+    p.add_argument("--eval-tokens", type=int, default=1024, help="perplexity tokens (0: skip)")
+    p.add_argument("--calibration", help="default: the cache's dejavu-sparse/<model>")
+    p.add_argument("--out", help="default: results/e2e_cpu_<model>.csv")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    name, sparsity, ratio = best_config(HERE / "results" / "quality_cpu.csv")
-    mode = name.split("_")[0]
-    greedy = name != "teal_uniform"
-    model, tok = load_smollm2()
-    calib = Calibration.load(args.calibration, model)
-    attn = 0.0 if name.endswith("_mlp") else None
-    sparsify(model, mode, sparsity, calib, greedy=greedy, attn_sparsity=attn)
+    if args.mode is None:
+        name, sparsity, _ = best_config(HERE / "results" / "quality_cpu.csv")
+        mode, greedy = name.split("_")[0], name != "teal_uniform"
+    else:
+        mode, sparsity, greedy = args.mode, float(args.sparsity or 0.3), not args.uniform
+        name = mode if greedy or mode != "teal" else "teal_uniform"
+    model, tok = load(args.model)
+    path = args.calibration or str(cache_root() / "dejavu-sparse" / args.model)
+    calib = calibration_for(model, tok, args.model, Path(path))
+    ratio = dense_ppl = sparse_ppl = float("nan")
+    if args.eval_tokens:
+        ev = tok(stdlib_text("evaluation"), return_tensors="pt")["input_ids"][0][: args.eval_tokens]
+        dense_ppl = perplexity(model, ev, seq_len=256)
+        sparsify(model, mode, sparsity, calib, greedy=greedy, prefill=True)
+        sparse_ppl = perplexity(model, ev, seq_len=256)
+        ratio = sparse_ppl / dense_ppl
+        unsparsify(model)
+        print(f"perplexity dense {dense_ppl:.3f}, {name} {sparsity}: {sparse_ppl:.3f} "
+              f"(x{ratio:.4f})", flush=True)  # fmt: skip
+    sparsify(model, mode, sparsity, calib, greedy=greedy, track=False)
     state = sparse_state(model)
     msgs = [{"role": "user", "content": "Explain what a Python decorator is, with an example."}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
     ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
     rows = []
-    for batch in (1, 4):
+    for batch in args.batches:
         inputs = ids.repeat(batch, 1)
 
         def gen(on, inputs=inputs):
@@ -80,15 +129,18 @@ def main() -> None:
         dense_tps = n / statistics.median(times[False])
         sparse_tps = n / statistics.median(times[True])
         same = int((outs[True][0, ids.shape[1] :] == outs[False][0, ids.shape[1] :]).sum())
-        rows.append({"batch": batch, "mode": name, "sparsity": sparsity, "ppl_ratio": ratio,
+        rows.append({"model": args.model, "batch": batch, "mode": name, "sparsity": sparsity,
+                     "ppl_dense": round(dense_ppl, 4), "ppl_sparse": round(sparse_ppl, 4),
+                     "ppl_ratio": round(ratio, 4),
                      "dense_tok_s": round(dense_tps, 2), "sparse_tok_s": round(sparse_tps, 2),
                      "speedup": round(sparse_tps / dense_tps, 3), "new_tokens": args.new_tokens,
                      "same_tokens_row0": same})  # fmt: skip
         print(rows[-1], flush=True)
-    tags = {**environment_tags(packages=["dejavu-sparse"]), "model": "SmolLM2-135M-Instruct",
-            "dtype": "float32", "threads": str(args.threads)}  # fmt: skip
-    write_csv(args.out, rows, tags=tags)
-    print(f"wrote {args.out}")
+    tags = {**environment_tags(packages=["dejavu-sparse"]), "dtype": "float32",
+            "threads": str(args.threads)}  # fmt: skip
+    out = args.out or str(HERE / "results" / f"e2e_cpu_{args.model}.csv")
+    write_csv(out, rows, tags=tags)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,14 @@ def recall_rows(model, calib, ids, seq_len: int, sparsities) -> list[dict]:
     (output norm) that the predictor's top-K finds, on held-out text, at each sparsity."""
     from dejavu_sparse.calibration import collect, recall_at
 
-    rec = collect(model, ids, seq_len=seq_len, greedy_tokens=0, progress=False)
+    rec = collect(
+        model,
+        ids,
+        seq_len=seq_len,
+        greedy_tokens=0,
+        progress=False,
+        lookahead=bool(calib.manifest.get("lookahead", True)),
+    )
     rows = []
     for i in range(len(rec.layers)):
         xm, ym = torch.cat(rec.pred_mlp_in[i]), torch.cat(rec.mlp_label[i])

@@ -45,6 +45,36 @@ def test_chunked_backend_matches_reference(op):
     check_backend(op, "chunked", max_examples=25, device="cpu")
 
 
+def test_inplace_rows_backend_matches_reference():
+    """The in-place batch-1 path (and its hand-offs to ``chunked``) on the op's cases."""
+    set_dense_fallback("cpu", {1: 1.0})  # the in-place product itself at every density
+    try:
+        check_backend(gather_rows, "inplace", max_examples=30, device="cpu")
+    finally:
+        set_dense_fallback("cpu", None)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 300), k=st.integers(1, 70), seed=seeds(), data=st.data())
+def test_inplace_rows_batch1_float32(n, k, seed, data):
+    """Batch-1 float32 (what the in-place kernel serves): unsorted, repeated, empty and full
+    selections equal the reference, gathered and dense-fallback paths alike."""
+    idx = data.draw(selections(n))
+    if idx.numel() and data.draw(st.booleans()):  # repeated rows
+        idx = torch.cat((idx, idx.flip(0)))
+    x = random_tensor((1, k), torch.float32, seed)
+    w = random_tensor((n, k), torch.float32, seed + 1)
+    expected = gather_rows(x, w, idx, backend="reference")
+    for density in (1.0, 0.0):
+        set_dense_fallback("cpu:rows_inplace", {1: density})
+        try:
+            with poison_allocations():
+                out = gather_rows(x, w, idx, backend="inplace")
+        finally:
+            set_dense_fallback("cpu", None)
+        assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("density", [0.0, 1.0])
 @pytest.mark.parametrize("op", [gather_rows, gather_cols], ids=lambda o: o.short_name)
 def test_chunked_gathered_and_dense_paths(op, density):

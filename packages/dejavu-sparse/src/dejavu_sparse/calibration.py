@@ -8,7 +8,8 @@ magnitude samples of every linear layer's input. From these:
 - **Deja Vu predictors** per layer (``d -> rank -> outputs``, no non-linearity, as in the paper),
   trained with positive-weighted BCE on the top fraction of neurons / heads by importance;
   the MLP predictor of layer l reads the residual stream entering layer l's attention block,
-  the head predictor the one entering layer l-1's MLP block (one block ahead);
+  the head predictor the one entering layer l-1's MLP block (one block ahead; with
+  ``lookahead=False`` each reads its own block's input);
 - **TEAL** magnitude quantiles of each projection's input, and the block-wise greedy allocation
   (per block, repeatedly raise the sparsity of the projection whose step costs the least
   block-output error, each step moving the size-weighted sparsity by the same amount);
@@ -196,8 +197,10 @@ def _chunks(ids: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
 class _Recorder:
     """Forward hooks that record what calibration needs, layer by layer."""
 
-    def __init__(self, model: Any, greedy_tokens: int, generator: torch.Generator):
+    def __init__(self, model: Any, greedy_tokens: int, generator: torch.Generator,
+                 lookahead: bool = True):  # fmt: skip
         self.layers = decoder_layers(model)
+        self.lookahead = lookahead
         n = len(self.layers)
         self.gen = generator
         self.pred_mlp_in: list[list[torch.Tensor]] = [[] for _ in range(n)]
@@ -232,15 +235,20 @@ class _Recorder:
     def _layer_in(self, i):
         def hook(module, args, kwargs):
             hs = args[0] if args else kwargs["hidden_states"]
-            self.pred_mlp_in[i].append(rms(hs.detach()).reshape(-1, hs.shape[-1]).half().cpu())
+            z = rms(hs.detach()).reshape(-1, hs.shape[-1]).half().cpu()
+            # one block ahead: layer i's MLP predictor; else layer i's own head predictor
+            (self.pred_mlp_in if self.lookahead else self.pred_attn_in)[i].append(z)
 
         return hook
 
     def _mlp_res(self, i):
         def hook(module, args):
-            if i + 1 < len(self.layers):
-                hs = args[0].detach()
-                self.pred_attn_in[i + 1].append(rms(hs).reshape(-1, hs.shape[-1]).half().cpu())
+            hs = args[0].detach()
+            z = rms(hs).reshape(-1, hs.shape[-1]).half().cpu()
+            if not self.lookahead:  # layer i's own MLP predictor
+                self.pred_mlp_in[i].append(z)
+            elif i + 1 < len(self.layers):  # one block ahead: layer i+1's head predictor
+                self.pred_attn_in[i + 1].append(z)
 
         return hook
 
@@ -285,7 +293,7 @@ class _Recorder:
 
 
 def collect(model, ids: torch.Tensor, *, seq_len: int, greedy_tokens: int, seed: int = 0,
-            progress: bool = True):  # fmt: skip
+            progress: bool = True, lookahead: bool = True):  # fmt: skip
     """Run the model over ``ids`` in ``seq_len`` chunks with the recorder attached."""
     from tqdm.auto import tqdm
 
@@ -295,7 +303,7 @@ def collect(model, ids: torch.Tensor, *, seq_len: int, greedy_tokens: int, seed:
             f"calibration text has {ids.numel()} tokens, fewer than one {seq_len}-token sequence"
         )
     gen = torch.Generator().manual_seed(seed)
-    rec = _Recorder(model, greedy_tokens, gen)
+    rec = _Recorder(model, greedy_tokens, gen, lookahead)
     rec.per_call = max(1, SAMPLES_PER_SITE // len(chunks))
     device = next(model.parameters()).device
     try:
@@ -305,8 +313,8 @@ def collect(model, ids: torch.Tensor, *, seq_len: int, greedy_tokens: int, seed:
                 model(chunk.unsqueeze(0).to(device), use_cache=False)
     finally:
         rec.close()
-    # layer 0's head predictor reads the residual entering layer 0
-    rec.pred_attn_in[0] = list(rec.pred_mlp_in[0])
+    if lookahead:  # layer 0's head predictor reads the residual entering layer 0
+        rec.pred_attn_in[0] = list(rec.pred_mlp_in[0])
     return rec
 
 
@@ -468,10 +476,13 @@ def greedy_allocation(model, rec: _Recorder, quantiles: dict[str, torch.Tensor],
 def calibrate(model: Any, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 1000,
               mlp_density: float = 0.5, head_density: float = 0.5, epochs: int = 10,
               greedy: bool = True, greedy_tokens: int = 128, seed: int = 0,
-              progress: bool = True, source: str = "") -> Calibration:  # fmt: skip
+              progress: bool = True, source: str = "", lookahead: bool = True) -> Calibration:  # fmt: skip
     """Calibrate ``model`` on the token ids ``ids`` (1-D). ``rank``: the predictors' inner size
     (Deja Vu: 1000; capped at the model width). ``*_density``: the top fraction labelled
-    positive when training the predictors. ``greedy``: compute TEAL's block-wise allocation."""
+    positive when training the predictors. ``greedy``: compute TEAL's block-wise allocation.
+    ``lookahead``: predictors read the residual stream one block ahead (Deja Vu's choice, so a
+    GPU can run them on a side stream); ``False``: each block's own input (more accurate, and
+    nothing is lost on a CPU, which runs them in line anyway)."""
     from tqdm.auto import tqdm
 
     for name, v in (("mlp_density", mlp_density), ("head_density", head_density)):
@@ -482,7 +493,7 @@ def calibrate(model: Any, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 
     was_training = model.training
     model.eval()
     rec = collect(model, ids, seq_len=seq_len, greedy_tokens=greedy_tokens, seed=seed,
-                  progress=progress)  # fmt: skip
+                  progress=progress, lookahead=lookahead)  # fmt: skip
     tensors: dict[str, torch.Tensor] = {}
     quantiles = {}
     for site in (*SITES, "cats"):
@@ -516,6 +527,7 @@ def calibrate(model: Any, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 
         "rank": int(tensors["dejavu.mlp.0.down"].shape[0]),
         "mlp_density": mlp_density,
         "head_density": head_density,
+        "lookahead": lookahead,
         "quantile_levels": len(QUANTILE_LEVELS),
         "teal_greedy_targets": GREEDY_TARGETS,
         "train_recall_mlp": [round(r, 4) for r in recalls],

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=int, default=1000, help="predictor inner size (default 1000)")
     c.add_argument("--epochs", type=int, default=10)
     c.add_argument("--no-greedy", action="store_true", help="skip TEAL's greedy allocation")
+    c.add_argument("--no-lookahead", action="store_true",
+                   help="predictors read their own block's input, not one block ahead")  # fmt: skip
     c.add_argument("--json", action="store_true", help="print a JSON summary")
     e = sub.add_parser("evaluate", help="perplexity dense vs a sparse mode")
     e.add_argument("model")
@@ -100,6 +102,7 @@ def _calibrate(args) -> dict:
     t0 = time.perf_counter()
     calib = calibrate(model, ids, seq_len=args.seq_len, rank=args.rank, epochs=args.epochs,
                       greedy=not args.no_greedy, progress=not args.quiet,
+                      lookahead=not args.no_lookahead,
                       source=args.text or "pydoc_data.topics (calibration topics)")  # fmt: skip
     calib.save(args.out)
     m = calib.manifest

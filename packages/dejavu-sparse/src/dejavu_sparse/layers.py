@@ -80,6 +80,7 @@ class LayerState:
     mlp_k: int = 0  # neurons kept per token
     head_k: int = 0  # heads kept per token (0 or num_heads: attention dense)
     mlp_pred: tuple[torch.Tensor, torch.Tensor] | None = None  # (down (r, d), up (I, r))
+    lookahead: bool = True  # predictors read one block ahead (else their own block's input)
     head_pred: tuple[torch.Tensor, torch.Tensor] | None = None
     # teal: a threshold on the input of each projection (0: dense)
     teal: dict[str, float] = field(default_factory=dict)
@@ -120,6 +121,9 @@ class LayerState:
 def _select_input(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
     """TEAL on a (B, K) input: zero |x| <= t, return (selected columns, their indices)."""
     keep = x.abs() > t
+    if x.shape[0] == 1:  # one row: the kept columns are exactly its selection (fewer ops)
+        idx = keep[0].nonzero().squeeze(1)
+        return x.index_select(1, idx), idx
     idx = keep.any(0).nonzero().squeeze(1)
     return (x * keep).index_select(1, idx), idx
 
@@ -132,11 +136,24 @@ def _linear_in(x2: torch.Tensor, lin: nn.Linear, w_t: torch.Tensor | None, t: fl
     """A linear layer whose input is thresholded at ``t`` (TEAL), gathered over kept inputs."""
     if t <= 0 or w_t is None:
         return lin(x2)
+    out = _gathered_in(x2, w_t, t, stats, block)
+    return out if lin.bias is None else out + lin.bias
+
+
+def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block) -> torch.Tensor:
+    """``x2`` thresholded at ``t`` times the transposed weight ``w_t``, reading kept rows only."""
     xs, idx = _select_input(x2, t)
     if stats is not None:
         stats.add(block, (w_t.shape[0] - idx.numel()) * w_t.shape[1], w_t.numel())
-    out = gather_cols(xs, w_t, idx)
-    return out if lin.bias is None else out + lin.bias
+    return gather_cols(xs, w_t, idx)
+
+
+def _fused_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, lins, stats, block):
+    """Projections sharing one input and threshold (TEAL's q/k/v, gate/up) as one gathered
+    product over their concatenated transposed weights; split back, biases added."""
+    out = _gathered_in(x2, w_t, t, stats, block)
+    parts = out.split([lin.out_features for lin in lins], dim=1)
+    return [p if lin.bias is None else p + lin.bias for p, lin in zip(parts, lins, strict=True)]
 
 
 def _topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -169,7 +186,8 @@ def mlp_forward(mlp: Any, state: LayerState, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_scores_mask(mlp, state: LayerState, x: torch.Tensor) -> torch.Tensor:
-    z = state.taps.attn_in[state.layer_idx]
+    taps = state.taps.attn_in if state.lookahead else state.taps.mlp_in
+    z = taps[state.layer_idx]
     assert state.mlp_pred is not None
     return _topk_mask(
         predictor_logits(state.mlp_pred, z.reshape((*x.shape[:-1], z.shape[-1]))), state.mlp_k
@@ -217,8 +235,12 @@ def _mlp_gathered(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tenso
     inter, d = w["down_t"].shape
     if state.mode == "teal":
         t = state.teal
-        g = _linear_in(x, mlp.gate_proj, w.get("gate_t"), t.get("gate", 0.0), stats, "mlp")
-        u = _linear_in(x, mlp.up_proj, w.get("up_t"), t.get("up", 0.0), stats, "mlp")
+        if "gate_up_t" in w:
+            g, u = _fused_in(x, w["gate_up_t"], t["gate"], (mlp.gate_proj, mlp.up_proj), stats,
+                             "mlp")  # fmt: skip
+        else:
+            g = _linear_in(x, mlp.gate_proj, w.get("gate_t"), t.get("gate", 0.0), stats, "mlp")
+            u = _linear_in(x, mlp.up_proj, w.get("up_t"), t.get("up", 0.0), stats, "mlp")
         h = act(g) * u
         out = _linear_in(h, mlp.down_proj, w.get("down_t"), t.get("down", 0.0), stats, "mlp")
         if stats is not None:  # dense projections count as read in full
@@ -333,9 +355,13 @@ def _attn_teal(attn, state, hs, pos, mask, cache, kwargs, stats, gathered):
     bsz, seq, _ = hs.shape
     if gathered:
         x = hs.reshape(bsz, -1)
-        q = _linear_in(x, attn.q_proj, w.get("q_t"), t.get("q", 0.0), stats, "attn")
-        k = _linear_in(x, attn.k_proj, w.get("k_t"), t.get("k", 0.0), stats, "attn")
-        v = _linear_in(x, attn.v_proj, w.get("v_t"), t.get("v", 0.0), stats, "attn")
+        if "qkv_t" in w:
+            q, k, v = _fused_in(x, w["qkv_t"], t["q"], (attn.q_proj, attn.k_proj, attn.v_proj),
+                                stats, "attn")  # fmt: skip
+        else:
+            q = _linear_in(x, attn.q_proj, w.get("q_t"), t.get("q", 0.0), stats, "attn")
+            k = _linear_in(x, attn.k_proj, w.get("k_t"), t.get("k", 0.0), stats, "attn")
+            v = _linear_in(x, attn.v_proj, w.get("v_t"), t.get("v", 0.0), stats, "attn")
         q, k, v = (y.view(bsz, 1, -1) for y in (q, k, v))
     else:
         q = attn.q_proj(_mask_input(hs, t.get("q", 0.0)))
@@ -373,7 +399,7 @@ def _attn_teal(attn, state, hs, pos, mask, cache, kwargs, stats, gathered):
 def _head_keep(attn, state, shape) -> torch.Tensor:
     """(B, S, H) bool: the heads each token keeps (predicted one block ahead)."""
     li = state.layer_idx
-    z = state.taps.mlp_in[li - 1] if li > 0 else state.taps.attn_in[0]
+    z = state.taps.mlp_in[li - 1] if li > 0 and state.lookahead else state.taps.attn_in[li]
     assert state.head_pred is not None
     return _topk_mask(
         predictor_logits(state.head_pred, z.reshape(*shape, z.shape[-1])), state.head_k

@@ -84,8 +84,17 @@ def _t(w: torch.Tensor) -> torch.Tensor:
     return w.detach().t().contiguous()
 
 
-def _layouts(mode: str, attn: Any, mlp: Any) -> dict[str, torch.Tensor]:
-    """Copies of the weights with the rows a mode selects contiguous."""
+def _fusable(teal: dict[str, float], names: tuple[str, ...]) -> bool:
+    """Projections of one input with one positive threshold: one gathered product serves all."""
+    ts = {teal.get(p, 0.0) for p in names}
+    return len(ts) == 1 and ts.pop() > 0
+
+
+def _layouts(
+    mode: str, attn: Any, mlp: Any, teal: dict[str, float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Copies of the weights with the rows a mode selects contiguous (TEAL: q/k/v and gate/up
+    concatenated where they share a threshold, so one selection and one product serve them)."""
     w: dict[str, torch.Tensor] = {}
     if mode in ("dejavu", "cats"):
         w["down_t"] = _t(mlp.down_proj.weight)
@@ -96,10 +105,18 @@ def _layouts(mode: str, attn: Any, mlp: Any) -> dict[str, torch.Tensor]:
             w["gate_up_bias"] = torch.stack((mlp.gate_proj.bias, mlp.up_proj.bias), 1).reshape(-1)
         w["o_t"] = _t(attn.o_proj.weight)
     if mode == "teal":
-        for p in ("q", "k", "v", "o"):
-            w[f"{p}_t"] = _t(getattr(attn, f"{p}_proj").weight)
-        for p in ("gate", "up", "down"):
-            w[f"{p}_t"] = _t(getattr(mlp, f"{p}_proj").weight)
+        teal = teal or {}
+        for names, module, fused in (
+            (("q", "k", "v"), attn, "qkv_t"),
+            (("gate", "up"), mlp, "gate_up_t"),
+        ):
+            weights = [getattr(module, f"{p}_proj").weight.detach() for p in names]
+            if _fusable(teal, names):
+                w[fused] = torch.cat(weights).t().contiguous()
+            else:
+                w.update({f"{p}_t": _t(wp) for p, wp in zip(names, weights, strict=True)})
+        w["o_t"] = _t(attn.o_proj.weight)
+        w["down_t"] = _t(mlp.down_proj.weight)
     return w
 
 
@@ -158,12 +175,13 @@ def sparsify(
                 md, mu = calibration.predictor("mlp", i)
                 hd, hu = calibration.predictor("heads", i)
                 state.mlp_pred = (md.to(device, dtype), mu.to(device, dtype))
+                state.lookahead = bool(calibration.manifest.get("lookahead", True))
                 state.head_pred = (hd.to(device, dtype), hu.to(device, dtype))
             elif mode == "teal":
                 state.teal = calibration.teal_thresholds(i, s, greedy)
             else:
                 state.cats_t = calibration.threshold("cats.gate", i, s)
-            state.w = _layouts(mode, attn, mlp)
+            state.w = _layouts(mode, attn, mlp, state.teal)
         mlp.forward = functools.partial(mlp_forward, mlp, state)
         attn.forward = functools.partial(attention_forward, attn, state)
         states.append(state)

@@ -1,6 +1,8 @@
 """Gathered-row GEMV/GEMM: ``gather_rows(x, weight, idx) == x @ weight[idx].T`` computing only
-the selected rows (``naive.py`` is the contract). Backends: ``triton`` (CUDA), ``chunked``
-(plain PyTorch, reads only the selected rows; the CPU default), and the reference."""
+the selected rows (``naive.py`` is the contract). Backends: ``triton`` (CUDA), ``inplace``
+(plain PyTorch, batch-1 float32 rows read where they lie; the CPU default), ``chunked`` (plain
+PyTorch, selected rows copied through a cache-sized buffer; every batch and dtype), and the
+reference."""
 
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ gather_rows = Op(
             "triton",
             "dejavu_sparse.ops.gather_rows.triton:gather_rows",
             aot="dejavu_sparse.ops.gather_rows.triton:aot_launches",
+        ),
+        Backend(
+            "inplace",
+            "dejavu_sparse.ops.gather_rows.inplace:gather_rows",
+            device_types=("cpu",),
+            requires=(),
+            interpretable=False,
         ),
         Backend(
             "chunked",
