@@ -85,7 +85,7 @@ def _run(ctx, device: torch.device) -> list[str]:
         z_dim=64, value_dim=256, intermediate_size=256, chunk_size=chunk, norm_num_groups=8,
         cema_ndim=8, swiglu=True, tie_word_embeddings=True,
     )  # fmt: skip
-    model = MegalodonForCausalLM(config).to(device)
+    model = MegalodonForCausalLM(config).to(device)  # pyright: ignore[reportArgumentType]  (transformers types .to() wrongly)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95))
 
@@ -129,7 +129,7 @@ def _run(ctx, device: torch.device) -> list[str]:
     decode_start = time.perf_counter()
     with torch.no_grad():
         for _ in tqdm(range(rounds), desc="generating", leave=False):
-            tokens = model.generate(
+            tokens = model.generate(  # pyright: ignore[reportAttributeAccessIssue]  (transformers types generate() for its Protocol)
                 tokens, cache=cache, max_new_tokens=per_round, do_sample=True,
                 temperature=0.8, top_k=50,
             )  # fmt: skip

@@ -42,7 +42,7 @@ def _run(path, x, p, q, eta, backward):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--ndim", type=int, default=16)
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])

@@ -21,7 +21,7 @@ from tensor_utils_dev.bench import environment_tags, results_dir, write_csv
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048])

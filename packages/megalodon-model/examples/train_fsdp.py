@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             chunk_size=args.chunk,
             norm_num_groups=min(32, args.hidden // 8),
         )
-        model = MegalodonForCausalLM(config).to(device).train()
+        model = MegalodonForCausalLM(config).to(device).train()  # pyright: ignore[reportArgumentType]  (transformers types .to() wrongly)
         shard_model(
             model,
             mp_policy=mixed_precision(torch.bfloat16) if args.bf16 else None,

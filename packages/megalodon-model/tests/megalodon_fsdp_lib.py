@@ -37,13 +37,18 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     on), then check a bf16 ``MixedPrecisionPolicy`` is applied; rank 0 saves what it saw."""
     import torch.distributed as dist
     from megalodon_model.distributed import mixed_precision, shard_model
+    from megalodon_model.modeling import MegalodonBlock
+    from torch.distributed.tensor import DTensor
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = shard_model(tiny_model(), gradient_checkpointing=True)
+        model = tiny_model()
+        shard_model(model, gradient_checkpointing=True)  # in place
+        block = model.model.layers[0]
+        assert isinstance(block, MegalodonBlock)
         block_calls = [0]  # a module inside the block: its hooks run again when recomputed
-        model.model.layers[0].nffn.register_forward_pre_hook(
+        block.nffn.register_forward_pre_hook(
             lambda *_: block_calls.__setitem__(0, block_calls[0] + 1)
         )
         opt = optimizer(model)
@@ -51,13 +56,20 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for ids in batches():
             block_calls[0] = 0
             losses.append(step(model, opt, ids.chunk(world)[rank]))
-        gathered = [0.0] * world
+        gathered: list[list[float] | None] = [None] * world
         dist.all_gather_object(gathered, losses)
-        params = [p.full_tensor().detach().clone() for p in model.parameters()]
+        params = [
+            (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+            for p in model.parameters()
+        ]
 
-        policy_model = shard_model(tiny_model(), mp_policy=mixed_precision(torch.bfloat16))
+        policy_model = tiny_model()
+        shard_model(policy_model, mp_policy=mixed_precision(torch.bfloat16))
         seen = []
-        for name, module in (("block", policy_model.model.layers[0]), ("root", policy_model)):
+        modules: list[tuple[str, torch.nn.Module]] = [
+            ("block", policy_model.model.layers[0]), ("root", policy_model),
+        ]  # fmt: skip
+        for name, module in modules:
             module.register_forward_pre_hook(
                 lambda m, _a, name=name: seen.append((name, next(m.parameters()).dtype))
             )

@@ -86,6 +86,7 @@ def test_pieces_with_carried_state_equal_the_whole(length, cut, seed, path):
 
 def test_single_steps_equal_the_whole():
     x, p, q, eta, h0 = _inputs(2, 19, 6, 4, 3)
+    assert h0 is not None
     y_whole, h_whole = cema(x, p, q, eta, h0)
     h, ys = h0, []
     for t in range(x.shape[1]):
@@ -97,7 +98,7 @@ def test_single_steps_equal_the_whole():
 
 @pytest.mark.parametrize("path", PYTORCH_PATHS)
 def test_gradients_agree_with_the_recurrence(path):
-    args = [t.double() if t is not None else None for t in _inputs(2, 70, 4, 3, 11)]
+    args = [t.double() for t in _inputs(2, 70, 4, 3, 11) if t is not None]
 
     def grads(backend):
         leaves = [a.clone().requires_grad_(True) for a in args]
@@ -106,11 +107,14 @@ def test_gradients_agree_with_the_recurrence(path):
         return [leaf.grad for leaf in leaves]
 
     for got, want in zip(grads(path), grads("reference"), strict=True):
+        assert got is not None and want is not None
         assert_close(got, want, atol=1e-9, rtol=1e-8)
 
 
 def test_gradcheck_reference_in_float64():
-    x, p, q, eta, h0 = (t.double().requires_grad_(True) for t in _inputs(1, 6, 2, 2, 5))
+    x, p, q, eta, h0 = (
+        t.double().requires_grad_(True) for t in _inputs(1, 6, 2, 2, 5) if t is not None
+    )
     assert torch.autograd.gradcheck(lambda *a: naive.cema(*a), (x, p, q, eta, h0))
 
 
@@ -157,6 +161,7 @@ def test_fft_paths_report_their_state_shape_for_empty_sequences():
 @pytest.mark.parametrize("path", ("reference", *PYTORCH_PATHS))
 def test_mismatched_shapes_are_one_line(path):
     x, p, q, eta, h0 = _inputs(1, 5, 4, 2, 0)
+    assert h0 is not None
     with pytest.raises(ValueError, match=r"cema: p must be \[3, N\]"):
         cema(x[..., :3], p, q, eta, backend=path)
     with pytest.raises(ValueError, match="cema: h0 must be"):

@@ -4,9 +4,9 @@ checkpointing on; a bf16 ``MixedPrecisionPolicy`` is applied on request."""
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from megalodon_fsdp_lib import STEPS, batches, optimizer, step, tiny_model, worker
 from megalodon_model.distributed import enable_checkpointing
+from torch.multiprocessing.spawn import spawn
 
 
 def _fully_shard_available() -> bool:
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not _fully_shard_available(), reason="no FSDP2 /
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
+    spawn(worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
     return torch.load(tmp / "rank0.pt", weights_only=False)
 
 

@@ -86,8 +86,8 @@ def test_timestep_norm_triton_against_reference(dtype, padded):
 
 def test_model_on_triton_backends_matches_reference_backends():
     ids = torch.randint(0, 97, (2, 45)).cuda()
-    fast = tiny_model().cuda()
-    slow = tiny_model(cema_backend="reference", norm_backend="reference").cuda()
+    fast = tiny_model().cuda()  # pyright: ignore[reportCallIssue]  (transformers types .cuda() wrongly)
+    slow = tiny_model(cema_backend="reference", norm_backend="reference").cuda()  # pyright: ignore[reportCallIssue]  (as above)
     with torch.no_grad():
         a = fast(ids, use_cache=False).logits
         b = slow(ids, use_cache=False).logits
@@ -100,7 +100,7 @@ def test_model_on_triton_backends_matches_reference_backends():
 
 
 def test_model_trains_in_bf16_on_triton_backends():
-    model = tiny_model().cuda().to(torch.bfloat16).train()
+    model = tiny_model().cuda().to(torch.bfloat16).train()  # pyright: ignore[reportCallIssue]  (transformers types .cuda() wrongly)
     ids = torch.arange(64).remainder(7)[None].repeat(4, 1).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []

@@ -75,7 +75,7 @@ def test_cache_size_is_flat_after_the_first_chunk():
 def test_generate_equals_greedy_full_recomputation():
     ids = torch.randint(0, TINY["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        out = MODEL.generate(ids, max_new_tokens=20, do_sample=False)
+        out = MODEL.generate(ids, max_new_tokens=20, do_sample=False)  # pyright: ignore[reportAttributeAccessIssue]  (transformers types generate() for its Protocol)
         x = ids
         for _ in range(20):
             nxt = MODEL(x, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
@@ -229,6 +229,6 @@ def test_bfloat16_forward_runs_and_matches_float32_roughly():
     ids = torch.randint(0, TINY["vocab_size"], (1, 17))
     with torch.no_grad():
         ref = MODEL(ids, use_cache=False).logits
-        low = tiny_model().to(torch.bfloat16)(ids, use_cache=False).logits
+        low = tiny_model().to(torch.bfloat16)(ids, use_cache=False).logits  # pyright: ignore[reportArgumentType]  (transformers types .to() wrongly)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()

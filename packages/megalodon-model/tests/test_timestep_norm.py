@@ -99,12 +99,10 @@ def test_large_common_offset_keeps_float32_accuracy():
 
 
 def test_reference_gradients_match_float64_gradcheck():
-    args = list(_case(1, 5, 2, 3, 1, True, True))
-    for i in (0, 2, 3, 4, 5):
-        args[i] = args[i].requires_grad_(True)
+    x, count, mean, var, weight, bias, pad, _ = _case(1, 5, 2, 3, 1, True, True)
+    leaves = tuple(t.requires_grad_(True) for t in (x, mean, var, weight, bias))
     assert torch.autograd.gradcheck(
-        lambda x, m, v, w, b: timestep_norm(x, args[1], m, v, w, b, args[6], 1e-5)[0::2],
-        (args[0], args[2], args[3], args[4], args[5]),
+        lambda x, m, v, w, b: timestep_norm(x, count, m, v, w, b, pad, 1e-5)[0::2], leaves
     )
 
 
@@ -117,17 +115,18 @@ def test_triton_matches_the_reference_on_the_op_cases(device):
 @pytest.mark.parametrize(("prior", "padded"), [(False, False), (True, True)])
 def test_triton_forward_and_backward(device, prior, padded):
     """Multi-chunk (length 21: chunks of 4), 5 features per group (masked tile), poisoned."""
-    args = list(_case(2, 21, 3, 5, 4, prior, padded, torch.float32, offset=2.0))
-    args = [a.to(device) if torch.is_tensor(a) else a for a in args]
+    x, count, mean, var, weight, bias, pad, eps = _case(
+        2, 21, 3, 5, 4, prior, padded, torch.float32, offset=2.0
+    )
+    count, pad = count.to(device), None if pad is None else pad.to(device)
+    floats = [t.to(device) for t in (x, mean, var, weight, bias)]
 
     def run(backend):
-        leaves = list(args)
-        for i in (0, 2, 3, 4, 5):
-            leaves[i] = args[i].clone().requires_grad_(True)
+        xs, m0, v0, w, b = (t.clone().requires_grad_(True) for t in floats)
         with poison_allocations():
-            y, count, mean, var = timestep_norm(*leaves, backend=backend)
+            y, n, mean, var = timestep_norm(xs, count, m0, v0, w, b, pad, eps, backend=backend)
             (y.sin().sum() + mean.cos().sum() + var.sin().sum()).backward()
-        return [y, count, mean, var] + [leaves[i].grad for i in (0, 2, 3, 4, 5)]
+        return [y, n, mean, var, xs.grad, m0.grad, v0.grad, w.grad, b.grad]
 
     for got, want in zip(run("triton"), run("reference"), strict=True):
         assert_close(got, want, atol=1e-4, rtol=1e-4)

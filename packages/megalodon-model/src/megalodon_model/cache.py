@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
@@ -78,10 +79,20 @@ class MegalodonCache(Cache):
     """Decoding state of a Megalodon model; pass it to ``forward``/``generate`` as ``cache``
     (``past_key_values`` also accepted). ``get_seq_length()`` is the number of tokens seen."""
 
-    def __init__(self, config=None, num_layers: int | None = None) -> None:
-        n = num_layers if num_layers is not None else config.num_hidden_layers
-        super().__init__(layers=[MegalodonLayerCache() for _ in range(n)])
+    def __init__(self, config: PreTrainedConfig | None = None, num_layers: int | None = None):
+        if num_layers is None:
+            if config is None:
+                raise ValueError("MegalodonCache: pass the model's config or num_layers")
+            num_layers = int(config.num_hidden_layers)
+        super().__init__(layers=[MegalodonLayerCache() for _ in range(num_layers)])
         self._state = _Counters()
+
+    def layer(self, idx: int) -> MegalodonLayerCache:
+        """Layer ``idx``'s state."""
+        layer = self.layers[idx]
+        if not isinstance(layer, MegalodonLayerCache):
+            raise TypeError(f"MegalodonCache: layer {idx} is a {type(layer).__name__}")
+        return layer
 
     # -- what the model reads and writes ----------------------------------------------------
 
@@ -109,7 +120,7 @@ class MegalodonCache(Cache):
         return -1
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return self.layers[layer_idx].get_mask_sizes(query_length)
+        return self.layer(layer_idx).get_mask_sizes(query_length)
 
     @property
     def is_compileable(self) -> bool:  # type: ignore[override]
@@ -123,8 +134,8 @@ class MegalodonCache(Cache):
         return self._state.seen > 0
 
     def _map_batch(self, fn) -> None:
-        for layer in self.layers:
-            layer.map_batch(fn)
+        for i in range(len(self.layers)):
+            self.layer(i).map_batch(fn)
         if self._state.final_norm is not None:
             self._state.final_norm = NormState(*(fn(t) for t in self._state.final_norm.tensors()))
 
@@ -149,7 +160,7 @@ class MegalodonCache(Cache):
         self._state = _Counters()
 
     def tensors(self) -> list[torch.Tensor]:
-        out = [t for layer in self.layers for t in layer.tensors()]
+        out = [t for i in range(len(self.layers)) for t in self.layer(i).tensors()]
         return out + (self.final_norm.tensors() if self.final_norm is not None else [])
 
     def nbytes(self) -> int:

@@ -52,12 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-
-try:  # checkpointing hooks in here on transformers >= 4.5x
-    from transformers.modeling_layers import GradientCheckpointingLayer
-except ImportError:  # pragma: no cover - older transformers
-    GradientCheckpointingLayer = nn.Module  # type: ignore[assignment,misc]
-from transformers.utils import ModelOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.generic import ModelOutput
 
 from .cache import MegalodonCache, MegalodonLayerCache, NormState
 from .configuration import MegalodonConfig
@@ -107,6 +103,10 @@ class MegalodonLayerNorm(nn.Module):
 class TimestepNorm(nn.Module):
     """Causal cumulative group norm (``ops.timestep_norm``) with the reference's optional prior:
     ``prior_count`` tokens of learnable mean ``prior_mean`` and variance ``exp(prior_logv)``."""
+
+    prior_count: torch.Tensor  # buffer, int64 scalar
+    prior_mean: torch.Tensor  # [G]: a parameter with a prior, else a zero buffer
+    prior_logv: torch.Tensor
 
     def __init__(self, dim: int, groups: int, prior_count: int, eps: float, backend: str) -> None:
         super().__init__()
@@ -231,7 +231,7 @@ def _causal(q_len: int, k_len: int, offset: int, device) -> torch.Tensor:
     return torch.arange(k_len, device=device)[None, :] <= qi
 
 
-def _with_keys(causal: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor | bool:
+def _with_keys(causal: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
     """Combine a [q, k] causal mask with per-row key validity [B', k] -> [B', 1, q, k]."""
     if key_valid is None:
         return causal
@@ -259,16 +259,16 @@ class ChunkedAttention(nn.Module):
         batch, s = q.shape[:2]
         c = self.chunk
         dropout = self.dropout if self.training else 0.0
-        held = 0 if layer is None or layer.keys is None else layer.keys.shape[1]
+        cached_k = None if layer is None else layer.keys
+        cached_v = None if layer is None else layer.values
+        held = 0 if cached_k is None else cached_k.shape[1]
         outs = []
         first = min(s, c - held) if held else 0
-        if first:  # complete the current chunk
-            keys = torch.cat([layer.keys, k[:, :first]], 1)
-            vals = torch.cat([layer.values, v[:, :first]], 1)
+        if first and cached_k is not None and cached_v is not None:  # complete the current chunk
+            keys = torch.cat([cached_k, k[:, :first]], 1)
+            vals = torch.cat([cached_v, v[:, :first]], 1)
             kv = None if key_valid is None else key_valid[:, : held + first]
             mask = _with_keys(_causal(first, held + first, held, q.device), kv)
-            if not isinstance(mask, torch.Tensor):
-                mask = mask[None, None]
             outs.append(_sdpa(q[:, :first], keys, vals, mask, dropout))
         rest = s - first
         if rest:  # whole chunks from a chunk boundary, the last one possibly short
@@ -297,9 +297,9 @@ class ChunkedAttention(nn.Module):
                 layer.keys = layer.values = None
             elif rest:
                 layer.keys, layer.values = k[:, -m:].detach(), v[:, -m:].detach()
-            else:
-                layer.keys = torch.cat([layer.keys, k], 1)[:, -m:].detach()
-                layer.values = torch.cat([layer.values, v], 1)[:, -m:].detach()
+            elif cached_k is not None and cached_v is not None:
+                layer.keys = torch.cat([cached_k, k], 1)[:, -m:].detach()
+                layer.values = torch.cat([cached_v, v], 1)[:, -m:].detach()
         return out
 
 
@@ -456,8 +456,9 @@ class MegalodonPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear | nn.Embedding):
             module.weight.normal_(0.0, std)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
         elif isinstance(module, MegalodonRMSNorm | MegalodonLayerNorm):
             for p in (module.weight, getattr(module, "bias", None)):
                 if p is not None:
@@ -473,7 +474,11 @@ class MegalodonPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MovingAverageGatedAttention):
             module.gamma.zero_()
             module.beta.zero_()
-        elif isinstance(module, NormalizedFeedForwardNetwork) and module.alpha is not None:
+        elif (
+            isinstance(module, NormalizedFeedForwardNetwork)
+            and module.alpha is not None
+            and module.rescale_init is not None
+        ):
             module.alpha.fill_(module.rescale_init)
 
 
@@ -530,12 +535,16 @@ class MegalodonModel(MegalodonPreTrainedModel):
         if checkpointing:
             use_cache = False
         if inputs_embeds is None:
+            if input_ids is None:  # excluded above; narrows the type
+                raise ValueError("Megalodon: pass exactly one of input_ids or inputs_embeds")
             if input_ids.dim() != 2:
                 raise ValueError(
                     f"Megalodon: input_ids must be [batch, tokens], got {tuple(input_ids.shape)}"
                 )
-            inputs_embeds = self.embed(input_ids)
-        x = inputs_embeds if self.emb_scale is None else inputs_embeds * self.emb_scale
+            embeds: torch.Tensor = self.embed(input_ids)
+        else:
+            embeds = inputs_embeds
+        x = embeds if self.emb_scale is None else embeds * self.emb_scale
         x = F.dropout(x, self.config.dropout, self.training)
         batch, s = x.shape[:2]
         if cache is not None and not isinstance(cache, MegalodonCache):
@@ -560,7 +569,7 @@ class MegalodonModel(MegalodonPreTrainedModel):
         for i, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            layer_cache = cache.layers[i] if cache is not None else None
+            layer_cache = cache.layer(i) if cache is not None else None
             # with gradient checkpointing on, the block (a GradientCheckpointingLayer) recomputes
             # itself in the backward; the cache is off then
             hidden = layer(hidden, layer_cache, seen, padding_mask, key_valid)

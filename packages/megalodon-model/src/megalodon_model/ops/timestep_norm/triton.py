@@ -307,12 +307,12 @@ def _forward(x, prev_count, prev_mean, prev_var, weight, bias, padding_mask, eps
     ov = torch.empty_like(om)
     _stats[(grid, n_chunks)](
         x, mask_arg, cm, cv, length, dim, groups, dg, chunk, n_chunks,
-        HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,
+        HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
     )  # fmt: skip
     pn = prev_count.to(torch.float32).contiguous()
     _carry[(grid,)](
         per_chunk.contiguous(), cm, cv, pn, prev_mean.float().contiguous(),
-        prev_var.float().contiguous(), im, iv, om, ov, groups, n_chunks, BLOCK_G=bg,
+        prev_var.float().contiguous(), im, iv, om, ov, groups, n_chunks, BLOCK_G=bg,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
     )  # fmt: skip
     n_in = (pn[:, None] + torch.cumsum(per_chunk, 1) - per_chunk).contiguous()
     y = torch.empty_like(x)
@@ -321,7 +321,7 @@ def _forward(x, prev_count, prev_mean, prev_var, weight, bias, padding_mask, eps
     _output[(grid, n_chunks)](
         x, mask_arg, weight.contiguous(), bias.contiguous(), n_in, im, iv, y, sm, sr,
         length, dim, groups, dg, chunk, n_chunks, eps,
-        HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,
+        HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
     )  # fmt: skip
     count = prev_count + per_chunk.sum(1).to(prev_count.dtype)
     empty = (count == 0)[:, None]
@@ -345,7 +345,7 @@ def _backward(x, padding_mask, weight, prev_count, prev_mean, sm, sr, n_end, dy,
     w = weight.contiguous()
     _bwd_sums[(grid, n_chunks)](
         x, dy, mask_arg, w, sm, sr, n_end, dmf, dvf, sa, sb, length, dim, groups, dg, chunk,
-        n_chunks, HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,
+        n_chunks, HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
     )  # fmt: skip
     # sums over the chunks after each chunk (exclusive suffix sums)
     ra = (sa.flip(1).cumsum(1).flip(1) - sa).contiguous()
@@ -355,7 +355,7 @@ def _backward(x, padding_mask, weight, prev_count, prev_mean, sm, sr, n_end, dy,
     db = torch.zeros(dim, device=dev, dtype=torch.float32)
     _bwd_output[(grid, n_chunks)](
         x, dy, mask_arg, w, sm, sr, n_end, dmf, dvf, ra, rb, dx, dw, db, length, dim, groups,
-        dg, chunk, n_chunks, HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,
+        dg, chunk, n_chunks, HAS_MASK=has_mask, BLOCK_G=bg, BLOCK_F=bf,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
     )  # fmt: skip
     n0 = prev_count.float()[:, None]
     total_a, total_b = sa.sum(1), sb.sum(1)
