@@ -95,9 +95,13 @@ def representative(launches: Iterable[tuple[str, KernelLaunch]]) -> list[tuple[s
     return chosen
 
 
-def compile_ops(modules: Iterable[str], *, full: bool) -> list[dict]:
+def compile_ops(
+    modules: Iterable[str], *, full: bool, shard: tuple[int, int] = (0, 1)
+) -> list[dict]:
     """Import ``modules`` (registering their ops) and compile every launch of their ops' Triton
     backends (``full``) or the first per kernel; one record per launch, errors included.
+    ``shard=(i, n)`` compiles only the launches whose position (in the registry's fixed order)
+    is ``i`` modulo ``n``, so ``n`` processes share a sweep.
 
     Must run without ``TRITON_INTERPRET=1`` (the interpreter replaces ``triton.jit`` kernels by
     Python functions): use :func:`compile_ops_in_subprocess` from an interpreted process."""
@@ -109,6 +113,8 @@ def compile_ops(modules: Iterable[str], *, full: bool) -> list[dict]:
     for module in modules:
         importlib.import_module(module)
     namespaces = {module.split(".")[0] for module in modules}
+    index, count = shard
+    position = 0
     records = []
     compiled_by_spec: dict[str, list[dict]] = {}  # backends sharing one aot function: once
     for op in registry().values():
@@ -119,10 +125,10 @@ def compile_ops(modules: Iterable[str], *, full: bool) -> list[dict]:
                 continue
             if backend.aot not in compiled_by_spec:
                 found = [(backend.name, launch) for launch in load(backend.aot)()]
-                compiled_by_spec[backend.aot] = [
-                    _compile_record(launch)
-                    for _, launch in (found if full else representative(found))
-                ]
+                chosen = found if full else representative(found)
+                mine = [i for i in range(len(chosen)) if (position + i) % count == index]
+                position += len(chosen)
+                compiled_by_spec[backend.aot] = [_compile_record(chosen[i][1]) for i in mine]
             records += [
                 {"op": op.name, "backend": backend.name, **r} for r in compiled_by_spec[backend.aot]
             ]
@@ -143,23 +149,46 @@ def _compile_record(launch: KernelLaunch) -> dict:
     return record
 
 
-def compile_ops_in_subprocess(modules: Iterable[str], *, full: bool, timeout: float = 3600):
-    """:func:`compile_ops` in a fresh interpreter without ``TRITON_INTERPRET`` (``PYTHONPATH``
-    and the rest of the environment are inherited)."""
+def compile_ops_in_subprocess(
+    modules: Iterable[str], *, full: bool, timeout: float = 3600, jobs: int | None = None
+):
+    """:func:`compile_ops` in fresh interpreters without ``TRITON_INTERPRET`` (``PYTHONPATH``
+    and the rest of the environment are inherited), ``jobs`` of them in parallel (default: one
+    per CPU core), each compiling its share of the launches."""
     import json
     import os
     import subprocess
     import sys
 
+    modules = list(modules)
+    jobs = max(1, jobs or os.cpu_count() or 1)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    cmd = [sys.executable, "-m", "tensor_utils_dev.aot", *(["--full"] if full else []), *modules]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"AOT compile process failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    base = [sys.executable, "-m", "tensor_utils_dev.aot", *(["--full"] if full else [])]
+    procs = [
+        subprocess.Popen(
+            [*base, "--shard", f"{i}/{jobs}", *modules],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        for i in range(jobs)
+    ]
+    records = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"AOT compile process failed ({proc.returncode}):\n{err[-4000:]}"
+                )
+            records += json.loads(out.strip().splitlines()[-1])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,9 +198,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--full", action="store_true", help="every launch, not one per kernel")
+    parser.add_argument(
+        "--shard", default="0/1", help="I/N: compile every N-th launch from the I-th"
+    )
     parser.add_argument("modules", nargs="+", help="op modules to import, e.g. expo_merge.ops")
     args = parser.parse_args(argv)
-    print(json.dumps(compile_ops(args.modules, full=args.full)))
+    index, count = (int(v) for v in args.shard.split("/"))
+    print(json.dumps(compile_ops(args.modules, full=args.full, shard=(index, count))))
     return 0
 
 
