@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -242,3 +243,123 @@ def evict_page_cache(*paths: str | os.PathLike) -> int:
         finally:
             os.close(fd)
     return covered
+
+
+def fsdp_train_bench(
+    build: Callable[[int], torch.nn.Module],
+    forward: Callable[[torch.nn.Module, torch.Tensor], Any] | None = None,
+    *,
+    script: str | os.PathLike,
+    package: str,
+    model_name: str,
+    layers: int,
+    seq: int = 2048,
+    seq_help: str = "tokens per sequence",
+    shard: Callable[..., torch.nn.Module] | None = None,
+    argv: list[str] | None = None,
+) -> int:
+    """The body of a ``bench_fsdp_gpu.py``: training-step time, tokens/s and per-GPU peak memory
+    of a model under FSDP2 on the GPUs ``torchrun`` starts (weak scaling: every rank runs the
+    same per-GPU batch), or of the plain model on one GPU (``--no-fsdp``).
+
+    ``build(num_layers)`` returns the model (on the CPU, with ``.config.vocab_size``);
+    ``forward(model, ids)`` runs one training forward and returns an output with ``.loss``
+    (default ``model(ids, labels=ids)``); ``shard`` is the package's ``shard_model`` (default
+    ``tensor_utils.distributed.shard_model``). bf16 compute through ``MixedPrecisionPolicy``
+    (float32 shards and reduction) and activation checkpointing are on by default; AdamW steps
+    every iteration. Rank 0 appends one row (median step time over the slowest rank, global
+    tokens/s, the largest per-GPU peak) to ``results_dir(script)/fsdp_gpu.csv`` (``--csv``).
+    Returns the exit status.
+    """
+    import argparse
+    import json
+    import sys
+
+    import torch.distributed as dist
+
+    from tensor_utils.distributed import enable_checkpointing, mixed_precision
+    from tensor_utils.distributed import shard_model as default_shard
+
+    name = Path(script).name
+    p = argparse.ArgumentParser(prog=name, description=f"FSDP2 training step of {model_name}")
+    p.add_argument("--batch", type=int, default=4, help="sequences per GPU per step")
+    p.add_argument("--seq", type=int, default=seq, help=seq_help)
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--fp32", action="store_true", help="no mixed precision (float32 compute)")
+    p.add_argument("--no-checkpointing", action="store_true")
+    p.add_argument("--no-reshard", action="store_true", help="reshard_after_forward=False")
+    p.add_argument("--no-fsdp", action="store_true", help="plain model (one GPU), bf16 autocast")
+    p.add_argument("--csv", type=Path, default=results_dir(script) / "fsdp_gpu.csv")
+    p.add_argument("--json", action="store_true", help="print the row as JSON")
+    args = p.parse_args(argv)
+    if "RANK" not in os.environ or not torch.cuda.is_available():
+        print(f"{name}: needs CUDA and torchrun --nproc-per-node N", file=sys.stderr)
+        return 2
+    run_forward = forward or (lambda m, ids: m(ids, labels=ids))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl")
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if args.no_fsdp and world != 1:
+            print(f"{name}: --no-fsdp is the one-GPU baseline (nproc 1)", file=sys.stderr)
+            return 2
+        torch.manual_seed(0)
+        model: Any = build(args.layers).to(device).train()  # a transformers model: has .config
+        vocab = int(model.config.vocab_size)
+        n_params = sum(t.numel() for t in model.parameters())
+        bf16 = not args.fp32
+        if args.no_fsdp:
+            if not args.no_checkpointing:
+                enable_checkpointing(model)
+        else:
+            (shard or default_shard)(
+                model,
+                mp_policy=mixed_precision(torch.bfloat16) if bf16 else None,
+                reshard_after_forward=not args.no_reshard,
+                gradient_checkpointing=not args.no_checkpointing,
+            )
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        gen = torch.Generator(device=device).manual_seed(1 + rank)
+        times = []
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                torch.cuda.reset_peak_memory_stats(device)
+            ids = torch.randint(0, vocab, (args.batch, args.seq), device=device, generator=gen)
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            with torch.autocast("cuda", torch.bfloat16, enabled=args.no_fsdp and bf16):
+                out = run_forward(model, ids)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        peak = torch.tensor([torch.cuda.max_memory_allocated(device)], device=device)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        step_s = torch.tensor([statistics.median(times)], device=device)
+        dist.all_reduce(step_s, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+        if rank == 0:
+            row = {
+                "package": package,
+                "model": model_name,
+                "params": n_params,
+                "mode": "plain" if args.no_fsdp else "fsdp2",
+                "gpus": world,
+                "batch_per_gpu": args.batch,
+                "seq": args.seq,
+                "bf16": bf16,
+                "checkpointing": not args.no_checkpointing,
+                "reshard_after_forward": not args.no_reshard,
+                "step_ms": round(step_s.item() * 1e3, 2),
+                "tokens_per_s": round(world * args.batch * args.seq / step_s.item(), 1),
+                "peak_mem_gib": round(peak.item() / 2**30, 3),
+            }
+            print(json.dumps(row) if args.json else row)
+            write_csv(args.csv, [row], tags=environment_tags(str(device)))
+    finally:
+        dist.destroy_process_group()
+    return 0
