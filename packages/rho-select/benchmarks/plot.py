@@ -4,6 +4,8 @@
 
 - ``rho-select.png``: validation loss on clean text over tokens seen (selection_cpu.csv: mean
   over seeds, band = min..max) and the CPU loss benchmark (loss_cpu.csv: time and peak memory).
+- ``rho-select-selection-gpu.png``: the same validation curves from selection_gpu.csv, when a
+  GPU run's CSV has been copied to results/.
 - ``rho-select-gpu.png``: time and peak extra memory per method and size (loss_gpu*.csv), when
   GPU results exist.
 """
@@ -38,8 +40,9 @@ def read(name: str) -> list[dict]:
     return rows
 
 
-def plot_selection(ax) -> None:
-    rows = [r for r in read("selection_cpu*.csv") if r["method"] != "reference"]
+def plot_selection(ax, rows: list[dict]) -> None:
+    """Validation loss over tokens seen per method: mean over seeds, band min..max."""
+    rows = [r for r in rows if r["method"] != "reference"]
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         curves[r["method"]][int(r["tokens_seen"])].append(float(r["val_loss"]))
@@ -55,9 +58,15 @@ def plot_selection(ax) -> None:
             alpha=0.2,
         )
     seeds = sorted({r["seed"] for r in rows})
+    first = rows[0] if rows else {}
+    params = f"{int(first['params']) / 1e6:.1f}M params, " if first.get("params") else ""
     ax.set_xlabel("tokens seen (thousands)")
     ax.set_ylabel("validation loss, clean text (nats/token)")
-    ax.set_title(f"Does selection help? k=0.6, {len(seeds)} seeds (band: min-max)")
+    ax.set_title(
+        f"Does selection help? {params}k={first.get('ratio', '')}, {len(seeds)} seeds "
+        f"(band: min-max)\n{first.get('device', '')}, {first.get('dtype', '')}",
+        fontsize=10,
+    )
     ax.legend()
     ax.grid(alpha=0.3)
 
@@ -116,10 +125,16 @@ def plot_gpu(rows: list[dict]) -> None:
 
 def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
-    plot_selection(axes[0])
+    plot_selection(axes[0], read("selection_cpu.csv"))
     plot_loss_cpu(axes[1])
     fig.tight_layout()
     fig.savefig(DOCS / "rho-select.png", dpi=110)
+    selection_gpu = read("selection_gpu.csv")
+    if selection_gpu:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        plot_selection(ax, selection_gpu)
+        fig.tight_layout()
+        fig.savefig(DOCS / "rho-select-selection-gpu.png", dpi=110)
     gpu = read("loss_gpu*.csv")
     if gpu:
         plot_gpu(gpu)
