@@ -9,10 +9,16 @@ The sdist ships ``tests/*.py`` but not the sub-packages three of them import
 torch.export suites do not run from here; each member covers generation in its own tests), and
 ``config_common_kwargs`` lists the generic config keys ``ConfigTester`` sets. The extracted tree is
 imported as the package ``hf_tests`` (the workspace has its own ``tests`` package).
+
+``TRANSFORMERS_TESTS_DIR`` (optional) names a transformers ``tests/`` tree, e.g. one taken from the
+GitHub repository at the matching version: its files that the sdist lacks (``causal_lm_tester.py``,
+``generation/test_utils.py``, ``models/<name>/test_modeling_<name>.py``, ...) are laid over the
+extraction, replacing the stand-ins, in a separate folder so that runs without it stay as they were.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tarfile
@@ -58,7 +64,8 @@ def _prepare() -> Path | None:
     if not sdist or not Path(sdist).exists():
         return None
     root = Path(sdist).with_suffix("").with_suffix("")  # .../transformers-X.Y.Z
-    target = root.parent / f"{root.name}-hf_tests"
+    overlay = os.environ.get("TRANSFORMERS_TESTS_DIR")
+    target = root.parent / f"{root.name}-hf_tests{'-overlay' if overlay else ''}"
     package = target / "hf_tests"
     if not (package / "test_modeling_common.py").exists():
         package.mkdir(parents=True, exist_ok=True)
@@ -75,7 +82,39 @@ def _prepare() -> Path | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
                 path.write_text(text)
+    if overlay:
+        _overlay(Path(overlay), package)
     return target
+
+
+def _overlay(tests: Path, package: Path) -> None:
+    """Copy the ``*.py`` files of ``tests`` into ``package``; top-level files the sdist has stay."""
+    if not (tests / "causal_lm_tester.py").exists() and not (tests / "generation").is_dir():
+        raise pytest.UsageError(
+            f"TRANSFORMERS_TESTS_DIR={tests} is not a transformers tests/ folder"
+        )
+    for path in sorted(tests.rglob("*.py")):
+        rel = path.relative_to(tests)
+        dest = package / rel
+        if len(rel.parts) == 1 and dest.exists():
+            continue  # the sdist's common mixins are the installed version's
+        for folder in reversed(rel.parents[:-1]):  # every folder on the way is a package
+            (package / folder).mkdir(parents=True, exist_ok=True)
+            (package / folder / "__init__.py").touch()
+        dest.write_bytes(path.read_bytes())
+    # test_pipeline_mixin.py (causal_lm_tester imports it) reads at import time the hub's tiny-model
+    # list (an empty stand-in: its pipeline tests need the hub and skip without RUN_PIPELINE_TESTS)
+    # and ../src/transformers (the installed package)
+    summary = package.parent / "tests" / "utils" / "tiny_model_summary.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    if not summary.exists():
+        summary.write_text("{}")
+    source = package.parent / "src" / "transformers"
+    if not source.exists():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        spec = importlib.util.find_spec("transformers")
+        assert spec is not None and spec.origin is not None
+        source.symlink_to(Path(spec.origin).parent, target_is_directory=True)
 
 
 _ROOT = _prepare()
