@@ -50,7 +50,9 @@ def documents(tokenizer, ctx: int, count: int, cont: int) -> list[list[int]]:
     """The ``count`` longest documents with at least ``ctx + cont`` tokens, cut there."""
     from pydoc_data.topics import topics
 
-    docs = []
+    docs: list[list[int]] = []
+    if count <= 0:
+        return docs
     for key in sorted(topics, key=lambda k: -len(topics[k])):
         if key in HAYSTACK_TOPICS:
             continue

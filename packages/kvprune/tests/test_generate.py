@@ -383,3 +383,56 @@ def test_report_means_what_it_says():
     cache = KVPruneCache(model, H2O(0.5), token_classes_table=token_table())
     run(model, cache, ids, mask, max_new_tokens=120, min_new_tokens=120, do_sample=False)
     assert abs(cache.report().kept_fraction - 0.5) < 0.01
+
+
+def test_prefill_all_equals_the_cache_a_model_call_builds():
+    """One recorded prefill compressed into several caches at once (profiles shared between
+    policies of the same window) keeps what each cache keeps when the model runs the prompt,
+    padding included, and decodes the same next token."""
+    from kvprune.cache import prefill_all
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    model = tiny_model("llama")
+    ids, mask = batch(b=2, n=40, pad=(0, 7))
+    policies = [
+        FastGen(recovery=0.9),
+        FastGen(kept_fraction=0.5),
+        H2O(0.5),
+        AdaptiveFastGen(0.5, window=8),
+        SnapKV(0.5, window=8),
+        TOVA(0.5),
+        StreamingLLM(0.5),
+    ]
+    states: dict[int, tuple] = {}
+
+    def record(module, query, key, value, attention_mask, **kw):
+        states[module.layer_idx] = (query, key, value)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    AttentionInterface.register("kvprune_test_record", record)
+    AttentionMaskInterface.register("kvprune_test_record", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.set_attn_implementation("kvprune_test_record")
+    try:
+        with torch.no_grad():
+            model(ids, attention_mask=mask, use_cache=False)
+    finally:
+        model.set_attn_implementation("sdpa")
+    shared = [KVPruneCache(model, p, token_classes_table=token_table()) for p in policies]
+    prefill_all(shared, [states[i] for i in range(len(states))], ids, mask)
+    step = torch.randint(3, VOCAB, (2, 1), generator=torch.Generator().manual_seed(5))
+    step_mask = torch.cat([mask, torch.ones_like(step)], 1)
+    for policy, cache in zip(policies, shared, strict=True):
+        direct = KVPruneCache(model, policy, token_classes_table=token_table())
+        with torch.no_grad():
+            model(ids, attention_mask=mask, **{cache_kwarg(model): direct})
+        for a, b in zip(direct.layers, cache.layers, strict=True):
+            for row in range(2):
+                for head in range(2):
+                    assert a.kept_positions(row, head) == b.kept_positions(row, head), policy
+        with torch.no_grad():
+            outs = [
+                model(step, attention_mask=step_mask, **{cache_kwarg(model): c}).logits
+                for c in (direct, cache)
+            ]
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)

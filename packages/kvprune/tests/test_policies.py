@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kv_helpers import causal_attention, rule_keep_python
 from kvprune import H2O, TOVA, AdaptiveFastGen, FastGen, Full, SnapKV, StreamingLLM, rules
@@ -116,6 +116,19 @@ def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce
     f=st.floats(0.05, 1.0),
     which=st.sampled_from(["streaming", "h2o", "tova", "snapkv", "full"]),
     min_window=st.sampled_from([0, 3]),
+)
+@example(  # sinks and the minimum window together over a small budget
+    profile=Profile(
+        torch.tensor([[[[[0.4608, 0.1841, 0.0717, 0.2833]]]]]),
+        torch.tensor([[True]]),
+        torch.ones(1, 4, dtype=torch.bool),
+        torch.arange(4)[None],
+        torch.zeros(1, 4, dtype=torch.int8),
+        torch.tensor([4]),
+    ),
+    f=0.5,
+    which="streaming",
+    min_window=3,
 )
 def test_baseline_kept_sets_are_their_rule(profile, f, which, min_window):
     """Every baseline keeps its rule's set, and exactly its budget: ``floor(f * n)`` tokens per

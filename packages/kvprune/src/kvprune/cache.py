@@ -31,6 +31,25 @@ from .storage import RaggedStore
 from .tokens import token_classes
 
 
+def profile_attention(query, key, real, rows: int, scale: float) -> torch.Tensor:
+    """Attention probabilities of the last ``rows`` prompt queries, ``[B, H, G, R, n]`` float32
+    (causal, padding keys masked; rows of padding are zero)."""
+    b, hq, n, d = query.shape
+    h = key.shape[1]
+    qw = (query[:, :, n - rows :].float() * scale).reshape(b, h, hq // h, rows, d)
+    logits = torch.einsum("bhgrd,bhnd->bhgrn", qw, key.float())
+    q_pos = torch.arange(n - rows, n, device=query.device)
+    banned = torch.arange(n, device=query.device)[None, :] > q_pos[:, None]  # [R, n]
+    padded = not bool(real.all())
+    banned = banned[None] | ~real[:, None, :] if padded else banned.expand(b, rows, n)
+    logits.masked_fill_(banned[:, None, None], float("-inf"))
+    attn = torch.softmax(logits, dim=-1)
+    if padded:  # a padding row attends to nothing: zero, not NaN
+        invalid = ~real[:, n - rows :]
+        attn.masked_fill_(invalid[:, None, None, :, None], 0.0)
+    return attn
+
+
 class KVPruneLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
@@ -134,26 +153,19 @@ class KVPruneLayer(CacheLayerMixin):
             outs.append(self.decode_attention(query[:, :, t : t + 1], scale))
         return torch.cat(outs, 1), None
 
-    def build(self, query, key, value, scale: float) -> None:
-        """Profile the prompt's last ``profile_window`` query rows, plan, build the store."""
+    def build(self, query, key, value, scale: float, attn=None, shared=None) -> None:
+        """Profile the prompt's last ``profile_window`` query rows, plan, build the store.
+        ``attn``: those rows' probabilities if already computed (``profile_attention``);
+        ``shared``: results other policies computed on the same profile (``Profile.shared``)."""
         owner = self.owner
-        b, hq, n, d = query.shape
-        h = key.shape[1]
-        g = hq // h
         real, cls, pos, n_real = owner.prompt_info(query.device)
-        r = min(n, owner.policy.profile_window)
-        qw = query[:, :, n - r :].float().reshape(b, h, g, r, d)
-        logits = torch.einsum("bhgrd,bhnd->bhgrn", qw, key.float()) * scale
-        rows = torch.arange(n - r, n, device=query.device)
-        allowed = torch.arange(n, device=query.device)[None, :] <= rows[:, None]
-        allowed = allowed[None] & real[:, None, :]  # [B, R, n]
-        logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-        attn = torch.softmax(logits, dim=-1)
-        row_valid = real[:, n - r :]
-        attn = torch.where(row_valid[:, None, None, :, None], attn, torch.zeros_like(attn))
-        attn = torch.nan_to_num(attn, nan=0.0)
-        plan = owner.policy.plan(Profile(attn, row_valid, real, pos, cls, n_real))
-        del attn, logits
+        r = min(query.shape[2], owner.policy.profile_window)
+        if attn is None:
+            attn = profile_attention(query, key, real, r, scale)
+        row_valid = real[:, query.shape[2] - r :]
+        profile = Profile(attn, row_valid, real, pos, cls, n_real, {} if shared is None else shared)
+        plan = owner.policy.plan(profile)
+        del attn
         self.policy_index = plan.policy.reshape(-1).clone()
         self.policy_names = plan.names
         self.recovery = plan.recovery.reshape(-1).clone()
@@ -259,14 +271,9 @@ class KVPruneCache(Cache):
     def prefill_from(self, states, input_ids, attention_mask=None, scale: float | None = None):
         """Compress a prompt that already ran: ``states[i] = (query, key, value)`` of layer i
         as its attention saw them (``[B, H, n, D]``, keys after RoPE). The same cache a
-        ``generate`` prefill would build, without running the model again: one prefill can
-        be compressed by several policies (the quality benchmark does)."""
-        self.reset()
-        self.set_inputs(input_ids, attention_mask)
-        for layer, (query, key, value) in zip(self.layers, states, strict=True):
-            layer.update(key, value)
-            layer.pending = None
-            layer.build(query, key, value, scale or query.shape[-1] ** -0.5)
+        ``generate`` prefill would build, without running the model again (``prefill_all``
+        compresses one prefill into several caches)."""
+        prefill_all([self], states, input_ids, attention_mask, scale)
 
     # -- the attention function's protocol ------------------------------------------------
     def set_inputs(self, input_ids, attention_mask) -> None:
@@ -397,4 +404,36 @@ class KVPruneCache(Cache):
         return build_report(self)
 
 
-__all__ = ["KVPruneCache", "KVPruneLayer", "check_model"]
+def prefill_all(caches, states, input_ids, attention_mask=None, scale: float | None = None):
+    """``prefill_from`` for several caches of one model (one policy each): layer by layer,
+    the profiled attention of each distinct profile window is computed once and shared by
+    every cache that needs it, and so are the results policies can share on it (FastGen's
+    rungs at several thresholds or budgets), so comparing policies on one prompt costs one
+    profile."""
+    groups: list[torch.Tensor] = []  # caches with equal token tables share planning results
+    group_of = []
+    for cache in caches:
+        cache.reset()
+        cache.set_inputs(input_ids, attention_mask)
+        same = [i for i, t in enumerate(groups) if torch.equal(t, cache.token_table)]
+        if not same:
+            groups.append(cache.token_table)
+        group_of.append(same[0] if same else len(groups) - 1)
+    for i, (query, key, value) in enumerate(states):
+        s = scale or query.shape[-1] ** -0.5
+        attn: dict[int, torch.Tensor] = {}
+        shared: dict[tuple[int, int], dict] = {}
+        for cache, group in zip(caches, group_of, strict=True):
+            layer = cache.layers[i]
+            layer.update(key, value)
+            layer.pending = None
+            r = min(query.shape[2], cache.policy.profile_window)
+            if r not in attn:
+                real = cache.prompt_info(query.device)[0]
+                attn[r] = profile_attention(query, key, real, r, s)
+            memo = shared.setdefault((r, group), {})
+            layer.build(query, key, value, s, attn=attn[r], shared=memo)
+        del attn, shared
+
+
+__all__ = ["KVPruneCache", "KVPruneLayer", "check_model", "prefill_all", "profile_attention"]

@@ -58,6 +58,8 @@ class Profile:
     pos: torch.Tensor  # [B, n] long: position among the row's real tokens (-1 on padding)
     cls: torch.Tensor  # [B, n] int8 token class (rules.CLS_*)
     n_real: torch.Tensor  # [B] long
+    # Results policies may reuse when several plan the same profile (``cache.prefill_all``).
+    shared: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,15 +84,16 @@ def kept_mass(profile: Profile, keep: torch.Tensor, params: dict | None = None) 
     without, ``keep`` ([B, H, n]) applies to every row as is.
     """
     if params is None:
-        rows_keep = keep[:, :, None, :].float()  # [B, H, 1, n]
+        rows_keep = keep[:, :, None, :].expand(-1, -1, profile.attn.shape[3], -1)
     else:
         r = profile.row_valid.shape[1]
         row_pos = profile.pos[:, -r:]  # [B, R]
         p = {k: v[:, :, None, None] for k, v in params.items()}  # [B, H, 1, 1]
         newest = row_pos[:, None, :, None]  # [B, 1, R, 1]
         sliding = profile.pos[:, None, None, :] > newest - window_at(p, newest + 1)
-        rows_keep = (keep[:, :, None, :] | sliding).float()  # [B, H, R, n]
-    mass = (profile.attn * rows_keep[:, :, None]).sum(-1)  # [B, H, G, R]
+        rows_keep = keep[:, :, None, :] | sliding  # [B, H, R, n]
+    # A dot product per (row, head, query row): no [B, H, G, R, n] temporary.
+    mass = torch.einsum("bhgrn,bhrn->bhgr", profile.attn, rows_keep.to(profile.attn.dtype))
     rows = profile.row_valid[:, None, None, :].float()
     return (mass * rows).sum(-1) / rows.sum(-1).clamp(min=1)
 
@@ -230,7 +233,23 @@ class FastGen(Policy):
         return make_params(shape, dev, **values)
 
     def rungs(self, profile: Profile):
-        """Every rung's kept set ``[B, H, n]``, parameters and recovery ``[B, H]``."""
+        """Every rung's kept set ``[B, H, n]``, parameters and recovery ``[B, H]`` (the same
+        for every threshold and budget: shared between such policies on one profile)."""
+        key = (
+            "fastgen_rungs",
+            self.ladder,
+            self.frequent_ratio,
+            self.local_ratio,
+            self.group_reduce,
+            self.recovery_rows,
+            self.sink_tokens,
+            self.min_window,
+        )
+        if key not in profile.shared:
+            profile.shared[key] = self._rungs(profile)
+        return profile.shared[key]
+
+    def _rungs(self, profile: Profile):
         score = heavy_scores(profile)
         _b, h = profile.shape
         judged = profile
@@ -413,7 +432,8 @@ class Full(Policy):
 
 @dataclass(frozen=True)
 class StreamingLLM(Policy):
-    """Attention sinks + a sliding window: ``kept_fraction`` of the sequence in total."""
+    """Attention sinks + a sliding window: ``kept_fraction`` of the sequence in total (at least
+    the last ``min_window`` tokens; sinks only where the budget leaves room beside them)."""
 
     kept_fraction: float = 0.5
     sinks: int = 4
@@ -427,11 +447,14 @@ class StreamingLLM(Policy):
     def plan(self, profile: Profile) -> Plan:
         _b, h = profile.shape
         total = _row(budgets(self.kept_fraction, profile.n_real), h)
+        # Sinks come out of what the budget leaves beside the minimum window: a budget
+        # below the minimum window keeps just the window.
+        sinks = (total - self.min_window).clamp(min=0, max=self.sinks)
         return self._single(
             profile,
             "streaming",
             heavy_scores(profile),
-            n_sink=total.clamp(max=self.sinks),
+            n_sink=sinks,
             window=self.min_window,
             window_q=fraction_q(self.kept_fraction),
         )

@@ -69,13 +69,41 @@ def ragged_decode_attention(
     result.
     """
     check_args(q, k_pool, v_pool, offsets, lengths)
+    if q.device.type == "cpu":
+        return per_segment(q, k_pool, v_pool, offsets, lengths, scale, need_weights)
+    return gathered(q, k_pool, v_pool, offsets, lengths, scale, max_len, need_weights)
+
+
+def per_segment(q, k_pool, v_pool, offsets, lengths, scale, need_weights=True):
+    """The CPU form: each segment attends over its rows of the pool in place (views, no
+    copy of the cache; reading ``offsets``/``lengths`` costs nothing on the CPU)."""
+    group = q.shape[1]
+    out = q.new_zeros(q.shape)
+    weights = None
+    if need_weights:
+        weights = torch.zeros(k_pool.shape[0], group, dtype=torch.float32, device=q.device)
+    for s, (off, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
+        if n == 0:
+            continue
+        keys = k_pool[off : off + n].float()  # [L, D]
+        vals = v_pool[off : off + n].float()
+        probs = torch.softmax((q[s].float() @ keys.T) * scale, dim=-1)  # [G, L]
+        out[s] = (probs @ vals).to(q.dtype)
+        if weights is not None:
+            weights[off : off + n] = probs.T
+    return out, weights
+
+
+def gathered(q, k_pool, v_pool, offsets, lengths, scale, max_len=None, need_weights=True):
+    """The device form: every segment gathered into a padded ``[S, L, D]`` batch (no host
+    synchronization when ``max_len`` is given)."""
     n_seg, group, _dim = q.shape
     weights = torch.zeros(k_pool.shape[0], group, dtype=torch.float32, device=q.device)
     if not need_weights:
         weights = None
     if n_seg == 0:
         return q.new_zeros(q.shape), weights
-    longest = int(lengths.max()) if lengths.numel() else 0
+    longest = max_len if max_len is not None else int(lengths.max()) if lengths.numel() else 0
     if longest == 0:
         return q.new_zeros(q.shape), weights
     idx = segment_index(offsets, lengths, longest)  # [S, L]
