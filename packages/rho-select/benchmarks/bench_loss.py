@@ -26,6 +26,13 @@ from rho_select.ops.selective_loss import naive as ops
 from tensor_utils_dev.bench import PeakMemory, environment_tags, results_dir, write_csv
 
 
+def grad_of(t: torch.Tensor) -> torch.Tensor:
+    """``t.grad``, which the backward just filled."""
+    if t.grad is None:
+        raise RuntimeError("no gradient reached the input")
+    return t.grad
+
+
 def make_inputs(tokens: int, hidden: int, vocab: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(tokens, hidden, generator=gen).requires_grad_()
@@ -84,7 +91,7 @@ def breakdown(h, w, labels, ref, ratio, chunk_size, rounds):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "\n").splitlines()[0])
     p.add_argument("--tokens", type=int, default=8192)
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--vocab", type=int, default=49152)
@@ -104,7 +111,7 @@ def main() -> None:
     for name, fn in methods.items():
         h.grad = w.grad = None
         fn()
-        grads[name] = (h.grad.clone(), w.grad.clone())
+        grads[name] = (grad_of(h).clone(), grad_of(w).clone())
     err = max(
         float((a - b).abs().max() / b.abs().max())
         for a, b in zip(grads["naive"], grads["rho_select"], strict=True)

@@ -43,8 +43,11 @@ METHODS = ("naive", "liger", "ours_torch", "ours_triton", "ours_triton_bf16acc")
 
 def liger_loss_fn():
     try:
-        import liger_kernel
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        # the peer, installed on the GPU machine only (not a dependency)
+        import liger_kernel  # pyright: ignore[reportMissingImports]
+        from liger_kernel.transformers import (  # pyright: ignore[reportMissingImports]
+            LigerFusedLinearCrossEntropyLoss,
+        )
     except ImportError as exc:
         print(f"liger: skipped (liger_kernel does not import: {exc})", flush=True)
         return None, ""
@@ -94,6 +97,13 @@ def make_step(method, h, w, labels, ref, ratio, liger):
     return step
 
 
+def grad_of(t: torch.Tensor) -> torch.Tensor:
+    """``t.grad``, which the backward just filled."""
+    if t.grad is None:
+        raise RuntimeError("no gradient reached the input")
+    return t.grad
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
@@ -117,7 +127,7 @@ def run_config(tokens, hidden, vocab, ratio, dtype, quick, liger, seed=0):
     w32.requires_grad_()
     out32 = selective_loss(h32, w32, labels, ref, ratio, backend="reference")
     out32.loss.backward()
-    g32 = (h32.grad.detach(), w32.grad.detach())
+    g32 = (grad_of(h32).detach(), grad_of(w32).detach())
     mask32 = out32.selected_mask
     del out32, h32, w32, base
     gc.collect()
@@ -136,8 +146,8 @@ def run_config(tokens, hidden, vocab, ratio, dtype, quick, liger, seed=0):
             mask = steps[m]()
             torch.cuda.synchronize()
             errors[m] = {
-                "grad_hidden_rel_err": rel_err(h.grad, g32[0]),
-                "grad_weight_rel_err": rel_err(w.grad, g32[1]),
+                "grad_hidden_rel_err": rel_err(grad_of(h), g32[0]),
+                "grad_weight_rel_err": rel_err(grad_of(w), g32[1]),
                 "same_selection": bool(torch.equal(mask, mask32)),
             }
         except torch.cuda.OutOfMemoryError:
@@ -173,6 +183,8 @@ def run_config(tokens, hidden, vocab, ratio, dtype, quick, liger, seed=0):
             except torch.cuda.OutOfMemoryError:
                 errors[m]["oom"] = True
                 continue
+            if not isinstance(ms, list):  # one value per quantile whenever quantiles are given
+                raise TypeError(f"triton.testing.do_bench returned {ms!r}, expected 3 values")
             row = {
                 "benchmark": "loss_fwd_bwd_gpu",
                 "method": m,
@@ -220,7 +232,7 @@ def run_config(tokens, hidden, vocab, ratio, dtype, quick, liger, seed=0):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "\n").splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768])
     p.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256])
     p.add_argument("--hidden", type=int, default=4096)

@@ -81,9 +81,9 @@ PRESETS: dict[str, dict] = {
         "seeds": [0, 1],
         "seq": 128,
         "batch": 8,
-        "tokens": 16 * 1024,
-        "ref_tokens": 16 * 1024,
-        "eval_every": 4,
+        "tokens": 32 * 1024,
+        "ref_tokens": 32 * 1024,
+        "eval_every": 8,
         "val_seqs": 16,
     },
     "gpu": {

@@ -91,18 +91,26 @@ def distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
             gen = torch.Generator().manual_seed(0) if mode == "random" else None
             out = selective_loss(hh, ww, labels[rows], ref[rows], 0.45, mode=mode, generator=gen)
             out.loss.backward()
-            dist.all_reduce(ww.grad)  # what DDP does: average the weight gradient over ranks
-            ww.grad /= world
+            grad_weight = grad_of(ww)
+            dist.all_reduce(grad_weight)  # what DDP does: average the weight gradient over ranks
+            grad_weight /= world
             result[mode] = {
                 "mask": out.selected_mask,
                 "fraction": out.selected_fraction,
                 "loss": out.loss.detach(),
-                "grad_hidden": hh.grad,
-                "grad_weight": ww.grad,
+                "grad_hidden": grad_of(hh),
+                "grad_weight": grad_weight,
             }
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def grad_of(t: torch.Tensor) -> torch.Tensor:
+    """``t.grad``, which a backward must have filled."""
+    if t.grad is None:
+        raise AssertionError("no gradient reached the tensor")
+    return t.grad
 
 
 def distributed_problem():

@@ -15,6 +15,7 @@ def test_demo_part_runs(tmp_path):
 
     path = Path(__file__).parents[1] / "demo.py"
     spec = importlib.util.spec_from_file_location("rho_select_demo", path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     lines = module.run(SimpleNamespace(model_dir=smollm2_dir(), workdir=tmp_path, device="cpu"))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from rho_select import RhoSelectError, selective_loss, token_cross_entropy
 from rho_select.ops.selective_loss import naive
 from rho_testlib import full_logits_loss, problem
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tensor_utils_dev.testing import assert_close
 from tensor_utils_dev.testing.strategies import seeds
@@ -125,7 +126,7 @@ def test_reference_ops_match_float64_math():
     assert_close(gw, exp_gw.float())
 
 
-class MatmulFlops(torch.utils._python_dispatch.TorchDispatchMode):
+class MatmulFlops(TorchDispatchMode):
     """Counts 2*m*n*k for every matrix product (mm, addmm, addmm_, matmul lowered to mm)."""
 
     PRODUCTS: ClassVar[dict] = {
