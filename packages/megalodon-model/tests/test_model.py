@@ -83,6 +83,22 @@ def test_generate_equals_greedy_full_recomputation():
     assert torch.equal(out, x)
 
 
+def test_generate_from_inputs_embeds_and_continued_generation_equal_one_run():
+    """A prompt given as embeddings generates what its ids do; a second ``generate`` call that
+    carries the returned cache continues exactly where one longer call would be."""
+    ids = torch.randint(0, TINY["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(5))
+    gen = MODEL.generate  # pyright: ignore[reportAttributeAccessIssue]  (transformers types generate() for its Protocol)
+    with torch.no_grad():
+        whole = gen(ids, max_new_tokens=14, do_sample=False)
+        from_embeds = gen(inputs_embeds=MODEL.model.embed(ids), max_new_tokens=14, do_sample=False)
+        cache = MegalodonCache(MODEL.config)
+        first = gen(ids, cache=cache, max_new_tokens=6, do_sample=False)
+        second = gen(first, cache=cache, max_new_tokens=8, do_sample=False)
+    assert torch.equal(from_embeds, whole[:, ids.shape[1] :])
+    assert torch.equal(second, whole)
+    assert cache.get_seq_length() == whole.shape[1] - 1
+
+
 def test_generate_with_left_padding_matches_each_row_alone():
     """Rows whose padding fills whole chunks (chunk 8): padded keys and norm statistics are
     masked, and CEMA sees zeros there, so each row equals its own unpadded run."""

@@ -53,6 +53,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import logging
 from transformers.utils.generic import ModelOutput
 
 from .cache import MegalodonCache, MegalodonLayerCache, NormState
@@ -60,6 +61,8 @@ from .configuration import MegalodonConfig
 from .ops.cema import cema
 from .ops.cema_step import cema_step
 from .ops.timestep_norm import timestep_norm
+
+logger = logging.get_logger(__name__)
 
 # transformers renamed the output field ``past_key_values`` -> ``cache`` during 5.x; older 5.x
 # reads ``past_key_values``, so those versions get both fields.
@@ -607,7 +610,17 @@ class MegalodonModel(MegalodonPreTrainedModel):
         valid = attention_mask.to(torch.bool)
         if bool(valid.all()):
             return None, None
-        held = seen % self.config.chunk_size
+        c = self.config.chunk_size
+        if seen == 0 and not bool(valid[:, 0].all()):
+            lead = (valid.cumsum(1) == 0).sum(1)  # left padding per row
+            if bool((lead % c != 0).any()):
+                logger.warning_once(
+                    f"Megalodon: left padding that is not a multiple of chunk_size={c} shifts the "
+                    "attention chunks of the padded rows (chunk boundaries count padded "
+                    "positions), so those rows differ from their unpadded runs; rows padded by a "
+                    "multiple of chunk_size, or run alone, are exact"
+                )
+        held = seen % c
         if width == s:
             valid = torch.cat([valid.new_ones(batch, seen), valid], 1)
         return ~valid[:, -s:], valid[:, seen - held :]
@@ -686,26 +699,50 @@ class MegalodonForCausalLM(MegalodonPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        next_sequence_length: int | None = None,
+        is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict[str, Any]:
-        """Feed only the tokens the cache has not seen; the cache is a ``MegalodonCache``."""
+        """Feed only the tokens the cache has not seen; the cache is a ``MegalodonCache``.
+
+        How many are new: ``next_sequence_length`` when ``generate`` says so, else the attention
+        mask's width (or the prompt's length) minus the tokens the cache has seen. A prompt given
+        as ``inputs_embeds`` is used on the first step (``input_ids`` then holds only generated
+        tokens). Positions come from the cache, so ``position_ids`` is not forwarded."""
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         kwargs.pop("past_key_values", None)
-        for key in ("next_sequence_length", "position_ids", "cache_position", "is_first_iteration"):
+        for key in ("position_ids", "cache_position"):
             kwargs.pop(key, None)
         seen = cache.get_seq_length() if isinstance(cache, MegalodonCache) else 0
         inputs: dict[str, Any] = {}
-        if inputs_embeds is not None and seen == 0:
-            inputs["inputs_embeds"] = inputs_embeds
+        if inputs_embeds is not None and (is_first_iteration or seen == 0):
+            new = (
+                inputs_embeds.shape[1] - seen
+                if next_sequence_length is None
+                else next_sequence_length
+            )
+            source, key = inputs_embeds, "inputs_embeds"
         else:
-            inputs["input_ids"] = input_ids[:, seen:]
+            if next_sequence_length is not None:
+                new = next_sequence_length
+            elif attention_mask is not None and attention_mask.shape[1] > input_ids.shape[1]:
+                new = attention_mask.shape[1] - seen  # input_ids hold only the generated tokens
+            else:
+                new = input_ids.shape[1] - seen
+            source, key = input_ids, "input_ids"
+        if not 0 < new <= source.shape[1]:
+            raise ValueError(
+                f"Megalodon: the cache has seen {seen} tokens; the inputs hold {source.shape[1]}, "
+                "so there is no new token to feed (continue with the full sequence or new tokens)"
+            )
+        inputs[key] = source[:, -new:]
         if isinstance(cache, MegalodonCache):
             inputs["cache"] = cache
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask
-        for key, value in kwargs.items():
-            if key not in inputs and key not in ("labels",):
-                inputs[key] = value
+        for name, value in kwargs.items():
+            if name not in inputs and name != "labels":
+                inputs[name] = value
         return inputs
 
 

@@ -344,47 +344,15 @@ def _forward(x, p, q, eta, h0):
     hlast = torch.empty(batch, dim, n_dim, 2, device=dev, dtype=torch.float32)
     qc = _pow_pairs(as_complex(q, torch.float32), chunk)
     _chunk_state[(grid_bd, n_chunks)](
-        x,
-        p,
-        q,
-        s,
-        length,
-        dim,
-        n_dim,
-        chunk,
-        n_chunks,
-        BLOCK_D=bd,
-        BLOCK_N=bn,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
-    )
+        x, p, q, s, length, dim, n_dim, chunk, n_chunks, BLOCK_D=bd, BLOCK_N=bn  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
+    )  # fmt: skip
     h0_arg = h0 if h0 is not None else s  # unused when HAS_H0 is False
     _chunk_carry[(grid_bd,)](
-        s,
-        qc,
-        h0_arg,
-        hin,
-        dim,
-        n_dim,
-        n_chunks,
-        HAS_H0=h0 is not None,
-        BLOCK_D=bd,
-        BLOCK_N=bn,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
-    )
+        s, qc, h0_arg, hin, dim, n_dim, n_chunks, HAS_H0=h0 is not None, BLOCK_D=bd, BLOCK_N=bn  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
+    )  # fmt: skip
     _chunk_output[(grid_bd, n_chunks)](
-        x,
-        p,
-        q,
-        eta,
-        hin,
-        y,
-        hlast,
-        length,
-        dim,
-        n_dim,
-        chunk,
-        n_chunks,
-        BLOCK_D=bd,
-        BLOCK_N=bn,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
-    )
+        x, p, q, eta, hin, y, hlast, length, dim, n_dim, chunk, n_chunks, BLOCK_D=bd, BLOCK_N=bn  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
+    )  # fmt: skip
     return y, hlast
 
 
@@ -409,33 +377,11 @@ def _backward(x, p, q, eta, h0, dy, dhl):
     trans = torch.cat([_pow_pairs(cq, chunk), torch.view_as_real(lead)], -1)
     trans = trans.contiguous()
     _bwd_chunk_state[(grid_bd, n_chunks)](
-        x,
-        dy,
-        dhl,
-        p,
-        q,
-        eta,
-        g,
-        length,
-        dim,
-        n_dim,
-        chunk,
-        n_chunks,
-        BLOCK_D=bd,
-        BLOCK_N=bn,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
-    )
+        x, dy, dhl, p, q, eta, g, length, dim, n_dim, chunk, n_chunks, BLOCK_D=bd, BLOCK_N=bn  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
+    )  # fmt: skip
     _bwd_chunk_carry[(grid_bd,)](
-        g,
-        trans,
-        gin,
-        gfirst,
-        dim,
-        n_dim,
-        n_chunks,
-        chunk,
-        BLOCK_D=bd,
-        BLOCK_N=bn,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
-    )
+        g, trans, gin, gfirst, dim, n_dim, n_chunks, chunk, BLOCK_D=bd, BLOCK_N=bn  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
+    )  # fmt: skip
     _bwd_chunk_output[(grid_bd, n_chunks)](
         x, dy, dhl, p, q, eta, gin, dx, dp, dq, deta, length, dim, n_dim, chunk, n_chunks,
         BLOCK_D=bd, BLOCK_N=bn,  # pyright: ignore[reportArgumentType]  (Triton takes ints for tl.constexpr)
