@@ -515,9 +515,11 @@ def _gemm_config(
     transpose: bool,
     opts: KernelOptions | None = None,
     interpreted: bool | None = None,
+    elem_bytes: int = 2,
 ) -> dict[str, int]:
     """Tiles per kernel kind (override keys ``glu``, ``glu_bwd``, ``gemm_t``, ``gemm``); ``glu``
-    has two accumulators, so its BLOCK_N is half the output-column footprint."""
+    has two accumulators, so its BLOCK_N is half the output-column footprint. ``elem_bytes``:
+    the operands' element size (float32 operands get half the K tile at large batches)."""
     opts = opts or kernel_options()
     key = config_key(epilogue, transpose)
     if triton_interpreting() if interpreted is None else interpreted:
@@ -537,6 +539,9 @@ def _gemm_config(
         # one program per SM (persistent_probe.csv, H100): the plain GEMMs' last partial wave
         # goes away (8k gemm 0.79 -> 0.57 ms); flattening helps the GLU epilogues a little
         cfg.update(opts.persistent_large.get(key, {}))
+        if elem_bytes >= 4:  # float32: these tiles need 288-352 KiB of shared memory at 3-4
+            # stages (AOT sweep for sm_90), over the H100's 227 KiB per block; BLOCK_K 32 halves it
+            cfg["BLOCK_K"] = 32
     return {**cfg, **opts.config_overrides.get(key, {})}
 
 
@@ -647,7 +652,7 @@ def gather_gemm_scatter(
             BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GLU=glu, num_warps=cfg["num_warps"],
         )  # fmt: skip
         return y, h_out
-    cfg = _gemm_config(pairs, epilogue, transpose_weight, opts)
+    cfg = _gemm_config(pairs, epilogue, transpose_weight, opts, elem_bytes=x.element_size())
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     # W through TMA: the [E * rows, cols] view; a transposed tile walks rows along K, so K must
     # split into whole tiles (no reads into the next expert's rows).
@@ -811,7 +816,9 @@ def _aot_gemm(dtype, kind_args, pairs, opts):
         kind_args["transpose"],
         *(kind_args["src_dst"]),
     )
-    cfg = _gemm_config(pairs, epilogue, transpose, opts, interpreted=False)
+    cfg = _gemm_config(
+        pairs, epilogue, transpose, opts, interpreted=False, elem_bytes=dtype.itemsize
+    )
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     tma = opts.use_tma and pairs > opts.tma_min_pairs
     w_options = (True, False) if tma else (False,)
