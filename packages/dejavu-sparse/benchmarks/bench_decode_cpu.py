@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -98,7 +99,9 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g) -> list[dict]:
             sel = int(density * n)
             idx = torch.randperm(n, generator=g)[:sel].sort().values
             xs = xi[:, idx].contiguous()
-            fns = {"contig": lambda x=x, sel=sel: [x @ w[:sel].t() for w in ws]}
+            fns: dict[str, Callable[[], object]] = {
+                "contig": lambda x=x, sel=sel: [x @ w[:sel].t() for w in ws]
+            }
             if "rows" in ops:
                 fns["dense_rows"] = lambda x=x: [x @ w.t() for w in ws]
                 fns["gather_rows"] = lambda x=x, idx=idx: [gather_rows(x, w, idx) for w in ws]
@@ -200,17 +203,17 @@ def block_rows(
 def main() -> None:
     from llama8b import build, calibration
 
-    from tensor_utils_dev.bench import environment_tags, write_csv
+    from tensor_utils_dev.bench import environment_tags, results_dir, write_csv
 
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--context", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-kernels", action="store_true")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--batches", type=int, nargs="+", default=[1])
     p.add_argument("--modes", nargs="+", default=["dejavu", "teal", "cats"])
-    p.add_argument("--sparsities", type=float, nargs="+", default=[0.4, 0.5, 0.7])
-    p.add_argument("--out", default=str(HERE / "results" / "decode_cpu.csv"))
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
+    p.add_argument("--out", default=str(results_dir(__file__) / "decode_cpu.csv"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dtype = torch.float32

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,7 @@ class Layer:
         # several copies so that one replay streams more than the L2 (as in a deep model)
         self.copies = []
         for _ in range(layers):
-            c = {"q": w(H * HD, D), "k": w(KVH * HD, D), "v": w(KVH * HD, D), "o": w(D, H * HD),
+            c: dict[str, Any] = {"q": w(H * HD, D), "k": w(KVH * HD, D), "v": w(KVH * HD, D), "o": w(D, H * HD),
                  "gate": w(INTER, D), "up": w(INTER, D), "down": w(D, INTER)}  # fmt: skip
             c["gate_up"] = torch.stack((c["gate"], c["up"]), 1).reshape(2 * INTER, D)
             c["down_t"] = c["down"].t().contiguous()

@@ -16,6 +16,7 @@ import csv
 import statistics
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -44,7 +45,7 @@ def load(name: str):
     return load_qwen_coder(name.split("-", 1)[1])
 
 
-def calibration_for(model, tok, name: str, path: Path):
+def calibration_for(model, tok, path: Path, tokens: int):
     """The cached calibration of ``name``, else a TEAL/CATS-only one (thresholds; tiny
     predictors that these runs do not use) on the calibration text, saved for reuse."""
     from dejavu_sparse import Calibration, calibrate
@@ -53,7 +54,7 @@ def calibration_for(model, tok, name: str, path: Path):
     try:
         return Calibration.load(path, model)
     except Exception:
-        ids = tok(stdlib_text("calibration"), return_tensors="pt")["input_ids"][0][:4096]
+        ids = tok(stdlib_text("calibration"), return_tensors="pt")["input_ids"][0][:tokens]
         calib = calibrate(model, ids, seq_len=256, rank=8, epochs=1, greedy=False,
                           source="pydoc_data.topics (calibration topics)")  # fmt: skip
         calib.save(path)
@@ -65,7 +66,7 @@ def main() -> None:
     from dejavu_sparse.evaluate import perplexity
     from dejavu_sparse.text import stdlib_text
 
-    from tensor_utils_dev.bench import environment_tags, write_csv
+    from tensor_utils_dev.bench import environment_tags, results_dir, write_csv
     from tensor_utils_dev.models import cache_root
 
     p = argparse.ArgumentParser()
@@ -73,12 +74,14 @@ def main() -> None:
     p.add_argument("--mode", help="default (SmolLM2): the best mode within 5%% perplexity")
     p.add_argument("--sparsity", type=float)
     p.add_argument("--uniform", action="store_true", help="TEAL without the greedy allocation")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--batches", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--eval-tokens", type=int, default=1024, help="perplexity tokens (0: skip)")
+    p.add_argument("--eval-tokens", type=int, default=512, help="perplexity tokens (0: skip)")
     p.add_argument("--calibration", help="default: the cache's dejavu-sparse/<model>")
+    p.add_argument("--calib-tokens", type=int, default=1024,
+                   help="tokens for a new calibration (thresholds only)")  # fmt: skip
     p.add_argument("--out", help="default: results/e2e_cpu_<model>.csv")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,8 +92,9 @@ def main() -> None:
         mode, sparsity, greedy = args.mode, float(args.sparsity or 0.3), not args.uniform
         name = mode if greedy or mode != "teal" else "teal_uniform"
     model, tok = load(args.model)
+    model = cast(Any, model)  # a transformers causal LM (its stubs do not type generate)
     path = args.calibration or str(cache_root() / "dejavu-sparse" / args.model)
-    calib = calibration_for(model, tok, args.model, Path(path))
+    calib = calibration_for(model, tok, Path(path), args.calib_tokens)
     ratio = dense_ppl = sparse_ppl = float("nan")
     if args.eval_tokens:
         ev = tok(stdlib_text("evaluation"), return_tensors="pt")["input_ids"][0][: args.eval_tokens]
@@ -118,7 +122,8 @@ def main() -> None:
                                  do_sample=False)  # fmt: skip
             return time.perf_counter() - t0, out
 
-        gen(False), gen(True)  # warm-up
+        gen(False)  # warm-up
+        gen(True)
         times = {True: [], False: []}
         outs = {}
         for _ in range(args.rounds):
@@ -138,7 +143,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     tags = {**environment_tags(packages=["dejavu-sparse"]), "dtype": "float32",
             "threads": str(args.threads)}  # fmt: skip
-    out = args.out or str(HERE / "results" / f"e2e_cpu_{args.model}.csv")
+    out = args.out or str(results_dir(__file__) / f"e2e_cpu_{args.model}.csv")
     write_csv(out, rows, tags=tags)
     print(f"wrote {out}")
 

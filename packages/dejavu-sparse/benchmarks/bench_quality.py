@@ -56,36 +56,46 @@ def main() -> None:
     from dejavu_sparse.evaluate import perplexity
     from dejavu_sparse.text import stdlib_text
 
-    from tensor_utils_dev.bench import environment_tags, write_csv
+    from tensor_utils_dev.bench import environment_tags, results_dir, write_csv
     from tensor_utils_dev.models import cache_root, load_smollm2
 
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=str(HERE / "results" / "quality_cpu.csv"))
+    p.add_argument("--out", default=str(results_dir(__file__) / "quality_cpu.csv"))
     p.add_argument("--calibration", default=str(cache_root() / "dejavu-sparse" / "smollm2"),
                    help="reused when present (delete to recalibrate)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--configs", default=",".join(c[0] for c in CONFIGS))
+    p.add_argument("--configs", default="dejavu,teal_uniform,cats",
+                   help=f"comma-separated, from {','.join(c[0] for c in CONFIGS)}")  # fmt: skip
+    p.add_argument("--sparsities", default="0.3,0.5", help="comma-separated (page: 0.2,...,0.7)")
     p.add_argument("--no-dense", action="store_true", help="append to an existing CSV")
     p.add_argument("--no-recall", action="store_true")
     p.add_argument("--rank", type=int, default=128, help="predictor rank (a 576-wide model)")
+    p.add_argument("--calib-tokens", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--no-lookahead", action="store_true", help="predictors read their own block")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_smollm2()
-    calib_tokens, eval_tokens, seq = (2048, 512, 256) if args.quick else (4096, 1024, 256)
-    sparsities = [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    calib_tokens, eval_tokens, seq = (
+        (2048, 512, 256) if args.quick else (args.calib_tokens, 1024, 256)
+    )
+    sparsities = [0.0, *(float(v) for v in args.sparsities.split(","))]
     cal_ids = tok(stdlib_text("calibration"), return_tensors="pt")["input_ids"][0][:calib_tokens]
     ev_ids = tok(stdlib_text("evaluation"), return_tensors="pt")["input_ids"][0][:eval_tokens]
     t0 = time.perf_counter()
     try:
         calib = Calibration.load(args.calibration, model)
     except Exception:
-        calib = calibrate(model, cal_ids, seq_len=seq, rank=args.rank, epochs=5,
+        calib = calibrate(model, cal_ids, seq_len=seq, rank=args.rank, epochs=args.epochs,
+                          lookahead=not args.no_lookahead,
                           source="pydoc_data.topics (calibration topics)")  # fmt: skip
         calib.save(args.calibration)
     print(f"calibration ready in {time.perf_counter() - t0:.0f} s", flush=True)
     tags = {**environment_tags(packages=["dejavu-sparse"]), "model": "SmolLM2-135M-Instruct",
             "calib_tokens": str(calib.manifest["tokens"]), "eval_tokens": str(ev_ids.numel()),
+            "predictor_rank": str(calib.manifest["rank"]),
+            "lookahead": str(calib.manifest.get("lookahead", True)),
             "dtype": "float32"}  # fmt: skip
     rows = []
     dense = perplexity(model, ev_ids, seq_len=seq)

@@ -4,6 +4,8 @@ this model's own activations, so the requested sparsity is met)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
@@ -14,11 +16,11 @@ def build(dtype=torch.float32, device="cpu", layers: int = 1, vocab: int = 256, 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    extra: dict[str, Any] = {"rope_theta": 500000.0, "attn_implementation": "sdpa"}
     config = LlamaConfig(vocab_size=vocab, num_hidden_layers=layers, max_position_embeddings=8192,
-                         rope_theta=500000.0, attn_implementation="sdpa", tie_word_embeddings=True,
-                         **LLAMA3_8B)  # fmt: skip
+                         tie_word_embeddings=True, **LLAMA3_8B, **extra)  # fmt: skip
     with torch.device(device):
-        model = LlamaForCausalLM(config)
+        model: Any = LlamaForCausalLM(config)
     return model.to(dtype).eval()
 
 

@@ -12,8 +12,12 @@ EVALUATION_TOPICS = ("atom-identifiers", "binary", "booleans", "bltin-code-objec
 
 
 def stdlib_text(part: str = "calibration") -> str:
-    """``part``: ``"calibration"`` or ``"evaluation"`` (disjoint topic sets)."""
+    """``part``: ``"calibration"`` or ``"evaluation"`` (disjoint topic sets); the calibration
+    part lists ``CALIBRATION_TOPICS`` first, then every other topic outside the evaluation set
+    (about 87k SmolLM2 tokens in all), so a longer calibration reads more distinct text."""
     from pydoc_data.topics import topics
 
-    names = CALIBRATION_TOPICS if part == "calibration" else EVALUATION_TOPICS
-    return "\n\n".join(topics[n] for n in names if n in topics)
+    if part != "calibration":
+        return "\n\n".join(topics[n] for n in EVALUATION_TOPICS if n in topics)
+    rest = sorted(set(topics) - set(CALIBRATION_TOPICS) - set(EVALUATION_TOPICS))
+    return "\n\n".join(topics[n] for n in (*CALIBRATION_TOPICS, *rest) if n in topics)
