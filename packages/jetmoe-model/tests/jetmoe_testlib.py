@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import torch
 
-TINY = dict(
+M = TypeVar("M", bound=torch.nn.Module)
+
+TINY: dict[str, Any] = dict(
     vocab_size=97,
     hidden_size=32,
     num_hidden_layers=2,
@@ -18,7 +22,7 @@ TINY = dict(
 )
 
 
-def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
+def randomize_(model: M, seed: int = 0, scale: float = 0.3) -> M:
     """Overwrite every parameter (biases and norms too) with seeded random values."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -43,11 +47,14 @@ def transformers_twin(ours, attn: str = "eager"):
         num_local_experts=cfg.num_local_experts,
         num_experts_per_tok=cfg.num_experts_per_tok,
         rms_norm_eps=cfg.rms_norm_eps,
-        attn_implementation=attn,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters=dict(cfg.rope_parameters),
     )
     theirs = JetMoeForCausalLM(theirs_cfg)
+    theirs.set_attn_implementation(attn)
     theirs.load_state_dict(ours.state_dict(), strict=True)
-    return theirs.to(next(ours.parameters()).dtype).eval()
+    dtype = next(ours.parameters()).dtype
+    return theirs.to(dtype).eval()  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
 
 
 def set_kernel_options(monkeypatch, **changes) -> None:

@@ -87,7 +87,10 @@ def test_transformers_names_and_same_value_under_both_names():
         ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive int"),
         ({"expert_backend": "cuda"}, "expert_backend 'cuda'"),
         ({"activation_function": "swoosh"}, "unknown activation_function"),
-        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
+        ({"rope_parameters": {"rope_type": "nope"}}, "rope_type 'nope' is not one of"),
+        ({"rope_scaling": {"rope_type": "linear"}}, "Missing required keys.*factor"),
+        ({"rope_scaling": {"type": "yarn", "factor": 0.5}}, "factor must be a number >= 1"),
+        ({"rope_parameters": "linear"}, "rope_parameters must be a dict"),
     ],
 )
 def test_bad_config_is_a_clear_one_line_error(kwargs, message):

@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+import transformers
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM, JetMoEForSequenceClassification
 from jetmoe_testlib import TINY, randomize_, transformers_twin
 
@@ -272,25 +273,126 @@ def test_layers_are_gradient_checkpointing_layers():
     assert ours.lm_head.weight.grad is not None
 
 
-def test_missing_tensors_load_and_are_reported_with_output_loading_info(tmp_path):
-    from jetmoe_model import CheckpointMismatchError
+def test_packed_sequences_attend_within_themselves_as_in_transformers():
+    """Padding-free batches (DataCollatorWithFlattening: position ids restart, no mask, no cache)
+    give each packed sequence the logits it gets alone, and transformers' JetMoe's logits."""
+    ours = tiny_model()
+    theirs = transformers_twin(ours, attn="sdpa")
+    a, b = ids(batch=1, length=5, seed=1), ids(batch=1, length=4, seed=2)
+    packed = torch.cat([a, b], dim=1)
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]])
+    for attn in ("sdpa", "eager"):
+        ours.set_attn_implementation(attn)
+        with torch.no_grad():
+            got = ours(packed, position_ids=position_ids, use_cache=False).logits
+            alone = torch.cat([ours(a).logits, ours(b).logits], dim=1)
+            torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-5)
+            want = theirs(packed, position_ids=position_ids, use_cache=False).logits
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_state_indices_as_transformers():
+    ours = tiny_model()
+    theirs = transformers_twin(ours)
+    x = ids()
+    with torch.no_grad():
+        got = ours.model(x, output_hidden_states=[0, -1]).hidden_states
+        want = theirs.model(x, output_hidden_states=[0, -1]).hidden_states
+    assert [h is None for h in got] == [h is None for h in want] == [False, True, False]
+    for g, w in zip(got, want, strict=True):
+        if g is not None:
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+# -- RoPE scaling ------------------------------------------------------------------------------
+
+ROPE_CASES = {
+    "linear": {"factor": 2.0},
+    "dynamic": {"factor": 2.0},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 8},
+    "llama3": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8,
+    },
+    "longrope": {
+        "factor": 2.0,
+        "short_factor": [1.0, 1.1, 1.2, 1.3],
+        "long_factor": [1.5, 2.0, 2.5, 3.0],
+        "original_max_position_embeddings": 8,
+    },
+}
+
+
+@pytest.mark.parametrize("rope_type", sorted(ROPE_CASES))
+def test_rope_scaling_equals_transformers(rope_type):
+    """Each transformers RoPE type on the config gives transformers' JetMoe's logits on identical
+    weights, within and past the trained length (dynamic NTK and LongRoPE switch there)."""
+    rope = {"rope_type": rope_type, "rope_theta": 10000.0, **ROPE_CASES[rope_type]}
+    ours = tiny_model(max_position_embeddings=8, rope_parameters=rope)
+    plain = tiny_model(max_position_embeddings=8)
+    theirs = transformers_twin(ours)
+    for length in (6, 13):
+        x = ids(length=length)
+        with torch.no_grad():
+            got, want = ours(x).logits, theirs(x).logits
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+            if rope_type == "dynamic" and length <= 8:
+                torch.testing.assert_close(got, plain(x).logits)  # acts past the length only
+            else:
+                assert not torch.allclose(got, plain(x).logits, atol=1e-4)  # the scaling acts
+
+
+def test_legacy_rope_scaling_key_and_round_trip(tmp_path):
+    cfg = JetMoEConfig(**TINY, rope_scaling={"type": "linear", "factor": 4.0})
+    assert cfg.rope_parameters["rope_type"] == "linear" and cfg.rope_parameters["factor"] == 4.0
+    cfg.save_pretrained(tmp_path)
+    assert JetMoEConfig.from_pretrained(tmp_path).rope_parameters == cfg.rope_parameters
+    theirs = transformers.JetMoeConfig.from_pretrained(tmp_path)
+    assert theirs.rope_parameters["rope_type"] == "linear"
+    assert theirs.rope_parameters["factor"] == 4.0
+
+
+def test_rotary_buffers_survive_meta_loading(tmp_path):
+    from jetmoe_model import load_checkpoint
+
+    model = tiny_model(rope_parameters={"rope_type": "linear", "factor": 2.0})
+    model.save_pretrained(tmp_path)
+    x = ids()
+    with torch.no_grad():
+        want = model(x).logits
+        for again in (JetMoEForCausalLM.from_pretrained(tmp_path), load_checkpoint(tmp_path)):
+            assert again.model.rotary_emb.inv_freq.dtype == torch.float32
+            torch.testing.assert_close(again.eval()(x).logits, want)
+
+
+def test_missing_tensors_load_and_are_reported_as_transformers_does(tmp_path):
+    """transformers 5.x loads a checkpoint with missing or extra tensors, initialises the missing
+    ones and lists both in its load report (and in ``output_loading_info``); a shape mismatch is a
+    RuntimeError. Ours behaves the same, on the same checkpoint as transformers' own JetMoe."""
     from safetensors.torch import load_file, save_file
 
     model = tiny_model()
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     state.pop("model.layers.1.mlp.bias")
+    state["extra.weight"] = torch.zeros(3)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointMismatchError, match="lacks 1 tensor"):
-        JetMoEForCausalLM.from_pretrained(tmp_path)  # refused unless the report is asked for
+    _, their_info = transformers.JetMoeForCausalLM.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    loaded = JetMoEForCausalLM.from_pretrained(tmp_path)  # loads, as transformers' does
+    torch.testing.assert_close(loaded.model.layers[0].mlp.bias, model.model.layers[0].mlp.bias)
     loaded, info = JetMoEForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == {"model.layers.1.mlp.bias"} or info["missing_keys"] == [
-        "model.layers.1.mlp.bias"
-    ]
-    torch.testing.assert_close(
-        loaded.model.layers[0].mlp.bias, model.model.layers[0].mlp.bias
-    )  # the present tensors are the checkpoint's
+    assert (
+        set(info["missing_keys"]) == set(their_info["missing_keys"]) == {"model.layers.1.mlp.bias"}
+    )
+    assert set(info["unexpected_keys"]) == set(their_info["unexpected_keys"]) == {"extra.weight"}
+    assert torch.isfinite(loaded.model.layers[1].mlp.bias).all()  # initialised, not empty
     state["model.layers.0.mlp.bias"] = torch.zeros(5)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RuntimeError):
+        transformers.JetMoeForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match=r"model.layers.0.mlp.bias.*\[5\]"):
-        JetMoEForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+        JetMoEForCausalLM.from_pretrained(tmp_path)

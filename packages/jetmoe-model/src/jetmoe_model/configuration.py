@@ -190,18 +190,16 @@ class JetMoEConfig(PreTrainedConfig):
     def __init__(self, **kwargs: Any) -> None:
         ours, generic = _resolve(kwargs)
         values = {**DEFAULTS, **{k: v for k, v in ours.items() if k in DEFAULTS}}
-        rope = ours.get("rope_parameters")
-        if isinstance(rope, dict):
-            rope_type = rope.get("rope_type", rope.get("type", "default"))
-            if rope_type != "default":
-                raise JetMoEConfigError(
-                    f"JetMoEConfig: rope_type {rope_type!r} is not supported (only 'default')"
-                )
-            if "rope_theta" in rope and "rope_theta" not in ours:
-                values["rope_theta"] = rope["rope_theta"]
-        if generic.get("rope_scaling"):
-            raise JetMoEConfigError("JetMoEConfig: rope_scaling is not supported")
-        generic.pop("rope_scaling", None)
+        # RoPE as transformers' configs take it: ``rope_parameters`` (``rope_type`` one of
+        # transformers' ROPE_INIT_FUNCTIONS or "default"), or the legacy ``rope_scaling`` dict
+        rope = generic.pop("rope_scaling", None) or ours.get("rope_parameters")
+        if rope is not None and not isinstance(rope, dict):
+            raise JetMoEConfigError(
+                f"JetMoEConfig: rope_parameters must be a dict, got {type(rope).__name__}"
+            )
+        rope = dict(rope or {})
+        if "rope_theta" in rope and "rope_theta" not in ours:
+            values["rope_theta"] = rope["rope_theta"]
         for key, expected in FIXED.items():
             if key in ours and ours[key] != expected:
                 raise JetMoEConfigError(
@@ -210,9 +208,12 @@ class JetMoEConfig(PreTrainedConfig):
         for key, value in values.items():
             setattr(self, key, value)
         self.rope_theta = float(self.rope_theta)
-        self.rope_parameters = {"rope_type": "default", "rope_theta": self.rope_theta}
+        rope_type = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
+        rope.pop("type", None)  # the legacy spelling of rope_type
+        self.rope_parameters = {"rope_type": rope_type, **rope, "rope_theta": self.rope_theta}
         self._validate(ours.get("num_attention_heads"))
         self.num_attention_heads = self.num_key_value_heads * self.num_experts_per_tok
+        self._validate_rope()
         super().__init__(**generic)
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +268,32 @@ class JetMoEConfig(PreTrainedConfig):
         if self.activation_function not in ACT2FN:
             raise JetMoEConfigError(
                 f"JetMoEConfig: unknown activation_function {self.activation_function!r}"
+            )
+
+    def _validate_rope(self) -> None:
+        """RoPE parameters checked with transformers' own rules (``validate_rope``); an unknown
+        ``rope_type`` or a missing or bad parameter is one line."""
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        rope_type = self.rope_parameters["rope_type"]
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise JetMoEConfigError(
+                f"JetMoEConfig: rope_type {rope_type!r} is not one of default, "
+                f"{', '.join(ROPE_INIT_FUNCTIONS)}"
+            )
+        self.standardize_rope_params()  # e.g. yarn's original_max_position_embeddings
+        factor = self.rope_parameters.get("factor", 1.0)
+        problem = None
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 1:
+            problem = f"factor must be a number >= 1, got {factor!r}"  # transformers only warns
+        else:
+            try:
+                self.validate_rope()
+            except (KeyError, TypeError, ValueError) as error:
+                problem = str(error).strip("\"'")
+        if problem is not None:
+            raise JetMoEConfigError(
+                f"JetMoEConfig: rope_parameters {self.rope_parameters}: {problem}"
             )
 
     @property

@@ -44,7 +44,8 @@ def load_checkpoint(
         model = JetMoEForCausalLM(config)
     model = model.to_empty(device=device)
     if dtype is not None:
-        model = model.to(dtype)
+        model = model.to(dtype)  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
+    model.model.rotary_emb.reset_frequencies()  # float32 buffers, not in the checkpoint
     params = dict(model.named_parameters(remove_duplicate=False))
     with open_checkpoint(path) as ckpt, torch.no_grad():
         for name, tensor in ckpt.iter_tensors():

@@ -43,7 +43,8 @@ from transformers.modeling_layers import (
     GenericForSequenceClassification,
     GradientCheckpointingLayer,
 )
-from transformers.utils import ModelOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.utils.generic import ModelOutput
 
 from tensor_utils.checkpoint import CheckpointNotFoundError
 
@@ -79,21 +80,61 @@ class JetMoERMSNorm(nn.Module):
 
 
 class JetMoERotaryEmbedding(nn.Module):
-    """RoPE over ``kv_channels``. The inverse frequencies are recomputed per call (``d/2``
-    values): a buffer would be left uninitialised by meta-device loading."""
+    """RoPE over ``kv_channels``, as transformers' rotary embeddings: ``config.rope_parameters``
+    picks the frequencies (``rope_type`` "default" or one of transformers' ``ROPE_INIT_FUNCTIONS``:
+    linear, dynamic NTK, YaRN, LongRoPE, Llama 3), ``dynamic_rope_update`` re-derives them for
+    dynamic / LongRoPE past the trained length, and ``attention_scaling`` (YaRN, LongRoPE) scales
+    cos and sin. ``inv_freq`` is a non-persistent buffer that ``_init_weights`` fills in (also
+    after meta-device loading)."""
 
-    def __init__(self, config: JetMoEConfig) -> None:
+    inv_freq: torch.Tensor
+    original_inv_freq: torch.Tensor
+
+    def __init__(self, config: JetMoEConfig, device=None) -> None:
         super().__init__()
-        self.dim = config.kv_channels
-        self.theta = config.rope_theta
+        self.config = config
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        params = config.rope_parameters or {}
+        self.rope_type = params.get("rope_type", params.get("type", "default"))
+        inv_freq, self.attention_scaling = self.rope_init_fn(config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
-        exponent = torch.arange(0, self.dim, 2, device=position_ids.device).float() / self.dim
-        inv_freq = 1.0 / (self.theta**exponent)
+    def reset_frequencies(self) -> None:
+        """Fill the frequency buffers from the config (after ``to_empty`` or meta loading)."""
+        inv_freq, self.attention_scaling = self.rope_init_fn(self.config, self.inv_freq.device)
+        self.inv_freq = inv_freq.float()  # float32, whatever dtype the module was cast to
+        self.original_inv_freq = inv_freq.float().clone()
+        self.max_seq_len_cached = self.original_max_seq_len
+
+    @property
+    def rope_init_fn(self):
+        if self.rope_type == "default":
+            return self.compute_default_rope_parameters
+        return ROPE_INIT_FUNCTIONS[self.rope_type]
+
+    @staticmethod
+    def compute_default_rope_parameters(
+        config: JetMoEConfig, device=None, seq_len: int | None = None, **kwargs
+    ) -> tuple[torch.Tensor, float]:
+        """Plain RoPE (the released model): ``theta ** (-2i / d)``, no output scaling."""
+        base = (config.rope_parameters or {}).get("rope_theta", config.rope_theta)
+        dim = config.kv_channels
+        exponent = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float)
+        return 1.0 / (base ** (exponent / dim)), 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        """``(cos, sin)`` of shape ``[batch, seq, kv_channels]`` in ``x``'s dtype."""
+        inv_freq = self.inv_freq.to(device=x.device, dtype=torch.float)
         freqs = position_ids[..., None].float() * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -390,21 +431,26 @@ class JetMoEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["JetMoEBlock"]
     _supports_sdpa = True
-    # the attention reads config._attn_implementation per call ("eager" or SDPA), so
-    # set_attn_implementation() may switch it (transformers' source heuristic cannot tell)
-    _can_set_attn_implementation_cached_value = True
     # from_pretrained checks a local checkpoint against the causal-LM / base-model layout
     _check_released_layout = True
     _can_compile_fullgraph = False  # the reference loop reads offsets on the host
     main_input_name = "input_ids"
 
     @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """The attention reads ``config._attn_implementation`` per call ("eager" or SDPA), so
+        ``set_attn_implementation()`` may switch it. transformers decides this from the module
+        source (``ALL_ATTENTION_FUNCTIONS``; 5.2x caches the answer), which cannot tell here."""
+        return True
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' loader, after checking a local checkpoint's tensors against the config:
-        a tensor of the wrong shape is refused (``CheckpointMismatchError``, a ``RuntimeError``
-        as transformers raises), so are missing or extra tensors, unless the caller asks for
-        ``output_loading_info=True``: then they are loaded around and reported in it, as
-        transformers does."""
+        """transformers' loader, after checking a local checkpoint's tensor shapes against the
+        config: a tensor of the wrong shape is refused with one line naming it and the config
+        key behind it (``CheckpointMismatchError``, a ``RuntimeError`` as transformers raises).
+        Missing and extra tensors load as in transformers: the missing ones are initialised,
+        both are listed in transformers' load report (a warning) and in
+        ``output_loading_info=True``'s dict. ``load_checkpoint`` is the strict loader."""
         path = Path(str(pretrained_model_name_or_path))
         if (
             cls._check_released_layout
@@ -415,7 +461,7 @@ class JetMoEPreTrainedModel(PreTrainedModel):
             if not isinstance(config, JetMoEConfig):
                 config = JetMoEConfig.from_pretrained(path)
             with contextlib.suppress(CheckpointNotFoundError):  # no weights: transformers reports
-                check_checkpoint(config, path, complete=not kwargs.get("output_loading_info"))
+                check_checkpoint(config, path, complete=False)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @torch.no_grad()
@@ -423,14 +469,17 @@ class JetMoEPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear | nn.Embedding | ParallelExperts):
             module.weight.normal_(mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()
         elif isinstance(module, JetMoEMoE | JetMoEMoA):
             module.bias.zero_()
         elif isinstance(module, JetMoERMSNorm):
             module.weight.fill_(1.0)
+        elif isinstance(module, JetMoERotaryEmbedding):
+            module.reset_frequencies()
 
 
 def _with_cache(output_cls, cache, **fields):
@@ -442,6 +491,15 @@ def _with_cache(output_cls, cache, **fields):
     return out
 
 
+def packed_sequence_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Which packed sequence each token belongs to (``[B, S]``), from position ids that restart
+    (``[[0, 1, 0, 1, 2]]`` -> ``[[0, 0, 1, 1, 1]]``), as transformers'
+    ``find_packed_sequence_indices``; ``None`` when every row holds one sequence."""
+    first = position_ids[:, :1] - 1
+    ids = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    return None if bool((ids[:, -1] == 0).all()) else ids
+
+
 def _causal_mask(
     attention_mask: torch.Tensor | None,
     batch: int,
@@ -449,22 +507,29 @@ def _causal_mask(
     past: int,
     device,
     explicit: bool = False,
+    packed: torch.Tensor | None = None,
 ) -> torch.Tensor | bool:
     """What SDPA gets: ``True`` (plain causal), ``False`` (no mask: one query over the whole
-    cache) or a boolean ``[B, 1, q, past + q]`` mask (padding, a chunk after a cache, or
-    ``explicit``: a static cache, whose empty slots must be masked). A 4-D mask (boolean, or
-    additive float with 0 = attend) is used as given."""
+    cache) or a boolean ``[B, 1, q, past + q]`` mask (padding, a chunk after a cache,
+    ``explicit``: a static cache, whose empty slots must be masked, or ``packed``: sequence ids of
+    packed sequences, each attending only within itself). A 4-D mask (boolean, or additive float
+    with 0 = attend) is used as given."""
     kv_len = past + q_len
     if attention_mask is not None and attention_mask.dim() == 4:
         if attention_mask.dtype != torch.bool:
             attention_mask = attention_mask == 0
         return attention_mask | ~attention_mask.any(-1, keepdim=True)
+    if packed is not None and past == 0:
+        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=device).tril()
+        return causal[None, None] & (packed[:, None, :, None] == packed[:, None, None, :])
     if attention_mask is None and not explicit:
         if past == 0:
             return True
         if q_len == 1:
             return False
-    elif attention_mask.dim() != 2 or attention_mask.shape[-1] != kv_len:
+    elif attention_mask is not None and (
+        attention_mask.dim() != 2 or attention_mask.shape[-1] != kv_len
+    ):
         raise ValueError(
             f"attention_mask must be [batch, past + new tokens] = [{batch}, {kv_len}], "
             f"got {tuple(attention_mask.shape)}"
@@ -504,7 +569,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -523,26 +588,34 @@ class JetMoEModel(JetMoEPreTrainedModel):
         checkpointing = self.gradient_checkpointing and self.training
         if checkpointing:
             use_cache = False
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
+        embeds: torch.Tensor = (
+            inputs_embeds if inputs_embeds is not None else self.embed_tokens(input_ids)
+        )
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if not use_cache:
             cache = None
-        batch, q_len = inputs_embeds.shape[:2]
+        batch, q_len = embeds.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -q_len:]
-            else:
-                position_ids = torch.arange(past, past + q_len, device=inputs_embeds.device)[None]
+        # packed sequences (padding-free batches: position ids restart, no attention mask, no
+        # cache) attend only within themselves, as in transformers' masks
+        packed = None
+        if position_ids is not None and attention_mask is None and cache is None:
+            packed = packed_sequence_ids(position_ids.expand(batch, -1))
+        positions: torch.Tensor
+        if position_ids is not None:
+            positions = position_ids
+        elif attention_mask is not None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -q_len:]
+        else:
+            positions = torch.arange(past, past + q_len, device=embeds.device)[None]
         static = cache is not None and not isinstance(cache, DynamicCache)
-        mask = _causal_mask(attention_mask, batch, q_len, past, inputs_embeds.device, static)
-        cos, sin = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        mask = _causal_mask(attention_mask, batch, q_len, past, embeds.device, static, packed)
+        cos, sin = self.rotary_emb(embeds, positions)
         if cos.shape[0] != batch:
             cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
 
-        hidden = inputs_embeds
+        hidden = embeds
         all_hidden = [] if output_hidden_states else None
         all_weights = [] if output_attentions else None
         logits, indices = [], []
@@ -561,6 +634,11 @@ class JetMoEModel(JetMoEPreTrainedModel):
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
+            if isinstance(output_hidden_states, list | tuple):
+                # transformers 5.x: a list of indices keeps those hidden states (negative ones
+                # count from the end), the others are None
+                keep = {i % len(all_hidden) for i in output_hidden_states}
+                all_hidden = [h if i in keep else None for i, h in enumerate(all_hidden)]
         out = _with_cache(
             JetMoEModelOutput,
             cache,
@@ -636,7 +714,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
@@ -712,9 +790,9 @@ class JetMoEForSequenceClassification(GenericForSequenceClassification, JetMoEPr
 
     def __init__(self, config: JetMoEConfig) -> None:
         JetMoEPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
+        self.num_labels = config.num_labels if config.num_labels is not None else 2
         self.model = JetMoEModel(config)
-        self.score = nn.Linear(config.hidden_size, int(self.num_labels), bias=False)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -730,5 +808,6 @@ __all__ = [
     "JetMoEForSequenceClassification",
     "JetMoEModel",
     "JetMoEPreTrainedModel",
+    "JetMoERotaryEmbedding",
     "router_losses",
 ]
