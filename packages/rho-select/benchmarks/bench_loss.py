@@ -97,7 +97,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=49152)
     p.add_argument("--ratio", type=float, default=0.6)
     p.add_argument("--chunk-size", type=int, default=0, help="rows per chunk (0: automatic)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (the page: 3)")
     p.add_argument("--breakdown", action="store_true")
     p.add_argument("--out", default=None, help="CSV path (default: results/loss_cpu.csv)")
     args = p.parse_args()

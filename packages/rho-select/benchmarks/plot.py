@@ -41,15 +41,17 @@ def read(name: str) -> list[dict]:
 
 
 def plot_selection(ax, rows: list[dict]) -> None:
-    """Validation loss over tokens seen per method: mean over seeds, band min..max."""
-    rows = [r for r in rows if r["method"] != "reference"]
+    """Validation loss over tokens seen per method: mean over seeds, band min..max; the
+    reference (trained on clean text only) dashed."""
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         curves[r["method"]][int(r["tokens_seen"])].append(float(r["val_loss"]))
     for method, points in curves.items():
         xs = sorted(points)
         mean = [sum(points[x]) / len(points[x]) for x in xs]
-        ax.plot([x / 1e3 for x in xs], mean, label=method, color=COLORS.get(method))
+        style = "--" if method == "reference" else "-"
+        label = "reference (clean only)" if method == "reference" else method
+        ax.plot([x / 1e3 for x in xs], mean, style, label=label, color=COLORS.get(method))
         ax.fill_between(
             [x / 1e3 for x in xs],
             [min(points[x]) for x in xs],
@@ -58,7 +60,7 @@ def plot_selection(ax, rows: list[dict]) -> None:
             alpha=0.2,
         )
     seeds = sorted({r["seed"] for r in rows})
-    first = rows[0] if rows else {}
+    first = next((r for r in rows if r["method"] == "selective"), rows[0] if rows else {})
     params = f"{int(first['params']) / 1e6:.1f}M params, " if first.get("params") else ""
     ax.set_xlabel("tokens seen (thousands)")
     ax.set_ylabel("validation loss, clean text (nats/token)")
