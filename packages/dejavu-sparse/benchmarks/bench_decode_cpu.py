@@ -65,7 +65,8 @@ def _gbps(nbytes: float, ms: float) -> float:
     return round(nbytes / ms / 1e6, 2)
 
 
-def kernel_rows(rounds: int, dtype, copies: int = 4) -> list[dict]:
+def kernel_rows(rounds: int, dtype, densities=(0.3, 0.5, 0.7), batches=(1, 4),
+                copies: int = 4) -> list[dict]:  # fmt: skip
     """The gathered ops against dense at several densities, and the effective bandwidth each
     reaches (bytes of the rows it must read / time). ``copies`` weight copies are cycled so the
     weights stream from memory (4 x 235 MB float32 against a 300 MB L3)."""
@@ -79,23 +80,23 @@ def kernel_rows(rounds: int, dtype, copies: int = 4) -> list[dict]:
         # gathered columns), and TEAL's fused gate/up transposed weight (4096 x 28672)
         for n, k, ops in ((14336, 4096, ("rows", "cols")), (4096, 28672, ("cols",))):
             ws = [(torch.randn(n, k, generator=g) * 0.02).to(dtype) for _ in range(copies)]
-            rows += _kernel_shape(ws, ops, rounds, g)
+            rows += _kernel_shape(ws, ops, rounds, g, densities, batches)
     finally:
         set_dense_fallback("cpu", None)
     return rows
 
 
-def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g) -> list[dict]:
+def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batches) -> list[dict]:
     from dejavu_sparse.ops import gather_cols, gather_rows
 
     n, k = ws[0].shape
     dtype = ws[0].dtype
     row_bytes = k * ws[0].element_size()
     rows = []
-    for batch, densities in ((1, (0.3, 0.5, 0.7)), (4, (0.3, 0.5))):
+    for batch in batches:
         x = torch.randn(batch, k, dtype=dtype)
         xi = torch.randn(batch, n, dtype=dtype)
-        for density in densities:
+        for density in densities if batch == 1 else [d for d in densities if d <= 0.5]:
             sel = int(density * n)
             idx = torch.randperm(n, generator=g)[:sel].sort().values
             xs = xi[:, idx].contiguous()
@@ -213,6 +214,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1])
     p.add_argument("--modes", nargs="+", default=["dejavu", "teal", "cats"])
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
+    p.add_argument("--densities", type=float, nargs="+", default=[0.5],
+                   help="selected fractions for the kernel rows (page: 0.3 0.5 0.7)")  # fmt: skip
     p.add_argument("--out", default=str(results_dir(__file__) / "decode_cpu.csv"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -221,7 +224,8 @@ def main() -> None:
             "threads": str(args.threads), "context": str(args.context),
             "shapes": "Llama-3-8B layer (4096/14336, 32/8 heads)"}  # fmt: skip
     if not args.skip_kernels:  # written at once: a later failure keeps these
-        write_csv(args.out, kernel_rows(args.rounds, dtype), tags=tags)
+        write_csv(args.out, kernel_rows(args.rounds, dtype, args.densities, args.batches),
+                  tags=tags)  # fmt: skip
     rows = []
     model = build(dtype)
     t0 = time.perf_counter()

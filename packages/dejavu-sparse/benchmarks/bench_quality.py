@@ -65,13 +65,13 @@ def main() -> None:
     p.add_argument("--calibration", default=str(cache_root() / "dejavu-sparse" / "smollm2"),
                    help="reused when present (delete to recalibrate)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--configs", default="dejavu,teal_uniform,cats",
+    p.add_argument("--configs", default="dejavu,teal_uniform",
                    help=f"comma-separated, from {','.join(c[0] for c in CONFIGS)}")  # fmt: skip
-    p.add_argument("--sparsities", default="0.3,0.5", help="comma-separated (page: 0.2,...,0.7)")
+    p.add_argument("--sparsities", default="0.5", help="comma-separated (page: 0.2,...,0.7)")
     p.add_argument("--no-dense", action="store_true", help="append to an existing CSV")
     p.add_argument("--no-recall", action="store_true")
     p.add_argument("--rank", type=int, default=128, help="predictor rank (a 576-wide model)")
-    p.add_argument("--calib-tokens", type=int, default=4096)
+    p.add_argument("--calib-tokens", type=int, default=2048, help="page: 4096 and 16384")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--no-lookahead", action="store_true", help="predictors read their own block")
     args = p.parse_args()
