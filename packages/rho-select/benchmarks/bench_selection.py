@@ -22,7 +22,9 @@ students from the same initialization see the same training stream, in the same 
 per-seed shuffle each epoch): ``full`` (cross entropy on every token), ``selective`` (Rho-1: the
 top ``--ratio`` of each batch by excess loss) and ``random`` (the same fraction at random).
 Every ``--eval-every`` steps the validation loss on clean text is recorded against tokens seen
-(tokens fed forward). Each arm's rows are appended to the CSV as soon as it finishes.
+(tokens fed forward), and for the students the fraction of each kind of training token (clean,
+shuffled, boilerplate, random) the loss kept since the previous evaluation (``kept_<kind>``,
+``clean_share_of_kept``). Each arm's rows are appended to the CSV as soon as it finishes.
 
 Every random draw (corpus, initialization, data order, random selection) is made on the CPU
 from the seed, so a seed means the same draws on every device.
@@ -146,15 +148,21 @@ NAMES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", 
 MONTHS = ["January", "March", "May", "July", "September", "November"]
 
 
+KINDS = ("clean", "shuffled", "boilerplate", "random")  # what each training token comes from
+
+
 def noise_documents(clean_ids: list[list[int]], tokenizer, rng: random.Random, budget: int):
-    """About ``budget`` tokens of noise, a third of each kind, as token-id lists."""
+    """About ``budget`` tokens of noise, a third of each kind, as token-id lists; and each
+    document's kind (an index into ``KINDS``)."""
     docs: list[list[int]] = []
+    kinds: list[int] = []
     per_kind = budget // 3
     made = 0
     while made < per_kind:  # clean documents with their tokens shuffled
         doc = list(rng.choice(clean_ids))
         rng.shuffle(doc)
         docs.append(doc)
+        kinds.append(1)
         made += len(doc)
     made = 0
     while made < per_kind:  # boilerplate
@@ -170,6 +178,7 @@ def noise_documents(clean_ids: list[list[int]], tokenizer, rng: random.Random, b
         ]
         doc = tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"]
         docs.append(doc)
+        kinds.append(2)
         made += len(doc)
     made = 0
     alphabet = string.ascii_letters + string.digits + string.punctuation + "    "
@@ -177,8 +186,9 @@ def noise_documents(clean_ids: list[list[int]], tokenizer, rng: random.Random, b
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(100, 600)))
         doc = tokenizer(text, add_special_tokens=False)["input_ids"]
         docs.append(doc)
+        kinds.append(3)
         made += len(doc)
-    return docs
+    return docs, kinds
 
 
 def _take(ids: list[list[int]], start: int, budget: int) -> int:
@@ -206,9 +216,10 @@ def build_corpus(tokenizer_dir: str | os.PathLike) -> tuple[dict[str, torch.Tens
     ref_end = _take(ids, val_end, (clean_total - VAL_TOKENS) // 3)
     val_docs, ref_docs, clean_train = ids[:val_end], ids[val_end:ref_end], ids[ref_end:]
     budget = int(NOISE_PER_CLEAN * sum(map(len, clean_train)))
-    noisy = noise_documents(clean_train, tokenizer, rng, budget)
-    train_docs = clean_train + noisy
-    rng.shuffle(train_docs)
+    noisy, noise_kinds = noise_documents(clean_train, tokenizer, rng, budget)
+    tagged = [(0, d) for d in clean_train] + list(zip(noise_kinds, noisy, strict=True))
+    rng.shuffle(tagged)
+    train_docs = [d for _, d in tagged]
     flat = {
         name: torch.tensor([t for d in docs for t in (*d, eos)], dtype=torch.int64)
         for name, docs in (("val", val_docs), ("ref", ref_docs), ("train", train_docs))
@@ -217,6 +228,8 @@ def build_corpus(tokenizer_dir: str | os.PathLike) -> tuple[dict[str, torch.Tens
     remap = torch.full((int(used.max()) + 1,), -1, dtype=torch.int64)
     remap[used] = torch.arange(used.numel())
     streams = {k: remap[v] for k, v in flat.items()}
+    # each training token's kind (its document's; the EOS after it too), for the diagnostics
+    streams["train_kind"] = torch.tensor([k for k, d in tagged for _ in range(len(d) + 1)])
     info = {
         "python": platform.python_version(),
         "tokenizer": Path(tokenizer_dir).name,
@@ -232,8 +245,9 @@ def build_corpus(tokenizer_dir: str | os.PathLike) -> tuple[dict[str, torch.Tens
 
 
 def corpus_hash(streams: dict[str, torch.Tensor]) -> str:
+    """Hash of the token streams (``train_kind`` describes them and is not part of it)."""
     h = hashlib.sha256()
-    for name in sorted(streams):
+    for name in ("ref", "train", "val"):
         h.update(name.encode())
         h.update(streams[name].to(torch.int32).numpy().tobytes())
     return h.hexdigest()[:12]
@@ -263,7 +277,7 @@ def load_corpus(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(str(path), framework="pt") as f:
         info = json.loads((f.metadata() or {}).get("info", "{}"))
         streams = {k: f.get_tensor(k).to(torch.int64) for k in f.keys()}  # noqa: SIM118
-    if set(streams) != {"val", "ref", "train"} or corpus_hash(streams) != info.get("sha"):
+    if not {"val", "ref", "train"} <= set(streams) or corpus_hash(streams) != info.get("sha"):
         raise SystemExit(
             f"bench_selection: {path} is not a corpus this script wrote (hash differs)"
         )
@@ -372,8 +386,17 @@ def steps_for(tokens: int, args) -> int:
     return max(1, tokens // (args.batch * args.seq))
 
 
-def train(model, data, ref_losses, *, method: str, tokens: int, seed: int, val, args):
-    """Train on ``data`` (a per-seed order); returns ([(tokens_seen, val_loss)], seconds)."""
+def kept_by_kind(kept: torch.Tensor, total: torch.Tensor) -> dict[str, float]:
+    """Per kind of training token, the fraction the loss kept; and the clean share of the kept."""
+    out = {f"kept_{name}": round(float(kept[i] / total[i]), 4) for i, name in enumerate(KINDS)}
+    out["clean_share_of_kept"] = round(float(kept[0] / kept.sum()), 4)
+    return out
+
+
+def train(model, data, ref_losses, *, method: str, tokens: int, seed: int, val, args, kinds=None):
+    """Train on ``data`` (a per-seed order); returns ([(tokens_seen, val_loss, extra)],
+    seconds). With ``kinds`` (each token's kind, ``data``'s shape), ``extra`` holds the
+    fraction of each kind the loss kept since the previous evaluation."""
     from rho_select import selective_loss
     from rho_select.hf import final_hidden_states, lm_head_weight
 
@@ -388,7 +411,8 @@ def train(model, data, ref_losses, *, method: str, tokens: int, seed: int, val, 
     )
     gen = torch.Generator().manual_seed(seed + 1000)  # random selection draws on the CPU
     rows = order(data.shape[0], steps, args.batch, seed)
-    curve = [(0, val_loss(model, val, args))]
+    curve: list[tuple[int, float, dict]] = [(0, val_loss(model, val, args), {})]
+    kept, total = torch.zeros(len(KINDS)), torch.zeros(len(KINDS))
     seconds = 0.0
     model.train()
     for step in range(steps):
@@ -420,12 +444,24 @@ def train(model, data, ref_losses, *, method: str, tokens: int, seed: int, val, 
         opt.zero_grad(set_to_none=True)
         sync(args.device)
         seconds += time.perf_counter() - start
+        if kinds is not None:  # labels are the shifted tokens: their kinds from position 1 on
+            kind, mask = kinds[rows[step]][:, 1:], out.selected_mask.cpu()
+            for i in range(len(KINDS)):
+                total[i] += (kind == i).sum()
+                kept[i] += ((kind == i) & mask).sum()
         if (step + 1) % args.eval_every == 0 or step + 1 == steps:
-            curve.append(((step + 1) * args.batch * args.seq, val_loss(model, val, args)))
+            extra = kept_by_kind(kept, total) if kinds is not None else {}
+            kept.zero_()
+            total.zero_()
+            curve.append(((step + 1) * args.batch * args.seq, val_loss(model, val, args), extra))
+            shares = ", ".join(
+                f"{k[5:]} {v:.2f}" for k, v in extra.items() if k.startswith("kept_")
+            )
             log(
                 f"  {method} step {step + 1}/{steps}: val {curve[-1][1]:.3f} (train selected "
-                f"{float(out.selected_loss):.2f}, unselected {float(out.unselected_loss):.2f}; "
-                f"{(step + 1) * args.batch * args.seq / seconds:,.0f} tokens/s)"
+                f"{float(out.selected_loss):.2f}, unselected {float(out.unselected_loss):.2f}"
+                + (f"; kept {shares}" if shares else "")
+                + f"; {(step + 1) * args.batch * args.seq / seconds:,.0f} tokens/s)"
             )
     return curve, seconds
 
@@ -547,8 +583,9 @@ def main(argv=None) -> int:
                 **config,
                 "train_seconds": round(seconds, 1),
                 "tokens_per_s": round(curve[-1][0] / seconds) if seconds else "",
+                **extra,
             }
-            for t, v in curve
+            for t, v, extra in curve
         ]
         write_csv(out, rows, tags=tags)
 
@@ -573,7 +610,7 @@ def main(argv=None) -> int:
             student = make_model(info["vocab"], seed, args)  # the same initialization for all
             curve, seconds = train(
                 student, data["train"], ref_losses, method=method, tokens=args.tokens, seed=seed,
-                val=val, args=args,
+                val=val, args=args, kinds=data.get("train_kind"),
             )  # fmt: skip
             write(
                 seed, method, 1.0 if method == "full" else args.ratio, args.tokens, curve, seconds
