@@ -1,8 +1,9 @@
 """CEMA on the CPU: sequential recurrence vs FFT convolution vs chunked scan (PyTorch), forward and
 forward+backward, and each path's error against the float64 recurrence.
 
-    python bench_cema.py                                   # quick: D=1024, L 512..2048
-    python bench_cema.py --lengths 512 1024 2048 4096 8192 16384   # the page's run
+    python bench_cema.py                     # quick: D=1024, L 512..2048, sequential bwd at 512
+    python bench_cema.py --lengths 512 2048 8192 16384 --rounds 2 --threads 1 --seq-bwd-max 2048
+                                             # the page's run
 
 Interleaved rounds (path A, B, C, A, B, C, ...; medians) so a busy shared machine loads every path
 alike. The sequential path's forward+backward keeps every step's state for autograd, so it runs
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ndim", type=int, default=16)
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seq-bwd-max", type=int, default=2048)
+    ap.add_argument(
+        "--seq-bwd-max", type=int, default=512, help="longest L for the sequential fwd+bwd"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="print rows as JSON lines")
     args = ap.parse_args(argv)

@@ -85,7 +85,8 @@ def test_generate_equals_greedy_full_recomputation():
 
 def test_generate_from_inputs_embeds_and_continued_generation_equal_one_run():
     """A prompt given as embeddings generates what its ids do; a second ``generate`` call that
-    carries the returned cache continues exactly where one longer call would be."""
+    carries the cache continues exactly where one longer call would be; a prefill in chunks of
+    4 tokens (``prefill_chunk_size``) changes nothing."""
     ids = torch.randint(0, TINY["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(5))
     gen = MODEL.generate  # pyright: ignore[reportAttributeAccessIssue]  (transformers types generate() for its Protocol)
     with torch.no_grad():
@@ -94,7 +95,9 @@ def test_generate_from_inputs_embeds_and_continued_generation_equal_one_run():
         cache = MegalodonCache(MODEL.config)
         first = gen(ids, cache=cache, max_new_tokens=6, do_sample=False)
         second = gen(first, cache=cache, max_new_tokens=8, do_sample=False)
+        chunked_prefill = gen(ids, prefill_chunk_size=4, max_new_tokens=14, do_sample=False)
     assert torch.equal(from_embeds, whole[:, ids.shape[1] :])
+    assert torch.equal(chunked_prefill, whole)
     assert torch.equal(second, whole)
     assert cache.get_seq_length() == whole.shape[1] - 1
 

@@ -164,12 +164,15 @@ else:
             config, input_ids = self.prepare_config_and_inputs()
             return config, {"input_ids": input_ids}
 
-    class MegalodonModelTest(ModelTesterMixin, unittest.TestCase):
+    from hf_tests.generation.test_utils import GenerationTesterMixin  # the sdist's stand-in
+
+    class MegalodonModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
         all_model_classes = (MegalodonModel, MegalodonForCausalLM)
         has_attentions = False  # SDPA inside chunks: no attention weights (refused, one line)
         test_resize_embeddings = True
         test_torch_exportable = False  # the sdist lacks tests/exporters
         test_missing_keys = True
+        test_can_init_all_missing_weights_before_2023 = True  # (the check keys on a copyright year)
 
         def setUp(self):
             self.model_tester = MegalodonModelTester(self)

@@ -43,6 +43,7 @@ padded positions.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -67,6 +68,15 @@ logger = logging.get_logger(__name__)
 # transformers renamed the output field ``past_key_values`` -> ``cache`` during 5.x; older 5.x
 # reads ``past_key_values``, so those versions get both fields.
 _CACHE_RENAMED = isinstance(getattr(ModelOutput, "past_key_values", None), property)
+
+
+# the model_kwargs key under which this transformers version's generate() carries the cache
+_GENERATE_CACHE_KEY = (
+    "cache"
+    if "cache"
+    in inspect.signature(GenerationMixin.__dict__["prepare_inputs_for_generation"]).parameters
+    else "past_key_values"
+)
 
 
 def _backend(name: str) -> str | None:
@@ -693,6 +703,23 @@ class MegalodonForCausalLM(MegalodonPreTrainedModel, GenerationMixin):
         )
         return result if return_dict else result.to_tuple()
 
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """``generate`` starts every call that uses a cache with a ``MegalodonCache`` (so that
+        chunked prefill, ``prefill_chunk_size``, has one to fill); a cache passed in is kept."""
+        if any(model_kwargs.get(k) is not None for k in ("cache", "past_key_values")):
+            return super()._prepare_cache_for_generation(  # pyright: ignore[reportAttributeAccessIssue]  (transformers types self as its Protocol)
+                generation_config, model_kwargs, *args, **kwargs
+            )
+        if generation_config.use_cache is False:
+            return None
+        if generation_config.cache_implementation is not None:
+            logger.warning_once(
+                f"Megalodon: cache_implementation={generation_config.cache_implementation!r} is "
+                "ignored; the model decodes with its own constant-size MegalodonCache"
+            )
+        model_kwargs[_GENERATE_CACHE_KEY] = MegalodonCache(self.config)
+        return None
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -705,10 +732,11 @@ class MegalodonForCausalLM(MegalodonPreTrainedModel, GenerationMixin):
     ) -> dict[str, Any]:
         """Feed only the tokens the cache has not seen; the cache is a ``MegalodonCache``.
 
-        How many are new: ``next_sequence_length`` when ``generate`` says so, else the attention
-        mask's width (or the prompt's length) minus the tokens the cache has seen. A prompt given
-        as ``inputs_embeds`` is used on the first step (``input_ids`` then holds only generated
-        tokens). Positions come from the cache, so ``position_ids`` is not forwarded."""
+        How many are new: ``next_sequence_length`` when ``generate`` says so; else all of
+        ``input_ids`` when the attention mask is wider than them or they are no longer than what
+        the cache has seen (a prefill chunk), else the tokens past the cache's count. A prompt
+        given as ``inputs_embeds`` is used on the first step (``input_ids`` then holds only
+        generated tokens). Positions come from the cache, so ``position_ids`` is not forwarded."""
         cache = cache if cache is not None else kwargs.pop("past_key_values", None)
         kwargs.pop("past_key_values", None)
         for key in ("position_ids", "cache_position"):
@@ -726,9 +754,11 @@ class MegalodonForCausalLM(MegalodonPreTrainedModel, GenerationMixin):
             if next_sequence_length is not None:
                 new = next_sequence_length
             elif attention_mask is not None and attention_mask.shape[1] > input_ids.shape[1]:
-                new = attention_mask.shape[1] - seen  # input_ids hold only the generated tokens
+                new = input_ids.shape[1]  # the mask spans the context: input_ids are the new tokens
+            elif input_ids.shape[1] > seen:
+                new = input_ids.shape[1] - seen  # the whole sequence so far
             else:
-                new = input_ids.shape[1] - seen
+                new = input_ids.shape[1]  # a chunk of new tokens (prefill_chunk_size)
             source, key = input_ids, "input_ids"
         if not 0 < new <= source.shape[1]:
             raise ValueError(
