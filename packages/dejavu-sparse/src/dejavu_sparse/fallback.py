@@ -4,8 +4,8 @@ A gathered product reads only the selected weight rows but pays for the gather (
 copy through a cache-sized buffer on the CPU); the dense product streams every row at full
 bandwidth. Above a measured density the dense product plus a cheap index is faster, so every
 backend falls back to it there. The table is per device type and batch size (the gathered path
-serves a batch from the union of its rows' selections); ``benchmarks/bench_kernels.py``
-measures the crossover, and :func:`set_dense_fallback` replaces it.
+serves a batch from the union of its rows' selections); ``benchmarks/bench_decode_cpu.py``
+(its kernel rows) measures the crossover, and :func:`set_dense_fallback` replaces it.
 """
 
 from __future__ import annotations
