@@ -70,7 +70,7 @@ def make_scattermoe(ours):
     """ScatterMoE's GLUMLP with our weights, or None when scattermoe is not importable.
     ScatterMoE applies the activation to the *second* half of W_in's output: swap the halves."""
     try:
-        from scattermoe.mlp import GLUMLP
+        from scattermoe.mlp import GLUMLP  # pyright: ignore[reportMissingImports]  (optional peer)
     except ImportError:
         return None
     mlp = GLUMLP(D, F, E, K).cuda().bfloat16()

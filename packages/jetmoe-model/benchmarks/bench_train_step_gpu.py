@@ -23,13 +23,14 @@ import argparse
 import gc
 import sys
 import time
+from typing import Any
 
 import torch
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 from tensor_utils_dev.bench import PeakMemory, results_dir, write_csv
 
-CONFIG = dict(
+CONFIG: dict[str, Any] = dict(
     vocab_size=32000,
     hidden_size=1024,
     num_hidden_layers=12,
@@ -47,7 +48,8 @@ def build(impl: str):
         if impl == "transformers":
             from transformers import JetMoeConfig, JetMoeForCausalLM
 
-            model = JetMoeForCausalLM(JetMoeConfig(**CONFIG, attn_implementation="sdpa"))
+            model = JetMoeForCausalLM(JetMoeConfig(**CONFIG))
+            model.set_attn_implementation("sdpa")
         else:
             model = JetMoEForCausalLM(JetMoEConfig(**CONFIG, expert_backend=impl))
     return model.bfloat16().train()

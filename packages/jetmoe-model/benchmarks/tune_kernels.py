@@ -20,6 +20,7 @@ import gc
 import json
 import sys
 import time
+from typing import Any
 
 import torch
 from bench_moe_layer_gpu import D, F, K, make_input, make_layers
@@ -179,7 +180,7 @@ def breakdown(ours, tokens: int) -> list[dict]:
     return rows
 
 
-def layer_operands(ours, tokens: int):
+def layer_operands(ours, tokens: int) -> dict[str, Any]:
     """The Triton layer's operands at ``tokens`` (routing, sorted x, h, act, y, sorted dy, dh)."""
     from jetmoe_model.ops.expert_mlp import triton as mlp
     from jetmoe_model.ops.routing import triton as route_kernels
@@ -197,7 +198,7 @@ def layer_operands(ours, tokens: int):
     y, _ = gg(act, w_out, off, None, 1, sp, p)
     dout = torch.randn_like(x)
     dy_s, _ = mlp._combine_bwd_launch(dout, y, route.gates, r.pair_position)
-    bwd = dict(transpose_weight=True, allow_gemv=False)
+    bwd: dict[str, Any] = dict(transpose_weight=True, allow_gemv=False)
     dh, _ = gg(dy_s, w_out, off, None, 1, None, p, epilogue="glu_bwd", h=h, **bwd)
     return dict(x=x, x_s=x_s, w_in=w_in, w_out=w_out, logits=logits, route=route, sp=sp,
                 off=off, p=p, act=act, h=h, y=y, dout=dout, dy_s=dy_s, dh=dh, bwd=bwd)  # fmt: skip
@@ -293,15 +294,12 @@ def host_profile(ours, tokens: int, log) -> list[dict]:
         for mode in ("fwd", "fwd+bwd"):
             if not gc_on and mode == "fwd":
                 continue
-            if mode == "fwd":
 
-                def fn():
-                    with torch.no_grad():
-                        return ours(x)[0]
-            else:
-
-                def fn():
+            def fn(backward: bool = mode != "fwd"):
+                if backward:
                     return torch.autograd.grad(ours(x)[0], [x, *params], g)
+                with torch.no_grad():
+                    return ours(x)[0]
 
             for _ in range(5):
                 fn()
@@ -569,7 +567,7 @@ def persistent_probe(ours, tokens: int, rounds: int, pick: str) -> list[dict]:
             )
         same = [k for k in ok if all(default.get(opt, 0) == v for opt, v in ok[k].items())]
         if key != "none" and same:
-            best = min(ok, key=med.get)
+            best = min(ok, key=lambda label: med[label])
             if med[best] < 0.98 * med[same[0]]:
                 picks[key] = ok[best]
     print(f"picks: {picks}", flush=True)
@@ -642,7 +640,7 @@ def glu_probe(ours, tokens: int, rounds: int, pick: str = "") -> list[dict]:
                          tflops=flops / (t * 1e-3) / 1e12, rounds=rounds, **GLU_FWD[label]))  # fmt: skip
         print(f"T={tokens:6d} glu (no h) {label:30s} {t:8.3f} ms all {[round(v, 3) for v in times[label]]}",
               flush=True)  # fmt: skip
-    best = min(med, key=med.get)
+    best = min(med, key=lambda label: med[label])
     x = make_input(tokens, False)
     ours.input_linear.config.expert_backend = "triton"
     layer = lambda: ours(x)[0]  # noqa: E731
@@ -682,7 +680,7 @@ def main(argv=None) -> int:
     params = list(ours.parameters())
     warm = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(200):  # ~1 s of matmuls: clocks up before the first timing
-        warm @ warm
+        _ = warm @ warm
     del warm
 
     def fwd(x):

@@ -3,6 +3,8 @@ test file): a tiny JetMoE trained on the CPU with gloo, one shard of each batch 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # router-loss weights large enough that an un-aggregated aux loss would move the parameters
@@ -61,7 +63,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = shard_model(tiny_model(), gradient_checkpointing=True)
+        model: Any = shard_model(tiny_model(), gradient_checkpointing=True)
         block_calls = [0]  # a module inside the block: its hooks run again when recomputed
         model.model.layers[0].mlp.register_forward_pre_hook(
             lambda *_: block_calls.__setitem__(0, block_calls[0] + 1)
@@ -80,11 +82,11 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         calls_last_step = block_calls[0]
         ids, mask = padded_batch()
         padded = router_losses_on(model, ids.chunk(world)[rank], mask.chunk(world)[rank])
-        lm_losses = [0.0] * world
+        lm_losses: list[Any] = [None] * world
         dist.all_gather_object(lm_losses, [h["lm_loss"] for h in history])
         params = [p.full_tensor().detach().clone() for p in model.parameters()]
 
-        policy_model = shard_model(tiny_model(), mp_policy=mixed_precision(torch.bfloat16))
+        policy_model: Any = shard_model(tiny_model(), mp_policy=mixed_precision(torch.bfloat16))
         seen = []
         for name, module in (("block", policy_model.model.layers[0]), ("root", policy_model)):
             module.register_forward_pre_hook(

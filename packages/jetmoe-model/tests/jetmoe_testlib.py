@@ -80,6 +80,6 @@ def route_node_path():
     bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
     if bench not in sys.path:
         sys.path.insert(0, bench)
-    from unfused_moe import use_route_node
+    from unfused_moe import use_route_node  # pyright: ignore[reportMissingImports]  (benchmarks/, on sys.path above)
 
     return use_route_node

@@ -167,7 +167,7 @@ def test_inference_forward_keeps_no_pre_activation(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_combine_and_its_gradients(dtype):
-    from jetmoe_model.modeling import combine as torch_combine
+    from jetmoe_model.ops.expert_mlp.naive import combine as torch_combine
     from jetmoe_model.ops.expert_mlp.triton import combine
 
     device = _device()
@@ -361,6 +361,7 @@ def test_swiglu_backward_matches_autograd():
         with poison_allocations():
             got = mlp_kernels.swiglu_backward(d_act, h)
         assert got.dtype == dtype
+        assert h_req.grad is not None
         assert_close(got.float(), h_req.grad, atol=tol, rtol=tol, msg=f"{dtype}: ")
 
 
@@ -382,5 +383,8 @@ def test_fused_route_layer_returns_the_routing_and_differentiates_through_logits
     for r, o in ((route, out), (ref_route, ref_out)):
         loss = o.square().sum() + torch.logsumexp(r.logits.float(), -1).square().mean()
         loss.backward()
-    assert_close(layer.router.layer.weight.grad, ref_layer.router.layer.weight.grad,
-                 atol=1e-4, rtol=1e-4)  # fmt: skip
+    # gradients of size ~1e2 summed in another order (Triton's interpreter runs on NumPy):
+    # float32 agreement to 1e-3 relative
+    grad, ref_grad = layer.router.layer.weight.grad, ref_layer.router.layer.weight.grad
+    assert grad is not None and ref_grad is not None
+    assert_close(grad, ref_grad, atol=1e-4, rtol=1e-3)

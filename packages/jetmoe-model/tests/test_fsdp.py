@@ -31,7 +31,7 @@ def _fully_shard_available() -> bool:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)  # pyright: ignore[reportPrivateImportUsage]  (public, not in the stub's __all__)
     return torch.load(tmp / "rank0.pt", weights_only=False)
 
 

@@ -198,12 +198,10 @@ def test_no_host_sync_in_the_moe_hot_path(backend):
 @pytest.mark.parametrize("backend", ["triton", "grouped_mm", "reference"])
 def test_model_on_cuda_matches_transformers_float32(backend):
     torch.manual_seed(0)
-    ours = (
-        randomize_(JetMoEForCausalLM(JetMoEConfig(**{**TINY, "expert_backend": backend})))
-        .cuda()
-        .eval()
-    )
-    theirs = transformers_twin(ours).cuda()
+    ours = randomize_(JetMoEForCausalLM(JetMoEConfig(**{**TINY, "expert_backend": backend})))
+    ours.to("cuda").eval()  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
+    theirs = transformers_twin(ours)
+    theirs.to("cuda")  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
     x = torch.randint(0, TINY["vocab_size"], (2, 37), device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, theirs(x).logits, atol=1e-4, rtol=1e-4)
@@ -214,21 +212,20 @@ def test_model_on_cuda_matches_transformers_float32(backend):
         attention_mask=torch.ones_like(prompt),
         pad_token_id=0,
     )
-    assert ours.generate(prompt, **kw).tolist() == theirs.generate(prompt, **kw).tolist()
+    mine = ours.generate(prompt, **kw)  # pyright: ignore[reportAttributeAccessIssue]  (generate()'s self-type in transformers)
+    reference = theirs.generate(prompt, **kw)  # pyright: ignore[reportAttributeAccessIssue]  (generate()'s self-type in transformers)
+    assert mine.tolist() == reference.tolist()
 
 
 def test_bf16_training_step_on_cuda():
     torch.manual_seed(0)
-    model = (
-        JetMoEForCausalLM(JetMoEConfig(**{**TINY, "expert_backend": "auto"}))
-        .cuda()
-        .bfloat16()
-        .train()
-    )
+    model = JetMoEForCausalLM(JetMoEConfig(**{**TINY, "expert_backend": "auto"}))
+    model.to("cuda", torch.bfloat16).train()  # pyright: ignore[reportArgumentType]  (to() stub)
     model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     x = torch.randint(0, TINY["vocab_size"], (4, 64), device="cuda")
-    first = last = None
+    first: float | None = None
+    last = float("inf")
     for _ in range(10):
         loss = model(x, labels=x).loss
         opt.zero_grad()
@@ -236,4 +233,4 @@ def test_bf16_training_step_on_cuda():
         opt.step()
         first = first if first is not None else loss.item()
         last = loss.item()
-    assert last < first
+    assert first is not None and last < first

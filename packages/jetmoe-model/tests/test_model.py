@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
+from jetmoe_model.modeling import JetMoEBlock
 from jetmoe_testlib import TINY, randomize_, transformers_twin
 
 
@@ -38,8 +39,10 @@ def test_logits_equal_transformers_jetmoe_float32(backend):
 @pytest.mark.triton
 def test_logits_equal_transformers_jetmoe_triton_backend():
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter
-    ours = tiny_model(expert_backend="triton").to(device)
-    theirs = transformers_twin(ours).to(device)
+    ours = tiny_model(expert_backend="triton")
+    ours.to(device)  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
+    theirs = transformers_twin(ours)
+    theirs.to(device)  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
     x = ids(length=7).to(device)
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, theirs(x).logits, atol=5e-5, rtol=5e-5)
@@ -49,6 +52,7 @@ def test_released_eps_block_norms_1e6_final_norm_from_config():
     model = tiny_model(rms_norm_eps=1e-5)
     assert model.model.norm.variance_epsilon == 1e-5
     for layer in model.model.layers:
+        assert isinstance(layer, JetMoEBlock)
         assert layer.input_layernorm.variance_epsilon == 1e-6
         assert layer.post_attention_layernorm.variance_epsilon == 1e-6
 
@@ -59,9 +63,9 @@ def test_greedy_generation_matches_transformers_and_no_cache():
     prompt = ids(batch=2, length=5, seed=3)
     mask = torch.ones_like(prompt)
     kw = dict(max_new_tokens=10, do_sample=False, attention_mask=mask, pad_token_id=0)
-    with_cache = ours.generate(prompt, **kw)
-    without = ours.generate(prompt, use_cache=False, **kw)
-    reference = theirs.generate(prompt, **kw)
+    with_cache = ours.generate(prompt, **kw)  # pyright: ignore[reportAttributeAccessIssue]  (generate()'s self-type in transformers)
+    without = ours.generate(prompt, use_cache=False, **kw)  # pyright: ignore[reportAttributeAccessIssue]  (generate()'s self-type in transformers)
+    reference = theirs.generate(prompt, **kw)  # pyright: ignore[reportAttributeAccessIssue]  (generate()'s self-type in transformers)
     assert with_cache.tolist() == without.tolist() == reference.tolist()
 
 
@@ -128,7 +132,9 @@ def test_aux_losses_reach_the_routers():
     x = ids()
     out = model(x, output_router_logits=True)
     (0.01 * out.aux_loss + 0.001 * out.z_loss).backward()
-    router = model.model.layers[0].mlp.router.layer.weight
+    block = model.model.layers[0]
+    assert isinstance(block, JetMoEBlock)
+    router = block.mlp.router.layer.weight
     assert router.grad is not None and router.grad.abs().sum() > 0
 
 

@@ -36,6 +36,7 @@ def check_route(logits, top_k, gate_dtype=torch.float32):
     assert torch.equal(r.sorted_pair, w.sorted_pair)
     assert torch.equal(r.expert_offsets, w.expert_offsets)
     # pair_position inverts the sort: sorted row of every pair
+    assert r.pair_position is not None
     assert torch.equal(
         r.pair_position[r.sorted_pair].long(), torch.arange(r.num_pairs).to(logits.device)
     )

@@ -30,7 +30,7 @@ def load_checkpoint(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     **config_overrides,
-):
+) -> JetMoEForCausalLM:
     """Build ``JetMoEForCausalLM`` from a checkpoint directory (released names, either config
     spelling), checking every shape first and streaming tensors one at a time."""
     path = Path(path)
@@ -44,7 +44,7 @@ def load_checkpoint(
         model = JetMoEForCausalLM(config)
     model = model.to_empty(device=device)
     if dtype is not None:
-        model = model.to(dtype)  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
+        model.to(dtype)  # pyright: ignore[reportArgumentType]  (transformers' to() stub)
     model.model.rotary_emb.reset_frequencies()  # float32 buffers, not in the checkpoint
     params = dict(model.named_parameters(remove_duplicate=False))
     with open_checkpoint(path) as ckpt, torch.no_grad():

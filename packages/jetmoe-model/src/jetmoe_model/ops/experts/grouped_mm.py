@@ -52,7 +52,9 @@ def expert_linear(
     rows = source_rows(sorted_pair, input_order, k)
     x_sorted = x if rows is None else x.index_select(0, rows)
     offsets = expert_offsets.to(torch.int32)
-    y_sorted = torch._grouped_mm(x_sorted.contiguous(), weight.transpose(1, 2), offs=offsets)
+    y_sorted = torch._grouped_mm(  # pyright: ignore[reportPrivateImportUsage]  (not in torch's __all__)
+        x_sorted.contiguous(), weight.transpose(1, 2), offs=offsets
+    )
     if x.requires_grad or weight.requires_grad:
         y_sorted = _ContiguousGrad.apply(y_sorted)
     if output_order == "sorted":

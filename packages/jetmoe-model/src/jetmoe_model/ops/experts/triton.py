@@ -594,6 +594,12 @@ def _tma_ok(t: torch.Tensor, pairs: int | None = None, opts: KernelOptions | Non
     )
 
 
+def _descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: list[int]):
+    """A TMA tensor descriptor (callers checked ``_tma_ok``, so Triton has them)."""
+    assert TensorDescriptor is not None
+    return TensorDescriptor(t, shape, strides, block)
+
+
 def gather_gemm_scatter(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -662,8 +668,8 @@ def gather_gemm_scatter(
     if w_desc:
         rows, cols = weight.shape[1], weight.shape[2]
         block = [bk, bn] if transpose_weight else [bn, bk]
-        w_arg = TensorDescriptor(weight, [experts * rows, cols], [cols, 1], block)
-    x_arg = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if x_desc else x
+        w_arg = _descriptor(weight, [experts * rows, cols], [cols, 1], block)
+    x_arg = _descriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if x_desc else x
     h_arg = h if h is not None else h_out
     num_m_tiles = triton.cdiv(pairs, bm) + experts
     num_tiles = num_m_tiles * triton.cdiv(n, bn)
@@ -713,8 +719,8 @@ def grouped_xty(
     cfg = _xty_config(pairs, opts)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     desc = x_src is None and dy_src is None and _tma_ok(x, pairs, opts) and _tma_ok(dy, pairs, opts)
-    x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if desc else x
-    dy_desc = TensorDescriptor(dy, list(dy.shape), list(dy.stride()), [bm, bn]) if desc else dy
+    x_desc = _descriptor(x, list(x.shape), list(x.stride()), [bm, bk]) if desc else x
+    dy_desc = _descriptor(dy, list(dy.shape), list(dy.stride()), [bm, bn]) if desc else dy
     tiles = triton.cdiv(n, bn) * triton.cdiv(k, bk)
     persistent = bool(cfg.get("PERSISTENT", 0))
     if persistent:  # the interpreter runs programs one by one: 3 of them still loop
