@@ -77,7 +77,7 @@ def quality(plt) -> None:
 
 def decode(plt) -> None:
     rows = [r for r in read("decode_cpu.csv") if r["bench"] == "block"]
-    if not rows:
+    if len({r["sparsity"] for r in rows}) < 2:  # a curve needs several sparsities
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, block in zip(axes, ("mlp", "layer"), strict=True):
