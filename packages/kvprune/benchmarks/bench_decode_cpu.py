@@ -92,12 +92,13 @@ def time_generate(model, tok, cache, ids, first: int, new: int) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--contexts", default="1024")
     ap.add_argument("--new", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    from kvprune import KVPruneCache
     from transformers import AttentionInterface
 
     from tensor_utils_dev.models import load_smollm2
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             for name, policy in todo.items():
                 cache = build_cache(model, tok, policy, states, ids)
-                if policy is not None:
+                if isinstance(cache, KVPruneCache):
                     kept[name] = cache.report().kept_fraction
                 times[name].append(time_generate(model, tok, cache, ids, first, args.new))
                 print(

@@ -274,6 +274,7 @@ def check_case(case, ragged, kernel_kw):
     err = float((out.float() - ref).norm() / ref.norm())
     fast, _ = ragged(case.qr[0], k, v, off, lens, case.scale, case.n, False, **kernel_kw)
     err = max(err, float((fast.float() - ref).norm() / ref.norm()))
+    assert w is not None and ref_w is not None  # both asked for the weights
     werr = float((w - ref_w).norm() / ref_w.norm())
     full_k, full_v = case.full[0]
     sd = F.scaled_dot_product_attention(case.q[0], full_k, full_v, enable_gqa=True)
@@ -413,7 +414,8 @@ def sweep(device, smoke, bw, on_size=None):
     configs = [dict(c) for c in (SWEEP[:4] if smoke else SWEEP)]
     if smoke:
         for c in configs:
-            c.pop("num_warps", None), c.pop("num_stages", None)
+            c.pop("num_warps", None)
+            c.pop("num_stages", None)
     rows = bench_kernel(
         all_sizes(smoke),
         device,
@@ -445,13 +447,14 @@ def synthetic_model(device, layers, smoke):
         num_key_value_heads=s["kv_heads"],
         head_dim=s["head_dim"],
         max_position_embeddings=40000,
-        rope_theta=500000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     )
     dtype = torch.float16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: seconds instead of a CPU minute
         model = LlamaForCausalLM(config)
-    return model.to(dtype=dtype).eval()
+    # transformers wraps Module.to with functools.wraps: pyright reads an unbound signature
+    return model.to(dtype=dtype).eval()  # pyright: ignore[reportCallIssue]
 
 
 def cublas_workspace(device) -> dict:
@@ -522,8 +525,13 @@ def bench_memory(contexts, device, smoke, layers=4, new_tokens=16):
                             torch.cuda.synchronize()
                         step_times.append((time.perf_counter() - t0) * 1e3)
                         del out
-            if name == "dynamic":
-                cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+            if isinstance(cache, DynamicCache):
+                cache_bytes = sum(
+                    t.nbytes
+                    for layer in cache.layers
+                    for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                    if t is not None
+                )
                 freed = 0
             else:
                 mem = cache.memory()  # kv_live is part of kv_allocated: not added twice
@@ -561,7 +569,7 @@ def bench_memory(contexts, device, smoke, layers=4, new_tokens=16):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run (checks the script)")
     parser.add_argument("--sweep", action="store_true", help="time kernel variants first")
     parser.add_argument("--only", default="kernel,memory", help="comma list: kernel, memory")

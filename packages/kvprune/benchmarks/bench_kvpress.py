@@ -37,7 +37,7 @@ CAPTURED: dict[int, tuple] = {}
 
 
 def presses(ratio: float):
-    import kvpress as kp
+    import kvpress as kp  # pyright: ignore[reportMissingImports]  (its own environment)
 
     return {
         "kvpress_snapkv": kp.SnapKVPress(compression_ratio=ratio),
@@ -127,7 +127,7 @@ def append(path: Path, rows, tags):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--contexts", default="512")
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-cont", type=int, default=64)
     ap.add_argument("--out", default="quality_kvpress_cpu.csv")
     args = ap.parse_args(argv)
-    import kvpress  # noqa: F401
+    import kvpress  # noqa: F401  # pyright: ignore[reportMissingImports]  (its own environment)
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -131,7 +131,7 @@ def compress_all(model, tok, todo, states, ids):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--contexts", default="512", help="haystack lengths in tokens")
     ap.add_argument("--depths", type=int, default=3, help="depths evenly over 0..100%%")

@@ -223,7 +223,7 @@ def run_kvprune(model, cfg, ctx, new, budget, device, dtype, gen, policy):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--contexts", default="8192,16384,32768")
     ap.add_argument("--new", type=int, default=128, help="tokens generated per row")
     ap.add_argument("--kv-budget-gib", type=float, default=32.0)

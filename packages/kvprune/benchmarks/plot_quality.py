@@ -44,7 +44,7 @@ def summarize(rows):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--title", default="")
     ap.add_argument("--png", default=None)

@@ -109,6 +109,7 @@ def test_kernel_matches_reference_with_poisoned_outputs(
     assert out.dtype == args[0].dtype
     assert_close(out.cpu(), expected[0])
     if need_weights:
+        assert weights is not None and expected[1] is not None
         assert weights.dtype == torch.float32
         assert_close(weights.cpu(), expected[1])
     else:
@@ -139,6 +140,7 @@ def test_kernel_many_splits_and_tiles_odd_sizes(device):
                 )
             assert_close(out.cpu(), expected[0])
             if need_weights:
+                assert weights is not None and expected[1] is not None
                 assert_close(weights.cpu(), expected[1])
             else:
                 assert weights is None
@@ -148,7 +150,7 @@ def test_reference_without_weights_gives_same_output():
     q, k, v, o, lens = random_ragged_case(5, [9, 0, 4], [1, 2, 0], 3, 8, torch.float32)
     out, weights = naive.ragged_decode_attention(q, k, v, o, lens, 0.5)
     out2, none = naive.ragged_decode_attention(q, k, v, o, lens, 0.5, need_weights=False)
-    assert none is None
+    assert none is None and weights is not None
     assert torch.equal(out, out2)
     assert weights.shape == (k.shape[0], 3)
 
@@ -216,6 +218,7 @@ def test_kernel_on_cuda_long_segments(dtype, lengths):
         with poison_allocations():
             out, weights = triton_mod.ragged_decode_attention(q, k, v, o, lens, 128**-0.5, pdl=pdl)
         assert_close(out, expected[0])
+        assert weights is not None and expected[1] is not None
         assert_close(weights, expected[1], atol=1e-6, rtol=1e-3)
     with poison_allocations():  # the fast paths (no weights) and forced tile/split choices
         for splits, block_n, pdl, merge_block_d in (

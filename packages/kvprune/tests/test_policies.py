@@ -130,6 +130,19 @@ def test_fastgen_keeps_at_least_t_and_picks_the_cheapest_rung(profile, t, reduce
     which="streaming",
     min_window=3,
 )
+@example(  # a fraction whose budget is a whole number of tokens (2/3 of 6)
+    profile=Profile(
+        torch.tensor([[[[[0.3746, 0.1497, 0.0583, 0.2304, 0.1008, 0.0862]]]]]),
+        torch.tensor([[True]]),
+        torch.ones(1, 6, dtype=torch.bool),
+        torch.arange(6)[None],
+        torch.zeros(1, 6, dtype=torch.int8),
+        torch.tensor([6]),
+    ),
+    f=0.6666666716337204,
+    which="streaming",
+    min_window=0,
+)
 def test_baseline_kept_sets_are_their_rule(profile, f, which, min_window):
     """Every baseline keeps its rule's set, and exactly its budget: ``floor(f * n)`` tokens per
     head, or the minimum window where that is larger."""

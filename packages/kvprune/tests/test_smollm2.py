@@ -20,7 +20,9 @@ def smollm2():
 
 @pytest.mark.slow
 def test_readme_one_line_example_runs(capsys):
-    block = re.search(r"## One line\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    found = re.search(r"## One line\n\n```python\n(.*?)```", README.read_text(), re.S)
+    assert found, "the README has no '## One line' example"
+    block = found.group(1)
     exec(compile(block, str(README), "exec"), {})
     printed = capsys.readouterr().out
     assert "The capital of France is" in printed

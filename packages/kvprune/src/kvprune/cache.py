@@ -17,6 +17,8 @@ generation loop and the ``kvprune`` attention function (``attention``):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -146,6 +148,7 @@ class KVPruneLayer(CacheLayerMixin):
             return out
         if phase == "decode":
             return self.decode_attention(query, scale), None
+        assert pending is not None and phase == "extend", "attend called without an update"
         _, k_new, v_new, cls = pending  # "extend": the tokens one at a time
         outs = []
         for t in range(query.shape[2]):
@@ -225,6 +228,7 @@ class KVPruneCache(Cache):
     """
 
     is_kvprune_cache = True
+    layers: list[KVPruneLayer]  # narrower than Cache.layers: every layer is a KVPruneLayer
 
     def __init__(
         self,
@@ -263,7 +267,7 @@ class KVPruneCache(Cache):
         self.num_kv_heads = kv_heads(config)
         self.head_dim = head_dim(config)
         install(model)
-        layers = [KVPruneLayer(self, i) for i in range(config.num_hidden_layers)]
+        layers: list[Any] = [KVPruneLayer(self, i) for i in range(config.num_hidden_layers)]
         super().__init__(layers=layers)
         self._inputs: dict = {}
         self._prompt: tuple | None = None
@@ -336,6 +340,8 @@ class KVPruneCache(Cache):
         self._prompt = (real, cls, pos, real.sum(-1))
 
     def prompt_info(self, device):
+        if self._prompt is None:
+            raise UnsupportedError("kvprune: no prompt has run through this cache yet")
         real, cls, pos, n_real = self._prompt
         return real.to(device), cls.to(device), pos.to(device), n_real.to(device)
 

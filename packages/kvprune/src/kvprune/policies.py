@@ -283,6 +283,7 @@ class FastGen(Policy):
         first = ok.float().argmax(-1)  # [B, C, H]
         total = torch.gather(cost[:, None].expand(-1, first.shape[1], -1, -1), -1, first[..., None])
         total = total.squeeze(-1).sum(-1)  # [B, C]
+        assert self.kept_fraction is not None
         budget = budgets(self.kept_fraction, profile.n_real) * h  # [B]
         fits = total <= budget[:, None]
         best = torch.where(fits, candidates, torch.full_like(candidates, -1.0)).amax(-1)

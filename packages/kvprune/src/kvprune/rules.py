@@ -45,8 +45,10 @@ PARAM_NAMES = ("level", "n_sink", "keep_from", "window", "k_f", "window_q", "k_f
 
 
 def fraction_q(ratio: float) -> int:
-    """``ratio`` in fixed point (``FRACTION_ONE`` = 1), for ``window_q`` / ``k_f_q``."""
-    return math.floor(ratio * FRACTION_ONE + 1e-6)
+    """``ratio`` in fixed point (``FRACTION_ONE`` = 1), for ``window_q`` / ``k_f_q``. Rounded up,
+    so a decimal fraction of a length lands on ``floor(ratio * length)`` (0.7 of 10 is 7, not 6)
+    for any length below ~100k tokens."""
+    return min(FRACTION_ONE, max(0, math.ceil(ratio * FRACTION_ONE - 1e-6)))
 
 
 def window_at(params: dict, length):
@@ -70,13 +72,14 @@ def _maximum(a, b):
 
 
 def budget(ratio: float, n: int) -> int:
-    """Tokens granted by a fraction of a length: ``floor(ratio * n)`` (robust to float noise)."""
-    return math.floor(ratio * n + 1e-9)
+    """Tokens granted by a fraction of a length, in the same fixed point as the rule's
+    ``window_q`` / ``k_f_q`` (so a prompt's budget and its decoding budget agree exactly)."""
+    return (fraction_q(ratio) * n) >> FRACTION_BITS
 
 
 def budgets(ratio: float, n: torch.Tensor) -> torch.Tensor:
     """``budget`` elementwise over an integer tensor of lengths."""
-    return torch.floor(n.double() * ratio + 1e-9).long()
+    return (fraction_q(ratio) * n.long()) >> FRACTION_BITS
 
 
 def protected(

@@ -28,9 +28,9 @@ def random_ragged_case(
         k[off + n : off + cap] = 1e4  # would dominate the softmax if read
         v[off + n : off + cap] = 1e4
     q = torch.randn(len(lengths), group, dim, generator=gen)
-    to = dict(dtype=dtype, device=device)
     lens = torch.tensor(lengths, dtype=torch.int32, device=device)
-    return q.to(**to), k.to(**to), v.to(**to), offsets.to(device), lens
+    q, k, v = (t.to(dtype=dtype, device=device) for t in (q, k, v))
+    return q, k, v, offsets.to(device), lens
 
 
 @st.composite

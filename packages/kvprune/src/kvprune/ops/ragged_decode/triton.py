@@ -76,7 +76,7 @@ def _split_kernel(
     GDC: tl.constexpr,
 ):
     if GDC:  # let the merge (launched with PDL) get scheduled now; it waits for our stores
-        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_launch_dependents()  # pyright: ignore[reportAttributeAccessIssue]  (loaded at import by triton, not in its stubs)
     seg = tl.program_id(0)
     split = tl.program_id(1)
     off = tl.load(off_ptr + seg).to(tl.int64)
@@ -151,7 +151,7 @@ def _merge_kernel(
     GDC: tl.constexpr,
 ):
     if GDC:  # launched early (PDL): wait until pass 1 has finished and its stores are visible
-        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_wait()  # pyright: ignore[reportAttributeAccessIssue]  (loaded at import by triton, not in its stubs)
     seg = tl.program_id(0)
     pid = tl.program_id(1)
     sp = tl.arange(0, NUM_SPLITS)
