@@ -7,7 +7,11 @@ Configurations (``kind``):
                                   + update; full = separate policy / reference / value / reward
                                   weights, LoRA = adapters on one frozen base
   trl_reward, trl_rloo            TRL's RewardTrainer / RLOOTrainer with peft LoRA (rank 8) on
-                                  the same model, batch and lengths (needs `trl` importable)
+                                  the same model, batch and lengths (needs `trl` importable;
+                                  TRL checkpoints activations by default)
+  <any of ours>_gc                the same with gradient checkpointing
+  interleaved_reward              full and LoRA 8 reward steps alternating in one process (the
+                                  speed ratio under the same machine load)
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
+GC = "_gc"  # configuration suffix: gradient checkpointing on
 
 
-LLAMA_1B = dict(
+LLAMA_1B: dict[str, Any] = dict(
     # Llama-3.2-1B shapes (random weights): 16 layers, d 2048, GQA 32/8, vocab 128256.
     vocab_size=128256,
     hidden_size=2048,
@@ -72,7 +78,8 @@ def load(model: str, device: str, dtype_name: str, *, head: bool = False):
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     if model == "llama-1b":
-        cfg = LlamaConfig(**LLAMA_1B, num_labels=1)
+        cfg = LlamaConfig(**LLAMA_1B)
+        cfg.num_labels = 1
         cls = LlamaForSequenceClassification if head else LlamaForCausalLM
         with torch.device(device):
             m = cls(cfg).to(dtype)
@@ -86,7 +93,14 @@ def load(model: str, device: str, dtype_name: str, *, head: bool = False):
         m.config.pad_token_id = tok.pad_token_id
     else:
         m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return m.to(device).eval(), tok
+    m = cast(Any, m).to(device)
+    if device == "cpu":
+        # Weights loaded from safetensors may stay memory-mapped file pages (not counted as
+        # anonymous memory) until written; copy them into ordinary memory so every
+        # configuration's peak counts its weights the same way.
+        for prm in m.parameters():
+            prm.data = prm.data.clone()
+    return m.eval(), tok
 
 
 def random_text(tok, n: int, seed: int) -> str:
@@ -113,25 +127,68 @@ def child(args) -> dict:
     cuda = args.device.startswith("cuda")
     if not cuda:
         torch.set_num_threads(args.threads)
+    sizes: dict[str, float] = {}
     with PeakMemory(cuda=cuda) as mem:
         if args.kind.startswith("trl_"):
-            times = run_trl(args)
+            times = run_trl(args, sizes)
+        elif args.kind == "interleaved_reward":
+            times = run_interleaved_reward(args, sizes)
         else:
             base, tok = load(args.model, args.device, args.dtype)
             run = run_reward if args.kind.startswith("reward_") else run_rl
-            times = run(args, base, tok, base.config.vocab_size)
+            times = run(args, base, tok, base.config.vocab_size, sizes)
     return {
         "kind": args.kind,
         "peak_anon_mib": mem.anon_bytes / 2**20,
+        "start_anon_mib": mem.baseline_anon_bytes / 2**20,
+        "peak_rss_mib": mem.rss_hwm_bytes / 2**20,
         "peak_cuda_mib": mem.cuda_bytes / 2**20 if cuda else "",
-        "step_ms": statistics.median(times) * 1e3,
+        "step_ms": statistics.median(t[0] for t in times) * 1e3,
+        # CPU seconds of the whole process per step: the work done, little affected by other
+        # processes competing for the cores (wall time is).
+        "step_cpu_ms": statistics.median(t[1] for t in times) * 1e3,
         "steps_timed": len(times),
+        **sizes,
     }
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(t0: tuple[float, float]) -> tuple[float, float]:
+    return time.perf_counter() - t0[0], time.process_time() - t0[1]
+
+
+def param_sizes(modules, optimizer=None) -> dict[str, float]:
+    """MiB of distinct parameter storage, of the trainable part, and of the optimizer state."""
+    seen: dict[int, int] = {}
+    trainable: dict[int, int] = {}
+    for m in modules:
+        for p in m.parameters():
+            key = p.untyped_storage().data_ptr()
+            seen[key] = p.untyped_storage().nbytes()
+            if p.requires_grad:
+                trainable[key] = p.untyped_storage().nbytes()
+    out = {
+        "weights_mib": sum(seen.values()) / 2**20,
+        "trainable_mib": sum(trainable.values()) / 2**20,
+    }
+    if optimizer is not None:
+        state = sum(
+            t.numel() * t.element_size()
+            for st in optimizer.state.values()
+            for t in st.values()
+            if hasattr(t, "numel")
+        )
+        out["optimizer_state_mib"] = state / 2**20
+    return out
 
 
 def _lora(kind: str, targets: str):
     from perl_rlhf import LoraSpec
 
+    kind = kind.removesuffix(GC)
     if kind.endswith("_full"):
         return None
     rank = int(kind.rsplit("lora", 1)[1])
@@ -145,44 +202,76 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_reward(args, base, tok, vocab) -> list[float]:
+def reward_step(args, kind: str, base, tok, vocab):
+    """``(step, model, optimizer)``: one pairwise reward-model training step of ``kind``."""
     import torch
     from perl_rlhf import PerlModel
     from perl_rlhf.reward import bradley_terry_loss
 
-    lora = _lora(args.kind, args.targets)
-    model = PerlModel(base, roles=("reward",), lora=lora, tokenizer=tok)
+    lora = _lora(kind, args.targets)
+    gc = kind.endswith(GC)
+    model = PerlModel(base, roles=("reward",), lora=lora, tokenizer=tok, gradient_checkpointing=gc)
     model.heads.to(args.device)
-    params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=1e-5 if lora is None else 1e-4)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5 if lora is None else 1e-4)
     g = torch.Generator().manual_seed(0)
     b, t = args.batch, args.seq
     ids = torch.randint(3, vocab, (2 * b, t), generator=g).to(args.device)
     mask = torch.ones_like(ids)
     model.train()
-    times = []
-    for step in range(args.steps + 1):
+
+    def step() -> tuple[float, float]:
         _sync(args.device)
-        t0 = time.perf_counter()
+        t0 = _clock()
         opt.zero_grad(set_to_none=True)
         s = model.scores(ids, mask)
-        loss = bradley_terry_loss(s[:b], s[b:]).mean()
-        loss.backward()
+        bradley_terry_loss(s[:b], s[b:]).mean().backward()
         opt.step()
         _sync(args.device)
-        if step:
-            times.append(time.perf_counter() - t0)
+        return _since(t0)
+
+    return step, model, opt
+
+
+def run_reward(args, base, tok, vocab, sizes: dict) -> list[tuple[float, float]]:
+    step, model, opt = reward_step(args, args.kind, base, tok, vocab)
+    times = [step() for _ in range(args.steps + 1)][1:]
+    sizes.update(param_sizes([model], opt))
     return times
 
 
-def run_rl(args, base, tok, vocab) -> list[float]:
+def run_interleaved_reward(args, sizes: dict) -> list[tuple[float, float]]:
+    """Full fine-tuning and LoRA rank 8 reward steps in one process, alternating (full, LoRA,
+    full, LoRA, ...), so both see the same machine load; medians and their ratio go into
+    ``sizes``. Returns the LoRA times."""
+    import statistics as st
+
+    full = reward_step(args, "reward_full", *_loaded(args))[0]
+    lora = reward_step(args, "reward_lora8", *_loaded(args))[0]
+    full()  # warm-up
+    lora()
+    pairs = [(full(), lora()) for _ in range(args.steps)]
+    for i, name in enumerate(("full", "lora8")):
+        sizes[f"{name}_step_ms"] = st.median(p[i][0] for p in pairs) * 1e3
+        sizes[f"{name}_step_cpu_ms"] = st.median(p[i][1] for p in pairs) * 1e3
+    sizes["speedup_cpu"] = sizes["full_step_cpu_ms"] / sizes["lora8_step_cpu_ms"]
+    sizes["speedup_wall"] = sizes["full_step_ms"] / sizes["lora8_step_ms"]
+    return [p[1] for p in pairs]
+
+
+def _loaded(args):
+    base, tok = load(args.model, args.device, args.dtype)
+    return base, tok, base.config.vocab_size
+
+
+def run_rl(args, base, tok, vocab, sizes: dict) -> list[tuple[float, float]]:
     import torch
     from perl_rlhf import PerlModel, PolicyConfig, PolicyTrainer
 
     algo = args.kind.split("_")[1]
     lora = _lora(args.kind, args.targets)
     roles = ("policy", "value", "reward") if algo != "rloo" else ("policy", "reward")
-    model = PerlModel(base, roles=roles, lora=lora, tokenizer=tok)
+    gc = args.kind.endswith(GC)
+    model = PerlModel(base, roles=roles, lora=lora, tokenizer=tok, gradient_checkpointing=gc)
     model.heads.to(args.device)
     k = 2 if algo == "rloo" else 1
     cfg = PolicyConfig(
@@ -203,15 +292,16 @@ def run_rl(args, base, tok, vocab) -> list[float]:
     times = []
     for step in range(args.steps + 1):
         _sync(args.device)
-        t0 = time.perf_counter()
+        t0 = _clock()
         trainer.step()
         _sync(args.device)
         if step:
-            times.append(time.perf_counter() - t0)
+            times.append(_since(t0))
+    sizes.update(param_sizes([model], getattr(trainer, "optimizer", None)))
     return times
 
 
-def run_trl(args) -> list[float]:
+def run_trl(args, sizes: dict) -> list[tuple[float, float]]:
     """TRL's trainers, LoRA rank 8 on the same targets, same model, batch and lengths; step
     times from a Trainer callback."""
     from datasets import Dataset
@@ -219,16 +309,16 @@ def run_trl(args) -> list[float]:
     from perl_rlhf.lora import resolve_targets
     from transformers import TrainerCallback
 
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *a, **k):
             _sync(args.device)
-            self.t0 = time.perf_counter()
+            self.t0 = _clock()
 
         def on_step_end(self, *a, **k):
             _sync(args.device)
-            times.append(time.perf_counter() - self.t0)
+            times.append(_since(self.t0))
 
     common = dict(
         output_dir=str(Path(args.workdir) / args.kind),
@@ -242,8 +332,10 @@ def run_trl(args) -> list[float]:
         learning_rate=1e-4,
         dataloader_num_workers=0,
     )
+    others = []  # models outside the trainer's (TRL's reward model for RLOO)
     if args.kind == "trl_reward":
-        from trl import RewardConfig, RewardTrainer
+        # TRL lives in its own benchmark environment (--trl-site), not this package's.
+        from trl import RewardConfig, RewardTrainer  # pyright: ignore[reportMissingImports]
 
         model, tok = load(args.model, args.device, args.dtype, head=True)
         peft_config = LoraConfig(
@@ -265,10 +357,11 @@ def run_trl(args) -> list[float]:
             callbacks=[StepTimer()],
         )
     else:
-        from trl import RLOOConfig, RLOOTrainer
+        from trl import RLOOConfig, RLOOTrainer  # pyright: ignore[reportMissingImports]
 
         model, tok = load(args.model, args.device, args.dtype)
         reward, _ = load(args.model, args.device, args.dtype, head=True)
+        others.append(reward)
         peft_config = LoraConfig(
             r=8, lora_alpha=16, target_modules=resolve_targets(model, args.targets), bias="none"
         )
@@ -291,6 +384,7 @@ def run_trl(args) -> list[float]:
             callbacks=[StepTimer()],
         )
     trainer.train()
+    sizes.update(param_sizes([trainer.model, *others], trainer.optimizer))
     return times[1:]
 
 
@@ -328,16 +422,20 @@ def run_configs(args, kinds: list[str], extra_env: dict[str, str] | None = None)
 
 def add_args(p) -> None:
     p.add_argument("--child", default=None, help=argparse_suppress())
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per process (+1 warm-up)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--steps", type=int, default=1, help="timed steps per process (+1 warm-up)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=4)
     p.add_argument("--targets", default="attention")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--workdir", default="/tmp/perl-rlhf-bench")
-    p.add_argument("--only", default=None, help="comma-separated configurations")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated configurations, or 'all' (default: a quick set)",
+    )
 
 
 def argparse_suppress():

@@ -6,15 +6,22 @@ interleaved:
   one RL iteration (rollout + update): full (separate policy/reference/value/reward weights) vs
   LoRA rank 8 on one base, REINFORCE with a value baseline and RLOO
   TRL's RewardTrainer and RLOOTrainer (LoRA rank 8), from a separate TRL install
-  (``--trl-site``, made by ``--install-trl``; TRL is never a dependency of this package)
+  (``--trl-site``, made by ``--install-trl``; TRL is never a dependency of this package;
+  without it the TRL configurations are skipped with a message)
+
+With no arguments: a quick check at tiny sizes (batch 2, 16 tokens, one timed step) of reward
+training full vs LoRA 8 and a LoRA RLOO iteration (what `python tools/bench.py perl-rlhf`
+runs). The page's run:
 
     uv run --package perl-rlhf --group bench python packages/perl-rlhf/benchmarks/bench_cpu.py \
-        --install-trl --out packages/perl-rlhf/benchmarks/results/cpu.csv
+        --install-trl --only all --batch 2 --seq 32 --new-tokens 8 --steps 1 --rounds 2 \
+        --out packages/perl-rlhf/benchmarks/results/cpu.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,6 +35,7 @@ KINDS = [
     "reward_full", "reward_lora1", "reward_lora8", "reward_lora32", "trl_reward",
     "rl_reinforce_full", "rl_reinforce_lora8", "rl_rloo_full", "rl_rloo_lora8", "trl_rloo",
 ]  # fmt: skip
+QUICK = ["reward_full", "reward_lora8", "rl_rloo_lora8"]
 TRL_VERSION = "1.16.0"
 
 
@@ -46,7 +54,7 @@ def install_trl(site: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_args(p)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu.csv"))
+    p.add_argument("--out", default=None, help="CSV (default: results_dir()/cpu.csv)")
     p.add_argument("--trl-site", default="/tmp/perl-rlhf-trl-site")
     p.add_argument("--install-trl", action="store_true")
     args = p.parse_args()
@@ -55,12 +63,18 @@ def main() -> None:
         args.kind = args.child
         print(json.dumps(child(args)), flush=True)
         return
-    from tensor_utils_dev.bench import environment_tags, write_csv
+    from tensor_utils_dev.bench import environment_tags, results_dir, write_csv
 
+    out = Path(args.out) if args.out else results_dir(__file__) / "cpu.csv"
     site = Path(args.trl_site)
     if args.install_trl:
         install_trl(site)
-    kinds = args.only.split(",") if args.only else KINDS
+    kinds = KINDS if args.only == "all" else args.only.split(",") if args.only else QUICK
+    if not (site / "trl").exists() and importlib.util.find_spec("trl") is None:
+        skipped = [k for k in kinds if k.startswith("trl_")]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: TRL is not installed (pass --install-trl)")
+        kinds = [k for k in kinds if k not in skipped]
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     rows = run_configs(args, kinds, extra_env=env)
     settings = {"model": "SmolLM2-135M-Instruct", "dtype": "float32", "batch": args.batch,
@@ -68,8 +82,10 @@ def main() -> None:
                 "threads": args.threads}  # fmt: skip
     tags = environment_tags(packages=("peft", "perl-rlhf"))
     tags["trl"] = TRL_VERSION if (site / "trl").exists() else ""
-    write_csv(args.out, [{**settings, **r} for r in rows], tags=tags)
-    print(f"wrote {args.out}")
+    write_csv(out, [{**settings, **r} for r in rows], tags=tags)
+    print(f"wrote {out}")
+    if any(r["status"] != "ok" for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

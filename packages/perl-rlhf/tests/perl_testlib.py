@@ -128,7 +128,7 @@ def dp_case(algorithm: str, rows: slice | None = None):
     if rows is not None:
         rollout, scores = rollout.select(rows), scores[rows]
     score_rollout(model, rollout, temperature=1.0, need_values=cfg.uses_value,
-                  reward_fn=lambda p, r: [0.0] * len(r), texts=([""] * len(scores),) * 2)  # fmt: skip
+                  reward_fn=lambda p, r: [0.0] * len(r), texts=([""] * len(scores), [""] * len(scores)))  # fmt: skip
     rollout.scores = scores
     stats = trainer.update(rollout)
     return (

@@ -3,15 +3,15 @@
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from perl_testlib import dp_case, dp_worker
+from torch.multiprocessing.spawn import spawn
 
 ALGORITHMS = ("reinforce", "rloo", "ppo")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    mp.spawn(dp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), ALGORITHMS), nprocs=2)
+    spawn(dp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), ALGORITHMS), nprocs=2)
     for algorithm in ALGORITHMS:
         single, single_stats, single_rm = dp_case(algorithm)
         ranks = [torch.load(tmp_path / f"{algorithm}_{r}.pt") for r in range(2)]

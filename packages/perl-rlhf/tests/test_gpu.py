@@ -19,7 +19,7 @@ pytestmark = pytest.mark.gpu
 
 def _model(roles=("policy", "value", "reward")):
     base, tok = tiny()
-    base = base.to("cuda", torch.bfloat16)
+    torch.nn.Module.to(base, device="cuda", dtype=torch.bfloat16)  # in place
     model = PerlModel(base, roles=roles, lora=LoraSpec(rank=4), tokenizer=tok).to("cuda")
     return model, base, tok
 
@@ -33,6 +33,7 @@ def test_reference_equals_base_on_cuda_bf16():
         plain = model.logits("reference", ids, mask)
         perturb_lora(model)
         assert torch.equal(model.logits("reference", ids, mask), plain)
+        assert model.peft is not None
         with model.peft.disable_adapter():
             direct = base(
                 input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)

@@ -99,7 +99,7 @@ def test_gradients_reach_only_trainable_adapters_and_heads():
     model = PerlModel(base, lora=LoraSpec(rank=4), tokenizer=tok)
     perturb_lora(model)
     with torch.no_grad():  # a zero-initialised value head passes no gradient to its adapter
-        model.heads["value"].weight.normal_()
+        model.head("value").weight.normal_()
     model.set_trainable(("policy", "value"))
     ids, mask = _batch(len(tok))
     loss = model.logits("policy", ids, mask).logsumexp(-1).mean()
@@ -115,6 +115,33 @@ def test_gradients_reach_only_trainable_adapters_and_heads():
             assert p.grad is None, name
 
 
+@pytest.mark.parametrize("lora", [LoraSpec(rank=4), None], ids=["lora", "full"])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(lora):
+    grads, calls = [], []
+    for gc in (False, True):
+        base, tok = tiny()
+        model = PerlModel(
+            base, roles=("reward",), lora=lora, tokenizer=tok, gradient_checkpointing=gc
+        )
+        if lora is not None:
+            perturb_lora(model)
+        count = [0]
+        # transformers checkpoints a layer's forward, so a pre-hook inside it (its MLP) runs
+        # again when the backward pass recomputes it (a post-hook may not: the recompute stops
+        # once the saved tensors are rebuilt).
+        mlp = base.get_submodule("model.layers.0.mlp")
+        mlp.register_forward_pre_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+        model.train()
+        ids, mask = _batch(len(tok))
+        (model.scores(ids, mask) ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in model.trainable_parameters() if p.grad is not None])
+        calls.append(count[0])
+    assert calls == [1, 2]
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_adapters_and_heads_round_trip_through_peft_format(tmp_path):
     from peft import PeftModel
 
@@ -122,8 +149,8 @@ def test_adapters_and_heads_round_trip_through_peft_format(tmp_path):
     model = PerlModel(base, lora=LoraSpec(rank=4, alpha=8, dropout=0.1), tokenizer=tok)
     perturb_lora(model)
     with torch.no_grad():
-        model.heads["reward"].weight.normal_()
-        model.heads["reward"].bias.fill_(0.25)
+        model.head("reward").weight.normal_()
+        model.head("reward").bias.fill_(0.25)
     model.save("reward", tmp_path / "rm")
     model.save("policy", tmp_path / "pol")
     assert (tmp_path / "rm" / "adapter_config.json").exists()
@@ -142,7 +169,7 @@ def test_adapters_and_heads_round_trip_through_peft_format(tmp_path):
     with torch.no_grad():
         assert torch.equal(fresh.scores(ids, mask), want_scores)
         assert torch.equal(fresh.logits("policy", ids, mask), want_logits)
-    assert torch.equal(fresh.heads["reward"].weight, model.heads["reward"].weight)
+    assert torch.equal(fresh.head("reward").weight, model.head("reward").weight)
     assert fresh.lora_specs["reward"].rank == 4
     # peft itself reads the adapter.
     base3, _ = tiny()

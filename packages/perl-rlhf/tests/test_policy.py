@@ -64,6 +64,7 @@ def test_rollout_uses_one_base_for_every_role():
     trainer = PolicyTrainer(model, tok, PROMPTS, config=cfg)
     rollout, _, _ = trainer.make_rollout([0, 1])
     assert rollout.values is not None and rollout.scores is not None
+    assert rollout.logprobs is not None and rollout.ref_logprobs is not None
     assert rollout.logprobs.shape == rollout.ref_logprobs.shape == rollout.response_ids.shape
     assert torch.equal(rollout.logprobs, rollout.ref_logprobs)  # LoRA B = 0 at the start
 
@@ -76,6 +77,7 @@ def test_advantages_follow_the_algorithm():
     )
     rollout, _, _ = trainer.make_rollout([0, 1, 2, 3])
     rollout.scores = torch.tensor([1.0, 0.0, 3.0, 2.0])
+    assert rollout.ref_logprobs is not None and rollout.values is not None
     rollout.logprobs = rollout.ref_logprobs + 0.1
     mask = rollout.response_mask.float()
     out = compute_advantages(rollout, PolicyConfig(algorithm="reinforce", beta=0.5))

@@ -79,7 +79,7 @@ def test_pairwise_reward_model_learns_a_separable_preference():
     before = evaluate_reward_model(model, tok, test, config=cfg)
     if before["accuracy"] > 0.5:  # start on the wrong side, so the test sees learning
         with torch.no_grad():
-            model.heads["reward"].weight.neg_()
+            model.head("reward").weight.neg_()
         before = evaluate_reward_model(model, tok, test, config=cfg)
     res = train_reward_model(
         model, tok, letter_pairs(96), config=cfg, eval_data=test, progress=False

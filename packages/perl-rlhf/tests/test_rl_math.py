@@ -118,6 +118,7 @@ def test_reinforce_and_value_losses_by_hand():
     loss = rl.reinforce_loss(logp, adv, M, n_sequences=4.0)
     assert torch.allclose(loss, torch.tensor(-((-1 - 4 - 9) + (0.5 - 0.5)) / 4))
     loss.backward()
+    assert logp.grad is not None
     assert torch.allclose(logp.grad, -adv * M / 4)
     v = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     ret = torch.tensor([[0.0, 2.0, 5.0], [1.0, -1.0, 3.0]])

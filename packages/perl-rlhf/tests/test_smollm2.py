@@ -39,6 +39,7 @@ def test_reward_model_learns_the_rule_and_rl_raises_it(smollm2):
         model, tok, DATA / "pairs_train.jsonl", eval_data=DATA / "pairs_test.jsonl",
         config=RewardConfig(lr=3e-4, epochs=3, batch_size=8), progress=False,
     )  # fmt: skip
+    print(f"\nreward model, held-out pairs: {rm.metrics}")
     assert rm.metrics["accuracy"] >= 0.75, rm.metrics
     cfg = PolicyConfig(
         algorithm="reinforce", steps=10, batch_size=8, max_new_tokens=24, lr=3e-4,
@@ -50,6 +51,8 @@ def test_reward_model_learns_the_rule_and_rl_raises_it(smollm2):
     before = trainer.evaluate(contains_number, samples=2)
     hist = trainer.train(progress=False).history
     after = trainer.evaluate(contains_number, samples=2)
+    kls = [round(r["kl"], 4) for r in hist]
+    print(f"rule reward before RL {before:.3f}, after {after:.3f}; KL per step {kls}")
     assert after > before, (before, after)
     assert max(abs(r["kl"]) for r in hist) < 5.0
 
@@ -60,6 +63,7 @@ def test_demo(smollm2, tmp_path):
     spec = importlib.util.spec_from_file_location(
         "perl_demo", Path(__file__).parents[1] / "demo.py"
     )
+    assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     lines = demo.run(SimpleNamespace(model_dir=smollm2, workdir=tmp_path, device="cpu"), rl_steps=2)

@@ -30,6 +30,11 @@ def _lora_args(p: argparse.ArgumentParser) -> None:
         help="'attention' (PERL), 'all-linear', or comma-separated module names",
     )
     g.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass (less memory, more compute)",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -108,7 +113,13 @@ def _train_reward(args) -> dict:
         max_steps=args.max_steps,
     )
     base, tokenizer = load_base(args.model)
-    model = PerlModel(base, roles=("reward",), lora=_lora_spec(args), tokenizer=tokenizer)
+    model = PerlModel(
+        base,
+        roles=("reward",),
+        lora=_lora_spec(args),
+        tokenizer=tokenizer,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     result = train_reward_model(
         model,
         tokenizer,
@@ -161,7 +172,13 @@ def _train_policy(args) -> dict:
     )
     roles = ("policy", "value", "reward") if config.uses_value else ("policy", "reward")
     base, tokenizer = load_base(args.model)
-    model = PerlModel(base, roles=roles, lora=_lora_spec(args), tokenizer=tokenizer)
+    model = PerlModel(
+        base,
+        roles=roles,
+        lora=_lora_spec(args),
+        tokenizer=tokenizer,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     model.load("reward", args.reward)
     trainer = PolicyTrainer(model, tokenizer, args.prompts, config=config)
     result = trainer.train(progress=not args.no_progress)

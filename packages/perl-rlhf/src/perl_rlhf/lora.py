@@ -49,7 +49,8 @@ class LoraSpec:
 
         return LoraConfig(
             r=int(self.rank),
-            lora_alpha=float(self.alpha if self.alpha is not None else 2 * self.rank),
+            # peft annotates lora_alpha as int; it divides it by r, so a float works.
+            lora_alpha=float(self.alpha if self.alpha is not None else 2 * self.rank),  # pyright: ignore[reportArgumentType]
             lora_dropout=float(self.dropout),
             target_modules=resolve_targets(model, self.targets),
             bias="none",

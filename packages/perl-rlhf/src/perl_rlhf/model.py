@@ -22,6 +22,7 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -113,7 +114,10 @@ class PerlModel(nn.Module):
     ``roles``: which of ``policy``, ``value``, ``reward`` exist (the reference exists whenever
     ``policy`` does). ``trainable``: the roles whose adapter (or weights) and head train.
     ``lora``: one ``LoraSpec`` for every role, a dict role -> spec, or ``None`` for full
-    fine-tuning (separate weights per role).
+    fine-tuning (separate weights per role). ``gradient_checkpointing``: recompute each decoder
+    layer's activations in the backward pass instead of keeping them (transformers'
+    ``gradient_checkpointing_enable``, non-reentrant, so it works with a frozen base): less
+    peak memory for more compute, as TRL's trainers do by default.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class PerlModel(nn.Module):
         trainable: Sequence[str] | None = None,
         lora: LoraSpec | dict[str, LoraSpec] | None = None,
         tokenizer=None,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         roles = tuple(roles)
@@ -135,14 +140,22 @@ class PerlModel(nn.Module):
         self.trainable = tuple(r for r in (trainable if trainable is not None else roles))
         self.base_fingerprint = base_fingerprint(base)
         self.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer else None
-        self.config = base.config
-        hidden = int(base.config.hidden_size)
+        # transformers' PretrainedConfig (typed Any: its attributes depend on the model).
+        self.config: Any = cast(Any, base).config
+        hidden = int(self.config.hidden_size)
         device = next(base.parameters()).device
         self.heads = nn.ModuleDict(
             {r: ScalarHead(hidden, zero=(r == "value")) for r in roles if r in HEAD_ROLES}
         ).to(device)
         for p in base.parameters():
             p.requires_grad_(False)
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            if not hasattr(base, "gradient_checkpointing_enable"):
+                raise PerlError("gradient checkpointing needs a transformers PreTrainedModel base")
+            cast(Any, base).gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if self.is_lora:
             from peft import get_peft_model
 
@@ -151,12 +164,13 @@ class PerlModel(nn.Module):
             if missing:
                 raise PerlError(f"no LoRA settings for role(s) {', '.join(missing)}")
             assert isinstance(specs[roles[0]], LoraSpec)
-            self.lora_specs = {r: specs[r] for r in roles}
+            self.lora_specs: dict[str, LoraSpec] = {r: cast(LoraSpec, specs[r]) for r in roles}
             # Resolve module names on the plain base, before peft wraps its layers.
-            configs = {r: specs[r].peft_config(base) for r in roles}
-            self.peft = get_peft_model(base, configs[roles[0]], adapter_name=roles[0])
+            configs = {r: self.lora_specs[r].peft_config(base) for r in roles}
+            peft = get_peft_model(cast(Any, base), configs[roles[0]], adapter_name=roles[0])
             for r in roles[1:]:
-                self.peft.add_adapter(r, configs[r])
+                peft.add_adapter(r, configs[r])
+            self.peft = peft
             self._models = None
         else:
             self.lora_specs = {}
@@ -204,13 +218,19 @@ class PerlModel(nn.Module):
             for p in self._models["reference"].parameters():
                 p.requires_grad_(False)
 
+    def head(self, role: str) -> ScalarHead:
+        """The value or reward head."""
+        if role not in self.heads:
+            raise PerlError(f"this model has no {role!r} head (heads: {', '.join(self.heads)})")
+        return cast(ScalarHead, self.heads[role])
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for r in self.trainable for p in self.role_parameters(r)]
 
     # ---- switching roles ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def use(self, role: str) -> Iterator[nn.Module]:
+    def use(self, role: str) -> Iterator[Any]:
         """Context in which the underlying causal LM computes as ``role``; yields that LM.
         With LoRA: the role's adapter active, or every adapter off for ``reference``."""
         if role != "reference" and role not in self.roles:
@@ -219,7 +239,7 @@ class PerlModel(nn.Module):
             raise PerlError("the reference policy needs a model with a policy role")
         if self.peft is None:
             assert self._models is not None
-            yield self._models[role]
+            yield cast(Any, self._models[role])
             return
         lm = self.peft.get_base_model()
         if role == "reference":
@@ -323,9 +343,9 @@ class PerlModel(nn.Module):
                 self.peft.peft_config[role].save_pretrained(str(tmp))
             else:
                 assert self._models is not None
-                self._models[role].save_pretrained(str(tmp))
+                cast(Any, self._models[role]).save_pretrained(str(tmp))
             if role in self.heads:
-                head = self.heads[role]
+                head = self.head(role)
                 save_file(
                     {"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu()},
                     str(tmp / HEAD_FILE),
@@ -401,7 +421,7 @@ class PerlModel(nn.Module):
         from safetensors.torch import load_file
 
         assert self.peft is not None
-        config = LoraConfig.from_pretrained(str(path))
+        config = cast(LoraConfig, LoraConfig.from_pretrained(str(path)))
         if self._active == role:
             self._active = None
         # Replace the role's adapter with the saved one (its rank or targets may differ).
@@ -426,13 +446,12 @@ class PerlModel(nn.Module):
             self.peft.delete_adapter("_swap")
         self.peft.set_adapter(role)
         self._active = role
+        saved = config.target_modules
         self.lora_specs[role] = LoraSpec(
             rank=int(config.r),
             alpha=float(config.lora_alpha),
             dropout=float(config.lora_dropout),
-            targets=tuple(sorted(config.target_modules))
-            if not isinstance(config.target_modules, str)
-            else config.target_modules,
+            targets=saved if isinstance(saved, str) else tuple(sorted(saved or ())),
         )
 
 
@@ -445,7 +464,8 @@ def load_base(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, de
         raise PerlError(f"{path}: not a model directory (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+        model = cast(nn.Module, AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype))
+        model = model.to(device)
     except (OSError, ValueError) as e:
         raise PerlError(f"{path}: cannot load the model: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
