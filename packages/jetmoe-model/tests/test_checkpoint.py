@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ HUB_TINY = {  # released spelling
 }  # fmt: skip
 
 
-def released_checkpoint(tmp_path, *, mutate=None):
+def released_checkpoint(tmp_path, *, mutate=None) -> tuple[JetMoEForCausalLM, Any]:
     """A hub-style directory: released config names, released tensor names, no lm_head (tied)."""
     model = randomize_(JetMoEForCausalLM(JetMoEConfig(**TINY)), seed=1)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}

@@ -544,6 +544,8 @@ def _causal_mask(
 
 
 class JetMoEModel(JetMoEPreTrainedModel):
+    embed_tokens: nn.Embedding
+
     def __init__(self, config: JetMoEConfig) -> None:
         super().__init__(config)
         self.padding_idx = config.pad_token_id
@@ -557,7 +559,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
     def get_input_embeddings(self):
         return self.embed_tokens
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
     @_renamed_cache_kwarg
@@ -695,7 +697,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 
     def get_output_embeddings(self):
@@ -798,7 +800,7 @@ class JetMoEForSequenceClassification(GenericForSequenceClassification, JetMoEPr
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 
 
