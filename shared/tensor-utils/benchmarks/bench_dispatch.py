@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import timeit
+from typing import Any
 
 import torch
 
@@ -29,10 +30,13 @@ def scale(x: torch.Tensor, s: float) -> torch.Tensor:
     return x * s
 
 
-def cases():
+Case = tuple[str, Op, tuple[Any, ...], dict[str, Any]]
+
+
+def cases() -> list[Case]:
     """``(label, op, args, kwargs)``: the trivial op, then one op of each package."""
     trivial = Op("bench_dispatch::scale", reference=scale)
-    found = [("trivial (x * s)", trivial, (torch.ones(4), 2.0), {})]
+    found: list[Case] = [("trivial (x * s)", trivial, (torch.ones(4), 2.0), {})]
     try:
         from expo_merge.ops import extrapolate
 
@@ -77,7 +81,7 @@ def cases():
     return found
 
 
-def measure(op: Op, args, kwargs, number: int, repeat: int) -> dict[str, float]:
+def measure(op: Op, args, kwargs, number: int, repeat: int) -> dict[str, Any]:
     t = next(a for a in args if isinstance(a, torch.Tensor))
     chosen = op.select(t.device.type, t.dtype)
     direct = op.implementation(chosen)
@@ -118,7 +122,7 @@ def measure(op: Op, args, kwargs, number: int, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "\n").splitlines()[0])
     parser.add_argument("--number", type=int, default=200, help="calls per timed round")
     parser.add_argument("--repeat", type=int, default=200, help="rounds per timer")
     args = parser.parse_args(argv)

@@ -254,6 +254,8 @@ class Op:
     :class:`Backend`), ``library_op`` (the ``torch.library`` custom op, or ``None``).
     """
 
+    __name__: str  # the reference's, copied by functools.update_wrapper
+
     def __init__(
         self,
         name: str,
