@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import expo_merge.compute as compute_mod
-import expo_merge.merge as merge_mod
 import pytest
 import torch
 from expo_helpers import FORMATS, listing, model_pair, write_checkpoint
@@ -153,7 +153,7 @@ def test_report_stats_realized_vs_intended(tmp_path):
     assert small.fraction_changed < big.fraction_changed
     assert small.swallowed_fraction > 0.5 and small.warning("bf16")
     assert big.step_ratio == pytest.approx(1.0, abs=0.1)
-    d = report.to_dict()
+    d: dict[str, Any] = report.to_dict()
     assert d["bytes_read"] > 0 and d["per_alpha"][0]["realized_over_intended"] < 0.9
     fp32 = extrapolate_checkpoints(s, a, 0.1, tmp_path / "o32.safetensors", dtype="fp32")
     assert fp32.stats[0].step_ratio == pytest.approx(1.0, rel=1e-3) and not fp32.warnings
@@ -303,7 +303,9 @@ def test_bad_inputs_clear_one_line_errors_no_output(tmp_path):
 def test_full_disk_refused_up_front(tmp_path, monkeypatch):
     s, a, *_ = make(tmp_path, "dir", "dir")
     before = listing(tmp_path)
-    monkeypatch.setattr(merge_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 10})())
+    monkeypatch.setattr(
+        "expo_merge.merge.shutil.disk_usage", lambda p: type("U", (), {"free": 10})()
+    )
     with pytest.raises(OutputError, match=r"only 0\.00 GB are free"):
         extrapolate_checkpoints(s, a, 0.3, tmp_path / "o")
     assert listing(tmp_path) == before

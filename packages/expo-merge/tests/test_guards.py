@@ -4,6 +4,7 @@ fp16/bf16 overflow, identical inputs, filters that match nothing, negative count
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -86,7 +87,8 @@ def test_filter_matching_nothing_is_refused(tmp_path, capsys, flag, pattern):
     assert err.startswith(f"expo-merge: error: {flag} {pattern!r} matches no")
     assert err.count("\n") == 1 and listing(tmp_path) == before
     with pytest.raises(PatternError):
-        extrapolate_state_dict(sft, aligned, 0.3, **{flag[2:]: [pattern]})
+        filters: dict[str, Any] = {flag[2:]: [pattern]}
+        extrapolate_state_dict(sft, aligned, 0.3, **filters)
     # a pattern that matches only an int buffer extrapolates nothing either
     with pytest.raises(PatternError, match="no float tensor"):
         extrapolate_state_dict(sft, aligned, 0.3, include=["*position_ids"])

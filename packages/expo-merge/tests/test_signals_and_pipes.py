@@ -43,6 +43,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
+            assert proc.stderr is not None
             pytest.fail(f"child exited ({proc.returncode}) before the signal: {proc.stderr.read()}")
         if time.monotonic() > deadline:
             proc.kill()

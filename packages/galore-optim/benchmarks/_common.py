@@ -36,7 +36,7 @@ def galore_torch_classes():
         return gt.GaLoreAdamW, gt.GaLoreAdafactor
     except ImportError:
         spec = importlib.util.find_spec("galore_torch")
-        if spec is None:
+        if spec is None or spec.submodule_search_locations is None:
             raise
         pkg = types.ModuleType("galore_torch")
         pkg.__path__ = list(spec.submodule_search_locations)

@@ -51,7 +51,16 @@ def build_model(layers: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**{**LLAMA_7B, "num_hidden_layers": layers}, use_cache=False)
+    config = LlamaConfig(
+        hidden_size=LLAMA_7B["hidden_size"],
+        intermediate_size=LLAMA_7B["intermediate_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=LLAMA_7B["num_attention_heads"],
+        num_key_value_heads=LLAMA_7B["num_key_value_heads"],
+        vocab_size=LLAMA_7B["vocab_size"],
+        max_position_embeddings=LLAMA_7B["max_position_embeddings"],
+        use_cache=False,
+    )
     config._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # build in bf16: no transient fp32 copy of 7B
@@ -98,8 +107,10 @@ def make_step(method: str, model, args):
         return step
 
     if method == "galore_torch":
-        import bitsandbytes as bnb
-        from galore_torch import GaLoreAdamW8bit as TorchGaLoreAdamW8bit
+        import bitsandbytes as bnb  # pyright: ignore[reportMissingImports]  (GPU-only peer)
+        from galore_torch import (  # pyright: ignore[reportMissingImports]  (GPU-only peer)
+            GaLoreAdamW8bit as TorchGaLoreAdamW8bit,
+        )
 
         targets = {id(p) for p in galore_targets(model)}
         per_param = {}
@@ -126,7 +137,7 @@ def make_step(method: str, model, args):
         return lambda loss: loss.backward()
 
     if method == "adamw8bit":
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # pyright: ignore[reportMissingImports]  (GPU-only peer)
 
         opt = bnb.optim.AdamW8bit(model.parameters(), lr=1e-5, weight_decay=0.0)
     else:
@@ -186,7 +197,7 @@ def run_method(method: str, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--all", action="store_true", help="every method, one process each")
     parser.add_argument("--methods", default=",".join(METHODS))

@@ -52,7 +52,7 @@ def load_corpus(path: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return train, val, info
 
 
-def make_model(seed: int, vocab: int, *, tiny: bool = False):
+def make_model(seed: int, vocab: int, *, tiny: bool = False) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     d, ffn, layers, heads = (64, 172, 2, 2) if tiny else (512, 1376, 8, 8)

@@ -131,7 +131,9 @@ def main() -> None:
         ),
     }
     try:  # galore-torch's 8-bit class needs bitsandbytes, and its step synchronizes CUDA
-        from galore_torch.adamw8bit import AdamW8bit as RefAdamW8bit
+        from galore_torch.adamw8bit import (  # pyright: ignore[reportMissingImports]  (needs bitsandbytes)
+            AdamW8bit as RefAdamW8bit,
+        )
 
         if device != "cuda":
             raise ImportError("its step calls torch.cuda.synchronize(); CUDA only")

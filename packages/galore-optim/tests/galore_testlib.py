@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 class TinyLM(nn.Module):
@@ -114,7 +119,15 @@ def load_agreeing_ranks(out_dir, name: str) -> dict:
     return r0
 
 
-def fsdp_optimizer(name: str, model: nn.Module):
+def _dtensor(p: torch.Tensor) -> DTensor:
+    """An FSDP2-sharded parameter, typed as the DTensor it is."""
+    from torch.distributed.tensor import DTensor
+
+    assert isinstance(p, DTensor), type(p)
+    return p
+
+
+def fsdp_optimizer(name: str, model: TinyLM):
     """The optimizers the FSDP2 test runs, by name (picklable for ``mp.spawn``)."""
     from galore_optim import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit
 
@@ -156,14 +169,14 @@ def fsdp_worker(rank: int, world: int, init_file: str, out_dir: str, names: tupl
                     opt.step()
 
             run(opt, data[:3])
-            saved_params = [p.to_local().clone() for p in model.parameters()]
+            saved_params = [_dtensor(p).to_local().clone() for p in model.parameters()]
             buf = io.BytesIO()
             torch.save(opt.state_dict(), buf)
             run(opt, data[3:])
-            final = [p.full_tensor() for p in model.parameters()]
+            final = [_dtensor(p).full_tensor() for p in model.parameters()]
             with torch.no_grad():
                 for p, s in zip(model.parameters(), saved_params, strict=True):
-                    p.to_local().copy_(s)
+                    _dtensor(p).to_local().copy_(s)
             resumed = fsdp_optimizer(name, model)
             buf.seek(0)
             resumed.load_state_dict(torch.load(buf, weights_only=True))
@@ -171,7 +184,7 @@ def fsdp_worker(rank: int, world: int, init_file: str, out_dir: str, names: tupl
             torch.save(
                 {
                     "params": final,
-                    "resumed": [p.full_tensor() for p in model.parameters()],
+                    "resumed": [_dtensor(p).full_tensor() for p in model.parameters()],
                     "state": opt.state_dict(),
                 },
                 f"{out_dir}/{name}-rank{rank}.pt",
@@ -209,7 +222,7 @@ def fsdp_dcp_worker(rank: int, world: int, init_file: str, out_dir: str, names: 
             model = sharded()
             opt = fsdp_optimizer(name, model)
             run(model, opt, data)
-            final = [p.full_tensor() for p in model.parameters()]
+            final = [_dtensor(p).full_tensor() for p in model.parameters()]
             model = sharded()
             opt = fsdp_optimizer(name, model)
             run(model, opt, data[:3])
@@ -219,7 +232,10 @@ def fsdp_dcp_worker(rank: int, world: int, init_file: str, out_dir: str, names: 
             load_checkpoint(f"{out_dir}/{name}-dcp", resumed_model, resumed_opt)
             run(resumed_model, resumed_opt, data[3:])
             torch.save(
-                {"params": final, "resumed": [p.full_tensor() for p in resumed_model.parameters()]},
+                {
+                    "params": final,
+                    "resumed": [_dtensor(p).full_tensor() for p in resumed_model.parameters()],
+                },
                 f"{out_dir}/{name}-dcp-rank{rank}.pt",
             )
     finally:

@@ -3,7 +3,6 @@ one process on the whole batch."""
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from galore_optim import GaLoreAdamW
 from galore_testlib import (
     batches,
@@ -13,14 +12,13 @@ from galore_testlib import (
     tiny_model,
     train,
 )
+from torch.multiprocessing.spawn import spawn
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_ddp_two_ranks_match_single_process(tmp_path):
     solvers = ("exact", "randomized")
-    mp.spawn(
-        ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), solvers), nprocs=2, join=True
-    )
+    spawn(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), solvers), nprocs=2, join=True)
     for solver in solvers:
         _check(tmp_path, solver)
 

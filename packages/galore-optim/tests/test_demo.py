@@ -19,6 +19,7 @@ def test_demo_runs_on_real_smollm2(tmp_path):
     spec = importlib.util.spec_from_file_location(
         "galore_demo", Path(__file__).parents[1] / "demo.py"
     )
+    assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     lines = demo.run(SimpleNamespace(model_dir=model_dir, workdir=tmp_path, device="cpu"))

@@ -4,7 +4,6 @@ round-trips through ``state_dict`` / ``torch.load(weights_only=True)`` and resum
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from galore_testlib import (
     batches,
     fsdp_optimizer,
@@ -13,6 +12,7 @@ from galore_testlib import (
     tiny_model,
     train,
 )
+from torch.multiprocessing.spawn import spawn
 
 NAMES = ("adamw-exact", "adamw-randomized", "adamw8bit", "adafactor")
 
@@ -31,9 +31,7 @@ def _fully_shard_available() -> bool:
     not _fully_shard_available(), reason="torch.distributed.fsdp.fully_shard missing"
 )
 def test_fsdp2_two_ranks_match_single_process(tmp_path):
-    mp.spawn(
-        fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), NAMES), nprocs=2, join=True
-    )
+    spawn(fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), NAMES), nprocs=2, join=True)
     for name in NAMES:
         r0 = load_agreeing_ranks(tmp_path, name)
         for a, b in zip(r0["params"], r0["resumed"], strict=True):
@@ -55,7 +53,7 @@ def test_fsdp2_dcp_checkpoint_resumes_exactly(tmp_path):
     sharded model and optimizer, train on: equal to the uninterrupted run."""
     from galore_testlib import fsdp_dcp_worker
 
-    mp.spawn(
+    spawn(
         fsdp_dcp_worker,
         args=(2, str(tmp_path / "init"), str(tmp_path), NAMES),
         nprocs=2,

@@ -1,5 +1,7 @@
 """Param groups from module names, and the transformers Trainer integration."""
 
+from typing import Any
+
 import pytest
 import torch
 from galore_optim import GaLoreAdamW, galore_param_groups, galore_target_names, is_galore_group
@@ -55,7 +57,7 @@ def test_param_groups_errors():
     with pytest.raises(ValueError, match=r"no nn\.Linear module matches"):
         galore_param_groups(tiny_model(), ["transformer_block"])
     with pytest.raises(TypeError, match="target_modules must be"):
-        galore_param_groups(tiny_model(), 3)
+        galore_param_groups(tiny_model(), 3)  # pyright: ignore[reportArgumentType]  (wrong type on purpose)
 
 
 def test_trainer_uses_galore_and_checkpoints_weights_only(tmp_path):
@@ -182,7 +184,11 @@ def test_galore_trainer_from_training_arguments(tmp_path, optim):
         logging_steps=1,
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = GaLoreTrainer(model=model, args=args, train_dataset=rows).train()
+    result = GaLoreTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,  # pyright: ignore[reportArgumentType]  (Trainer indexes any sequence; stub names Dataset)
+    ).train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
     assert len(changed) == len(before)  # GaLore and plain params all trained
@@ -202,9 +208,13 @@ def test_galore_trainer_state_counts_optimizer_steps(tmp_path):
         gradient_accumulation_steps=2,
         max_grad_norm=1.0,
     )
-    trainer = GaLoreTrainer(model=model, args=args, train_dataset=rows)
+    trainer = GaLoreTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,  # pyright: ignore[reportArgumentType]  (Trainer indexes any sequence; stub names Dataset)
+    )
     trainer.train()
-    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    opt: Any = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     assert type(opt).__name__ == "LayerwiseGaLoreAdamW"
     assert {s["step"] for s in opt.state.values()} == {3}  # 3 steps of 2 micro-batches
     assert opt.layerwise.last_grad_norm is not None and opt.layerwise.last_grad_norm > 0

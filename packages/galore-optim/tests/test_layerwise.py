@@ -117,7 +117,7 @@ def test_missing_micro_batch_is_reported():
 def test_layerwise_bad_arguments():
     m = tiny_model()
     with pytest.raises(TypeError, match="needs a GaLoreOptimizer"):
-        LayerwiseGaLore(torch.optim.SGD(m.parameters(), lr=0.1))
+        LayerwiseGaLore(torch.optim.SGD(m.parameters(), lr=0.1))  # pyright: ignore[reportArgumentType]  (wrong type on purpose)
     opt = GaLoreAdamW(galore_groups(m))
     with pytest.raises(ValueError, match="accumulation_steps"):
         LayerwiseGaLore(opt, accumulation_steps=0)

@@ -105,8 +105,8 @@ def test_adam8bit_kernel_matches_reference(numel, seed, device):
     vc, va = quant_naive.quantize_blockwise(
         _moment((numel,), "unsigned", seed + 2, device), "unsigned"
     )
-    ref = [t.clone() for t in (mc, ma, vc, va)]
-    out = [t.clone() for t in (mc, ma, vc, va)]
+    ref = (mc.clone(), ma.clone(), vc.clone(), va.clone())
+    out = (mc.clone(), ma.clone(), vc.clone(), va.clone())
     n_ref = quant_naive.adam8bit_moments(g, *ref, 0.9, 0.999, 1e-8)
     with poison_allocations():
         n_out = quant8.adam8bit_moments(g, *out, 0.9, 0.999, 1e-8, backend="triton")

@@ -4,6 +4,7 @@ import copy
 import io
 import itertools
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -311,7 +312,7 @@ def test_errors_for_bad_groups():
 @pytest.mark.parametrize("cls", [GaLoreAdamW, GaLoreAdamW8bit, GaLoreAdafactor])
 def test_misspelled_galore_keys_are_refused(cls, key, hint):
     m = tiny_model()
-    kw = {"lr": 1e-3} if cls is not GaLoreAdafactor else {}
+    kw: dict[str, Any] = {"lr": 1e-3} if cls is not GaLoreAdafactor else {}
     with pytest.raises(ValueError, match=rf"param group 0: unknown key '{key}'.*{hint}"):
         cls([{"params": [m.attn.weight], key: 4}], **kw)
     with pytest.raises(ValueError, match=rf"param group 1: unknown key '{key}'"):
@@ -368,7 +369,7 @@ def test_closure_and_no_grad_params():
         loss.backward()
         return loss
 
-    loss = opt.step(closure)
+    loss = opt.step(closure)  # pyright: ignore[reportArgumentType]  (torch.optim types closures as returning float; they return the loss tensor)
     assert torch.is_tensor(loss)
     assert max_param_diff(before, m) > 0
     opt.zero_grad()

@@ -19,6 +19,13 @@ from tensor_utils_dev.testing.strategies import random_tensor, seeds
 dims = st.integers(min_value=2, max_value=24)
 
 
+def _side_basis(left: torch.Tensor | None, right: torch.Tensor | None, side: str) -> torch.Tensor:
+    """The basis ``compute_basis`` returned for ``side``, as columns."""
+    basis = left if side == "left" else None if right is None else right.T
+    assert basis is not None, side
+    return basis
+
+
 def _orthonormality_error(basis: torch.Tensor, rows: bool) -> float:
     b = basis.double()
     gram = b @ b.T if rows else b.T @ b
@@ -99,6 +106,7 @@ def test_randomized_is_deterministic_per_seed_index_step():
     a = compute_basis(g, 4, "right", solver="randomized", seed=1, index=2, step=5)[1]
     b = compute_basis(g, 4, "right", solver="randomized", seed=1, index=2, step=5)[1]
     c = compute_basis(g, 4, "right", solver="randomized", seed=1, index=3, step=5)[1]
+    assert a is not None and b is not None and c is not None
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -124,7 +132,7 @@ def test_standalone_projector_refreshes_on_schedule():
     assert not proj.update(g * 2, 1)
     assert proj.update(g, 2)
     low = proj.project(g)
-    assert low.shape == (10, 3)
+    assert low.shape == (10, 3) and proj.right is not None
     torch.testing.assert_close(proj.project_back(low), 0.5 * (low @ proj.right))
     with pytest.raises(ValueError, match="2-D"):
         GaLoreProjector(rank=2).update(torch.zeros(3, 3, 3), 0)
@@ -169,6 +177,7 @@ def test_rayleigh_ritz_basis_matches_exact_svd(solver, proj_type, shape):
         if exact is None:
             assert approx is None
             continue
+        assert approx is not None
         a, e = (approx.T, exact.T) if rows else (approx, exact)
         assert _orthonormality_error(a, rows=False) < 1e-5
         # signal subspace: principal angles between the top-k directions are ~0
@@ -246,7 +255,7 @@ def test_randomized_on_cuda_matches_exact_without_fallback(side, monkeypatch):
     # orthogonal, too coarse to compare energies at 1e-4).
     best = (torch.linalg.svdvals(g.double())[:rank] ** 2).sum().item()
     left, right = compute_basis(g.cuda(), rank, side, solver="randomized")
-    a = (left if side == "left" else right.T).cpu().double()
+    a = _side_basis(left, right, side).cpu().double()
     mat = g.double() if side == "left" else g.double().T
     assert ((a.T @ mat).norm() ** 2).item() == pytest.approx(best, rel=1e-4)
     assert _orthonormality_error(a, rows=False) < 1e-4
@@ -258,5 +267,5 @@ def test_randomized_sign_convention(side):
     may depend on the LAPACK build or thread count)."""
     g = random_tensor((30, 20), torch.float32, 11)
     left, right = compute_basis(g, 5, side, solver="randomized")
-    b = left if side == "left" else right.T
+    b = _side_basis(left, right, side)
     assert torch.all(b.gather(0, b.abs().argmax(0, keepdim=True)) > 0)
