@@ -9,7 +9,9 @@ in ``bench_quality.py``); each method's cache is built from that prefill (``Dyna
 the full cache, ``KVPruneCache.prefill_from`` for kvprune), then ``model.generate`` decodes
 ``--new`` tokens greedily. A streamer stamps every generated token; the per-token time is the
 median gap between consecutive tokens (prefill excluded). Methods run interleaved, ``--rounds``
-times (A, B, C, A, B, C, ...), medians over rounds: other processes share the CPU.
+times, the order rotated by one method each round (A, B, C, B, C, A, ...) so that drift in the
+machine's load does not always hit the same method; medians over rounds: other processes share
+the CPU.
 """
 
 from __future__ import annotations
@@ -120,8 +122,11 @@ def main(argv=None) -> int:
         first = int(logits.argmax())
         times: dict[str, list[float]] = {m: [] for m in todo}
         kept: dict[str, float] = {}
+        names = list(todo)
         for r in range(args.rounds):
-            for name, policy in todo.items():
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                policy = todo[name]
                 cache = build_cache(model, tok, policy, states, ids)
                 if isinstance(cache, KVPruneCache):
                     kept[name] = cache.report().kept_fraction
