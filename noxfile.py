@@ -68,7 +68,8 @@ def props(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, then pyright (basic mode, `[tool.pyright]` in the root pyproject) over every
-    member's src. Pyright resolves imports from this venv: every member with every extra."""
+    member (sources, tests, benchmarks). Pyright resolves imports from this venv: every member
+    with every extra, and the lint group."""
     uv_sync(session, "--all-packages", "--all-extras", "--group", "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
