@@ -37,7 +37,7 @@ def test_reward_model_learns_the_rule_and_rl_raises_it(smollm2):
     model = PerlModel(base, lora=LoraSpec(rank=8), tokenizer=tok)
     rm = train_reward_model(
         model, tok, DATA / "pairs_train.jsonl", eval_data=DATA / "pairs_test.jsonl",
-        config=RewardConfig(lr=1e-3, epochs=8, batch_size=8), progress=False,
+        config=RewardConfig(lr=1e-3, epochs=3, batch_size=8), progress=False,
     )  # fmt: skip
     print(f"\nreward model, held-out pairs: {rm.metrics}")
     assert rm.metrics["accuracy"] >= 0.75, rm.metrics

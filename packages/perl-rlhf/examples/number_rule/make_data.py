@@ -2,7 +2,7 @@
 
 The rule a reader can check: **a response that contains a digit is preferred**. For every
 prompt the model samples several short responses; each pair (one with a digit, one without) of
-the same prompt becomes a pairwise row (prompt / chosen / rejected, TRL's format) and every
+the same prompt (every combination) becomes a pairwise row (prompt / chosen / rejected, TRL's format) and every
 response a binary row (prompt / completion / label). Prompts are split into train, held-out and
 RL sets, so the reward model is evaluated on prompts it never saw.
 
@@ -66,9 +66,8 @@ def main() -> None:
             conv = [{"role": "user", "content": row["prompt"]}]
             good = [r for r in row["responses"] if r and DIGIT.search(r)]
             bad = [r for r in row["responses"] if r and not DIGIT.search(r)]
-            pairs += [
-                {"prompt": conv, "chosen": g, "rejected": b}
-                for g, b in zip(good, bad, strict=False)
+            pairs += [  # every (with digit, without) pair of the prompt's responses
+                {"prompt": conv, "chosen": g, "rejected": b} for g in good for b in bad
             ]
             binary += [{"prompt": conv, "completion": r, "label": r in good} for r in good + bad]
         write(HERE / f"pairs_{name}.jsonl", pairs)
