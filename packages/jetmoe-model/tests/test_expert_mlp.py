@@ -383,8 +383,10 @@ def test_fused_route_layer_returns_the_routing_and_differentiates_through_logits
     for r, o in ((route, out), (ref_route, ref_out)):
         loss = o.square().sum() + torch.logsumexp(r.logits.float(), -1).square().mean()
         loss.backward()
-    # gradients of size ~1e2 summed in another order (Triton's interpreter runs on NumPy):
-    # float32 agreement to 1e-3 relative
+    # gradients of size ~1e2 summed in another order (Triton's interpreter runs on NumPy): the
+    # rounding error scales with the largest entry, so small entries get an absolute slack of
+    # 1e-5 of it (a fixed 1e-4 failed for one entry of 0.03 in one draw of 128)
     grad, ref_grad = layer.router.layer.weight.grad, ref_layer.router.layer.weight.grad
     assert grad is not None and ref_grad is not None
-    assert_close(grad, ref_grad, atol=1e-4, rtol=1e-3)
+    scale = ref_grad.abs().max().item()
+    assert_close(grad, ref_grad, atol=max(1e-4, 1e-5 * scale), rtol=1e-3)
