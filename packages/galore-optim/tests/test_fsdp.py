@@ -14,21 +14,13 @@ from galore_testlib import (
 )
 from torch.multiprocessing.spawn import spawn
 
+from tensor_utils_dev.testing.distributed import fully_shard_available
+
 NAMES = ("adamw-exact", "adamw-randomized", "adamw8bit", "adafactor")
 
 
-def _fully_shard_available() -> bool:
-    if not torch.distributed.is_available():
-        return False
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.skipif(
-    not _fully_shard_available(), reason="torch.distributed.fsdp.fully_shard missing"
+    not fully_shard_available(), reason="torch.distributed.fsdp.fully_shard missing"
 )
 def test_fsdp2_two_ranks_match_single_process(tmp_path):
     spawn(fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), NAMES), nprocs=2, join=True)
@@ -46,7 +38,7 @@ def test_fsdp2_two_ranks_match_single_process(tmp_path):
 
 
 @pytest.mark.skipif(
-    not _fully_shard_available(), reason="torch.distributed.fsdp.fully_shard missing"
+    not fully_shard_available(), reason="torch.distributed.fsdp.fully_shard missing"
 )
 def test_fsdp2_dcp_checkpoint_resumes_exactly(tmp_path):
     """save_checkpoint at step 3 with 2 ranks (torch.distributed.checkpoint), load into a fresh

@@ -60,6 +60,8 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from jetmoe_model import router_losses
     from jetmoe_model.distributed import mixed_precision, shard_model
 
+    from tensor_utils_dev.testing.distributed import probe_mixed_precision
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -87,21 +89,12 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         params = [p.full_tensor().detach().clone() for p in model.parameters()]
 
         policy_model: Any = shard_model(tiny_model(), mp_policy=mixed_precision(torch.bfloat16))
-        seen = []
-        for name, module in (("block", policy_model.model.layers[0]), ("root", policy_model)):
-            module.register_forward_pre_hook(
-                lambda m, _a, name=name: seen.append((name, next(m.parameters()).dtype))
-            )
         rows = batches(1)[0].chunk(world)[rank]
-        out = policy_model(rows, labels=rows, output_router_logits=True)
-        out.loss.backward()
-        mp = {
-            "seen": seen,
-            "logits": out.logits.dtype,
-            "sharded": {p.dtype for p in policy_model.parameters()},
-            "grads": {p.grad.dtype for p in policy_model.parameters() if p.grad is not None},
-            "finite": bool(torch.isfinite(out.loss)),
-        }
+        mp = probe_mixed_precision(
+            policy_model,
+            [("block", policy_model.model.layers[0]), ("root", policy_model)],
+            lambda: policy_model(rows, labels=rows, output_router_logits=True),
+        )
         if rank == 0:
             torch.save(
                 {

@@ -4,7 +4,6 @@ steps, with activation checkpointing on; a bf16 ``MixedPrecisionPolicy`` is appl
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from jetmoe_fsdp_lib import (
     STEPS,
     batches,
@@ -17,22 +16,12 @@ from jetmoe_fsdp_lib import (
 )
 from jetmoe_model.distributed import enable_checkpointing
 
-
-def _fully_shard_available() -> bool:
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        return False
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from tensor_utils_dev.testing.distributed import fully_shard_available, spawn_ranks
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)  # pyright: ignore[reportPrivateImportUsage]  (public, not in the stub's __all__)
-    return torch.load(tmp / "rank0.pt", weights_only=False)
+    return spawn_ranks(worker, tmp_path_factory.mktemp("fsdp"))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +37,7 @@ def one_process():
     )
 
 
-pytestmark = pytest.mark.skipif(not _fully_shard_available(), reason="no FSDP2 / gloo")
+pytestmark = pytest.mark.skipif(not fully_shard_available(), reason="no FSDP2 / gloo")
 
 
 def test_router_losses_are_the_global_batch_losses(two_ranks, one_process):

@@ -40,6 +40,8 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     from megalodon_model.modeling import MegalodonBlock
     from torch.distributed.tensor import DTensor
 
+    from tensor_utils_dev.testing.distributed import probe_mixed_precision
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -65,24 +67,12 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
         policy_model = tiny_model()
         shard_model(policy_model, mp_policy=mixed_precision(torch.bfloat16))
-        seen = []
-        modules: list[tuple[str, torch.nn.Module]] = [
-            ("block", policy_model.model.layers[0]), ("root", policy_model),
-        ]  # fmt: skip
-        for name, module in modules:
-            module.register_forward_pre_hook(
-                lambda m, _a, name=name: seen.append((name, next(m.parameters()).dtype))
-            )
         rows = batches(1)[0].chunk(world)[rank]
-        out = policy_model(rows, labels=rows)
-        out.loss.backward()
-        mp = {
-            "seen": seen,
-            "logits": out.logits.dtype,
-            "sharded": {p.dtype for p in policy_model.parameters()},
-            "grads": {p.grad.dtype for p in policy_model.parameters() if p.grad is not None},
-            "finite": bool(torch.isfinite(out.loss)),
-        }
+        mp = probe_mixed_precision(
+            policy_model,
+            [("block", policy_model.model.layers[0]), ("root", policy_model)],
+            lambda: policy_model(rows, labels=rows),
+        )
         if rank == 0:
             torch.save(
                 {"losses": gathered, "block_calls": block_calls[0], "params": params, "mp": mp},

@@ -6,27 +6,15 @@ import pytest
 import torch
 from megalodon_fsdp_lib import STEPS, batches, optimizer, step, tiny_model, worker
 from megalodon_model.distributed import enable_checkpointing
-from torch.multiprocessing.spawn import spawn
 
+from tensor_utils_dev.testing.distributed import fully_shard_available, spawn_ranks
 
-def _fully_shard_available() -> bool:
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        return False
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _fully_shard_available(), reason="no FSDP2 / gloo")
+pytestmark = pytest.mark.skipif(not fully_shard_available(), reason="no FSDP2 / gloo")
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fsdp")
-    spawn(worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
-    return torch.load(tmp / "rank0.pt", weights_only=False)
+    return spawn_ranks(worker, tmp_path_factory.mktemp("fsdp"))
 
 
 @pytest.fixture(scope="module")
