@@ -41,12 +41,14 @@ def probe_mixed_precision(
     logits' dtype, the stored (sharded) parameter dtypes, the gradient dtypes, and whether the
     loss was finite."""
     seen: list[tuple[str, torch.dtype]] = []
-    handles = [
-        module.register_forward_pre_hook(
-            lambda m, _args, name=name: seen.append((name, next(m.parameters()).dtype))
-        )
-        for name, module in modules
-    ]
+
+    def recorder(name: str) -> Callable[[torch.nn.Module, Any], None]:
+        def record(module: torch.nn.Module, _args: Any) -> None:
+            seen.append((name, next(module.parameters()).dtype))
+
+        return record
+
+    handles = [module.register_forward_pre_hook(recorder(name)) for name, module in modules]
     try:
         out = run()
         out.loss.backward()
