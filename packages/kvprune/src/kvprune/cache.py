@@ -27,7 +27,7 @@ from .attention import ATTN_NAME, install
 from .errors import UnsupportedError
 from .model_check import check_model, head_dim, kv_heads, text_config
 from .ops.ragged_decode import ragged_decode_attention
-from .policies import FastGen, Policy, Profile
+from .policies import FastGen, Policy, Profile, layer_mean_scores
 from .report import Report, build_report
 from .storage import RaggedStore
 from .tokens import token_classes
@@ -193,6 +193,10 @@ class KVPruneLayer(CacheLayerMixin):
             store.needs_scores,
             backend=self.owner.backend,
         )
+        if weights is not None and self.owner.policy.layer_scores:
+            weights = layer_mean_scores(
+                weights, store.slot_seg, store.slot_pos, store.slot_live, h, b, self.seen
+            )
         store.after_step(weights)
         return out.reshape(b, hq, d).unsqueeze(1).to(query.dtype)
 

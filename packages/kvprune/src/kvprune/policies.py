@@ -76,12 +76,19 @@ class Plan:
     recovery: torch.Tensor  # [B, H] float32 kept attention mass of the chosen set
 
 
-def kept_mass(profile: Profile, keep: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+def kept_mass(
+    profile: Profile,
+    keep: torch.Tensor,
+    params: dict | None = None,
+    by_row: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[B, H, G]``: attention mass on the kept keys, averaged over the valid profiled rows.
 
     With ``params``, the local window slides with the query row (row r keeps the keys within
     the window in force at r, as a decoding query at r would), the rest of ``keep`` is fixed;
-    without, ``keep`` ([B, H, n]) applies to every row as is.
+    without, ``keep`` ([B, H, n]) applies to every row as is. ``by_row``: optionally
+    ``profile.attn.transpose(2, 3).contiguous()`` (``[B, H, R, G, n]``), the layout the
+    product needs, when the caller tests several kept sets on one profile.
     """
     if params is None:
         rows_keep = keep[:, :, None, :].expand(-1, -1, profile.attn.shape[3], -1)
@@ -92,8 +99,13 @@ def kept_mass(profile: Profile, keep: torch.Tensor, params: dict | None = None) 
         newest = row_pos[:, None, :, None]  # [B, 1, R, 1]
         sliding = profile.pos[:, None, None, :] > newest - window_at(p, newest + 1)
         rows_keep = keep[:, :, None, :] | sliding  # [B, H, R, n]
-    # A dot product per (row, head, query row): no [B, H, G, R, n] temporary.
-    mass = torch.einsum("bhgrn,bhrn->bhgr", profile.attn, rows_keep.to(profile.attn.dtype))
+    # A dot product per (row, head, query row). einsum copies ``attn`` into [B, H, R, G, n]
+    # order on every call; a caller that tests several kept sets passes that copy once.
+    keep_f = rows_keep.to(profile.attn.dtype)
+    if by_row is None:
+        mass = torch.einsum("bhgrn,bhrn->bhgr", profile.attn, keep_f)
+    else:
+        mass = torch.einsum("bhrgn,bhrn->bhgr", by_row, keep_f)
     rows = profile.row_valid[:, None, None, :].float()
     return (mass * rows).sum(-1) / rows.sum(-1).clamp(min=1)
 
@@ -137,6 +149,8 @@ class Policy:
     policy needs the tokenizer)."""
 
     score_mode: Literal["cumulative", "last"] = "cumulative"
+    # Decoding scores averaged over every head of the layer, per position (``layer_mean_scores``)
+    layer_scores: bool = False
     profile_window: int = 256
     uses_token_classes: bool = False
     min_window: int = 16
@@ -259,12 +273,15 @@ class FastGen(Policy):
                 profile, attn=profile.attn[..., -r:, :], row_valid=profile.row_valid[:, -r:]
             )
         out = []
+        # Every rung's mass is a product with the same profile: reorder it once (a transient
+        # copy of the profile, 3-5x faster over the ladder than einsum reordering per rung).
+        by_row = judged.attn.transpose(2, 3).contiguous()
         for rung in self.ladder:
             p = self.rung_params(rung, profile.n_real, h)
             static, window, frequent = prefill_parts(
                 profile.cls, profile.pos, profile.real, profile.n_real, score, p
             )
-            mass = kept_mass(judged, static | frequent, p)
+            mass = kept_mass(judged, static | frequent, p, by_row)
             rec = mass.min(-1).values if self.group_reduce == "min" else mass.mean(-1)
             if "full" in rung:
                 rec = torch.ones_like(rec)
@@ -493,13 +510,15 @@ class H2O(Policy):
 
 @dataclass(frozen=True)
 class TOVA(Policy):
-    """Token Omission Via Attention: keep the tokens the *current* query attends to most
-    (scores are replaced, not accumulated, each step); group-summed over query heads;
-    ``kept_fraction`` of the sequence."""
+    """Token Omission Via Attention (Oren et al., 2024): keep the tokens the *current* query
+    attends to most, its attention averaged over every query head of the layer, so every KV
+    head of a layer keeps the same tokens (the paper's rule and its reference code; scores
+    are replaced, not accumulated, each step); ``kept_fraction`` of the sequence."""
 
     kept_fraction: float = 0.5
     profile_window: int = 1
     score_mode: Literal["cumulative", "last"] = "last"
+    layer_scores: bool = True
     min_window: int = 16
 
     def __post_init__(self):
@@ -507,10 +526,34 @@ class TOVA(Policy):
         _check_min_window(self.min_window)
 
     def plan(self, profile: Profile) -> Plan:
-        last = profile.attn[:, :, :, -1, :].sum(2)  # the last prompt row's attention
+        b, h = profile.shape
+        # The last prompt row's attention, averaged over all query heads of the layer.
+        last = profile.attn[:, :, :, -1, :].mean(dim=(1, 2))  # [B, n]
+        score = last[:, None, :].expand(b, h, -1).contiguous()
         return self._single(
-            profile, "tova", last, window=self.min_window, k_f_q=fraction_q(self.kept_fraction)
+            profile, "tova", score, window=self.min_window, k_f_q=fraction_q(self.kept_fraction)
         )
+
+
+def layer_mean_scores(
+    weights: torch.Tensor,
+    seg: torch.Tensor,
+    pos: torch.Tensor,
+    live: torch.Tensor,
+    n_kv: int,
+    batch: int,
+    bound: int,
+) -> torch.Tensor:
+    """A decoding step's attention per pool row, averaged over every query head of the layer
+    for the row's position (``layer_scores`` policies: TOVA): ``[N, 1]`` from ``weights``
+    ``[N, G]``, ``seg``/``pos``/``live`` ``[N]`` (the store's per-row segment, position and
+    liveness); ``bound`` exceeds every position. Heads that keep the same positions (TOVA's
+    do) get the same scores, so their evictions stay the same."""
+    step = weights.sum(-1) * live.to(weights.dtype)  # [N]
+    key = (seg.long() // n_kv) * bound + pos.long().clamp(min=0)
+    acc = torch.zeros(batch * bound, dtype=step.dtype, device=step.device)
+    acc.index_add_(0, key, step)
+    return (acc[key] / (n_kv * weights.shape[-1])).unsqueeze(-1)
 
 
 @dataclass(frozen=True)
@@ -572,5 +615,6 @@ __all__ = [
     "allocate",
     "heavy_scores",
     "kept_mass",
+    "layer_mean_scores",
     "pooled_votes",
 ]
