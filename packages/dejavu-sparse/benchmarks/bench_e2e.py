@@ -74,6 +74,8 @@ def main() -> None:
     p.add_argument("--mode", help="default (SmolLM2): the best mode within 5%% perplexity")
     p.add_argument("--sparsity", type=float)
     p.add_argument("--uniform", action="store_true", help="TEAL without the greedy allocation")
+    p.add_argument("--block-size", type=int, default=1,
+                   help="TEAL's block option: input channels in whole blocks of this size")  # fmt: skip
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--batches", type=int, nargs="+", default=[1])
@@ -87,10 +89,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.mode is None:
         name, sparsity, _ = best_config(HERE / "results" / "quality_cpu.csv")
-        mode, greedy = name.split("_")[0], name != "teal_uniform"
+        mode, greedy = name.split("_")[0], "uniform" not in name
+        args.block_size = int(name.rpartition("_b")[2]) if "_b" in name else 1
     else:
         mode, sparsity, greedy = args.mode, float(args.sparsity or 0.3), not args.uniform
         name = mode if greedy or mode != "teal" else "teal_uniform"
+        name += f"_b{args.block_size}" if args.block_size > 1 else ""
     model, tok = load(args.model)
     model = cast(Any, model)  # a transformers causal LM (its stubs do not type generate)
     path = args.calibration or str(cache_root() / "dejavu-sparse" / args.model)
@@ -99,13 +103,14 @@ def main() -> None:
     if args.eval_tokens:
         ev = tok(stdlib_text("evaluation"), return_tensors="pt")["input_ids"][0][: args.eval_tokens]
         dense_ppl = perplexity(model, ev, seq_len=256)
-        sparsify(model, mode, sparsity, calib, greedy=greedy, prefill=True)
+        sparsify(model, mode, sparsity, calib, greedy=greedy, prefill=True,
+                 block_size=args.block_size)  # fmt: skip
         sparse_ppl = perplexity(model, ev, seq_len=256)
         ratio = sparse_ppl / dense_ppl
         unsparsify(model)
         print(f"perplexity dense {dense_ppl:.3f}, {name} {sparsity}: {sparse_ppl:.3f} "
               f"(x{ratio:.4f})", flush=True)  # fmt: skip
-    sparsify(model, mode, sparsity, calib, greedy=greedy, track=False)
+    sparsify(model, mode, sparsity, calib, greedy=greedy, track=False, block_size=args.block_size)
     state = sparse_state(model)
     msgs = [{"role": "user", "content": "Explain what a Python decorator is, with an example."}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")

@@ -21,6 +21,9 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = [("dejavu", {}), ("dejavu_mlp", {"attn_sparsity": 0.0}), ("dejavu_oracle", {}),
            ("dejavu_oracle_mlp", {"attn_sparsity": 0.0}), ("teal", {}),
            ("teal_uniform", {"greedy": False}), ("cats", {})]  # fmt: skip
+# TEAL's block option: input channels kept in whole blocks of b (teal_b16: greedy allocation)
+CONFIGS += [(f"teal_b{b}", {"block_size": b}) for b in (8, 16, 32, 64)]
+CONFIGS += [(f"teal_uniform_b{b}", {"greedy": False, "block_size": b}) for b in (8, 16, 32, 64)]
 
 
 def recall_rows(model, calib, ids, seq_len: int, sparsities) -> list[dict]:

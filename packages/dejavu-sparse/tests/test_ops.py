@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from dejavu_sparse.fallback import dense_fallback_density, set_dense_fallback, use_dense
-from dejavu_sparse.ops import gather_cols, gather_rows
+from dejavu_sparse.ops import gather_blocks, gather_cols, gather_rows
 from dejavu_sparse.ops.gather_rows.cases import selections
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,5 +208,88 @@ def test_gpu_llama8b_shapes(dtype, b):
         with poison_allocations():
             out = gather_cols(xs, w, idx, backend="triton")
         assert_close(out, gather_cols(xs, w, idx, backend="reference"), atol=2e-2, rtol=2e-2)
+    finally:
+        set_dense_fallback("cuda", None)
+
+
+# -- gathered channel blocks (TEAL's block option) ---------------------------------------------
+
+
+def blocks_f64(x, wt, keep, block):
+    return (x * keep.repeat_interleave(block)[: wt.shape[0]]) @ wt
+
+
+@settings(max_examples=30)
+@given(data=st.data())
+def test_blocks_reference_matches_float64(data):
+    (x, wt, keep, block), _ = data.draw(gather_blocks.cases())
+    x, wt = x.float(), wt.float()
+    assert_matches_float64(gather_blocks(x, wt, keep, block, backend="reference"), blocks_f64,
+                           x, wt, keep, block, roundings=8 * wt.shape[0])  # fmt: skip
+
+
+@pytest.mark.parametrize("density", [1.0, 0.0])
+@pytest.mark.parametrize("backend", ["runs", "expanded"])
+def test_blocks_backends_match_reference(backend, density):
+    """Both CPU backends on the op's cases (odd sizes, a short last block, no / every / one
+    block kept, batch 1-16), gathered (fallback density 1) and as the masked dense product (0)."""
+    set_dense_fallback("cpu", {1: density})
+    try:
+        check_backend(gather_blocks, backend, max_examples=25, device="cpu")
+    finally:
+        set_dense_fallback("cpu", None)
+
+
+@pytest.mark.parametrize("b,n,m,block", [(1, 4096, 96, 16), (1, 1000, 33, 64), (3, 77, 5, 8)])
+def test_blocks_runs_ignore_skipped_inputs(b, n, m, block):
+    """Skipped blocks are never read: NaN in their inputs and weight rows leaves the result
+    finite and equal to the reference on clean data."""
+    gen = torch.Generator().manual_seed(n)
+    keep = torch.rand(-(-n // block), generator=gen) < 0.5
+    x = random_tensor((b, n), torch.float32, 1)
+    wt = random_tensor((n, m), torch.float32, 2)
+    expected = gather_blocks(x, wt, keep, block, backend="reference")
+    skipped = ~keep.repeat_interleave(block)[:n]
+    x[:, skipped] = float("nan")
+    wt[skipped] = float("nan")
+    set_dense_fallback("cpu", {1: 1.0})
+    try:
+        with poison_allocations():
+            out = gather_blocks(x, wt, keep, block, backend="runs")
+    finally:
+        set_dense_fallback("cpu", None)
+    assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_blocks_bad_input_is_one_line():
+    x, wt = torch.ones(1, 10), torch.ones(10, 3)
+    for call, message in (
+        (lambda: gather_blocks(x, wt, torch.ones(2, dtype=torch.bool), 4), "3 blocks"),
+        (lambda: gather_blocks(x, wt, torch.ones(3), 4), "bool"),
+        (lambda: gather_blocks(x, wt, torch.ones(1, dtype=torch.bool), 0), "block_size"),
+        (lambda: gather_blocks(torch.ones(1, 9), wt, torch.ones(3, dtype=torch.bool), 4), "rows"),
+    ):
+        for backend in ("reference", "runs", "expanded"):
+            with pytest.raises(ValueError, match=message) as err:
+                call.__call__() if backend == "reference" else call()
+            assert "\n" not in str(err.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("b", [1, 4, 16])
+def test_gpu_blocks_llama8b_shapes(dtype, b):
+    """On CUDA the block option runs the gathered-column Triton kernel over block-expanded
+    indices (the ``expanded`` backend, chosen by ``auto``)."""
+    set_dense_fallback("cuda", {1: 1.0})
+    try:
+        n, m = 14336, 4096
+        keep = torch.rand(n // 16, device="cuda") < 0.5
+        x = torch.randn(b, n, device="cuda", dtype=dtype)
+        wt = torch.randn(n, m, device="cuda", dtype=dtype) * 0.02
+        with poison_allocations():
+            out = gather_blocks(x, wt, keep, 16)
+        ref = gather_blocks(x, wt, keep, 16, backend="reference")
+        assert_close(out, ref, atol=2e-2, rtol=2e-2)
     finally:
         set_dense_fallback("cuda", None)

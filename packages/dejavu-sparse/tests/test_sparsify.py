@@ -244,3 +244,92 @@ def test_gpu_generate_matches_masked(mode):
     torch.testing.assert_close(gathered, masked, atol=1e-4, rtol=1e-4)
     out = model.generate(prompt, max_new_tokens=4, do_sample=False)
     assert out.shape == (2, 10)
+
+
+# -- TEAL's block option ------------------------------------------------------------------------
+
+BLOCKS = (8, 16, 32, 64)  # the tiny model is 48 wide with an 80-wide MLP: short last blocks
+
+
+@settings(max_examples=10, deadline=None)
+@given(arch=st.sampled_from(ARCHS), batch=st.sampled_from([1, 2, 5]), block=st.sampled_from(BLOCKS),
+       sparsity=st.sampled_from([0.3, 0.5, 0.7]), seed=st.integers(0, 99),
+       greedy=st.booleans())  # fmt: skip
+def test_block_gathered_decode_equals_masked_per_token(arch, batch, block, sparsity, seed, greedy):
+    model = tiny_model(arch)
+    sparsify(model, "teal", sparsity, tiny_calibration(arch), greedy=greedy, block_size=block)
+    prompt = token_ids(7 * batch, seed=seed).view(batch, 7)
+    step = token_ids(batch, seed=seed + 1).view(batch, 1)
+    gathered, masked = _decode_both(model, prompt, step)
+    torch.testing.assert_close(gathered, masked, atol=2e-5, rtol=2e-5)
+    assert sparse_state(model).report()["mean"]["layer"] > 0
+
+
+def test_block_selection_keeps_whole_blocks():
+    """Every projection input the block mode passes on is zero in whole blocks or not at all."""
+    from dejavu_sparse.layers import _mask_input, block_ms
+
+    x = torch.randn(3, 5, 50)
+    for block in BLOCKS:
+        t = float(block_ms(x, block).sqrt().median())
+        y = _mask_input(x, t, block)
+        pad = torch.nn.functional.pad(y, (0, -50 % block)).view(3, 5, -1, block)
+        kept = pad.ne(0).any(-1)
+        full = torch.nn.functional.pad(x, (0, -50 % block)).view(3, 5, -1, block)
+        assert torch.equal(pad[kept], full[kept]) and not pad[~kept].any()
+
+
+@settings(max_examples=6, deadline=None)
+@given(sparsity=st.floats(0.05, 0.9), block=st.sampled_from(BLOCKS))
+def test_block_thresholds_hit_requested_sparsity_on_calibration_data(sparsity, block):
+    """Each block threshold drops the requested fraction of its site's blocks (by RMS) on the
+    calibration text within one point."""
+    from dejavu_sparse.layers import block_ms
+
+    calib = tiny_calibration("llama")
+    model = tiny_model("llama")
+    found: dict = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        for site, module in (("attn_in", layer.self_attn.q_proj), ("o_in", layer.self_attn.o_proj),
+                             ("mlp_in", layer.mlp.gate_proj), ("down_in", layer.mlp.down_proj)):  # fmt: skip
+
+            def hook(module, args, site=site, i=i):
+                found.setdefault((site, i), []).append(block_ms(args[0].detach(), block).flatten())
+
+            hooks.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        for chunk in token_ids(512).view(-1, 64):
+            model(chunk[None], use_cache=False)
+    for h in hooks:
+        h.remove()
+    for (site, layer), v in found.items():
+        t = calib.threshold(f"teal.{site}.b{block}", layer, sparsity)
+        dropped = float((torch.cat(v) <= t * t).float().mean())
+        assert abs(dropped - sparsity) <= 0.01, (site, layer, block, dropped, sparsity)
+
+
+def test_block_sparsity_zero_is_exactly_dense():
+    model = tiny_model("llama")
+    ids = token_ids(8).view(1, 8)
+    with torch.no_grad():
+        dense = model.generate(ids, max_new_tokens=3, do_sample=False)
+        sparsify(model, "teal", 0.0, tiny_calibration("llama"), block_size=16)
+        assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False), dense)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"block_size": 0}, "block_size must be a positive integer"),
+        ({"block_size": 2.5}, "block_size must be a positive integer"),
+        ({"block_size": True}, "block_size must be a positive integer"),
+        ({"block_size": 12}, "no TEAL thresholds for block_size=12"),
+        ({"block_size": 16, "mode": "cats"}, "applies to mode 'teal' only"),
+    ],
+)
+def test_bad_block_size_is_one_line(kwargs, message):
+    kwargs = {"mode": "teal", **kwargs}
+    with pytest.raises(DejaVuSparseError, match=message) as err:
+        sparsify(tiny_model("llama"), sparsity=0.5, calibration=tiny_calibration("llama"), **kwargs)
+    assert "\n" not in str(err.value)

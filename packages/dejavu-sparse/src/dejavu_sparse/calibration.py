@@ -10,7 +10,9 @@ magnitude samples of every linear layer's input. From these:
   the MLP predictor of layer l reads the residual stream entering layer l's attention block,
   the head predictor the one entering layer l-1's MLP block (one block ahead; with
   ``lookahead=False`` each reads its own block's input);
-- **TEAL** magnitude quantiles of each projection's input, and the block-wise greedy allocation
+- **TEAL** magnitude quantiles of each projection's input (and, for the block option, quantiles
+  of the RMS of every block of ``BLOCK_SIZES`` consecutive input channels), and the block-wise
+  greedy allocation
   (per block, repeatedly raise the sparsity of the projection whose step costs the least
   block-output error, each step moving the size-weighted sparsity by the same amount);
 - **CATS** magnitude quantiles of ``silu(gate)``.
@@ -36,7 +38,7 @@ from torch import nn
 
 from .arch import decoder_layers, model_facts, rms
 from .errors import DejaVuSparseError
-from .layers import predictor_logits
+from .layers import block_ms, predictor_logits
 
 FORMAT = "dejavu-sparse/1"
 QUANTILE_LEVELS = torch.linspace(0.0, 1.0, 401)
@@ -46,6 +48,7 @@ SITE_OF = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "o": "o_in", "gate": 
            "up": "mlp_in", "down": "down_in"}  # fmt: skip
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 SAMPLES_PER_SITE = 1 << 16
+BLOCK_SIZES = (8, 16, 32, 64)  # TEAL block option: input channels selected in whole blocks
 
 
 @dataclass
@@ -97,9 +100,20 @@ class Calibration:
             col = table[:, i] + (table[:, i + 1] - table[:, i]) * frac
         return {p: float(col[j]) for j, p in enumerate(PROJECTIONS)}
 
-    def teal_thresholds(self, layer: int, sparsity: float, greedy: bool = True) -> dict[str, float]:
+    def teal_thresholds(self, layer: int, sparsity: float, greedy: bool = True,
+                        block_size: int = 1) -> dict[str, float]:  # fmt: skip
+        """Per-projection thresholds: on each input's magnitude, or with ``block_size`` > 1 on
+        the RMS of each block of that many consecutive input channels (the allocation between
+        projections is the fine-grained one either way)."""
         alloc = self.teal_allocation(layer, sparsity, greedy)
-        return {p: self.threshold(f"teal.{SITE_OF[p]}", layer, s) for p, s in alloc.items()}
+        suffix = "" if block_size <= 1 else f".b{block_size}"
+        if suffix and f"teal.attn_in{suffix}" not in self.tensors:
+            raise DejaVuSparseError(
+                f"calibration has no TEAL thresholds for block_size={block_size} (calibrated "
+                f"block sizes: {self.manifest.get('teal_block_sizes', [])}; recalibrate)"
+            )
+        return {p: self.threshold(f"teal.{SITE_OF[p]}{suffix}", layer, s)
+                for p, s in alloc.items()}  # fmt: skip
 
     # -- model check ----------------------------------------------------------------------------
 
@@ -207,7 +221,8 @@ class _Recorder:
         self.pred_attn_in: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.mlp_label: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.head_label: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        self.samples = {s: [[] for _ in range(n)] for s in (*SITES, "cats")}
+        blocks = [f"{s}.b{b}" for s in SITES for b in BLOCK_SIZES]
+        self.samples = {s: [[] for _ in range(n)] for s in (*SITES, "cats", *blocks)}
         self.greedy_tokens = greedy_tokens
         self.greedy_attn: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.greedy_mlp: list[list[torch.Tensor]] = [[] for _ in range(n)]
@@ -229,6 +244,18 @@ class _Recorder:
 
     def _sample(self, site: str, i: int, x: torch.Tensor, per_call: int):
         flat = x.detach().abs().float().reshape(-1)
+        self._take(site, i, flat, per_call)
+        if site in SITES:
+            rows = x.detach().float().reshape(-1, x.shape[-1])
+            for b in BLOCK_SIZES:
+                rms_ = block_ms(rows, b).sqrt().reshape(-1)
+                self._take(f"{site}.b{b}", i, rms_, per_call, every=rms_.numel() <= per_call)
+
+    def _take(self, site: str, i: int, flat: torch.Tensor, per_call: int, every: bool = False):
+        """``per_call`` values drawn with replacement (``every``: all of them, once each)."""
+        if every:
+            self.samples[site][i].append(flat.cpu())
+            return
         take = torch.randint(0, flat.numel(), (min(per_call, flat.numel()),), generator=self.gen)
         self.samples[site][i].append(flat[take.to(flat.device)].cpu())
 
@@ -496,11 +523,12 @@ def calibrate(model: Any, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 
                   progress=progress, lookahead=lookahead)  # fmt: skip
     tensors: dict[str, torch.Tensor] = {}
     quantiles = {}
-    for site in (*SITES, "cats"):
+    block_sites = [f"{s}.b{b}" for s in SITES for b in BLOCK_SIZES]
+    for site in (*SITES, "cats", *block_sites):
         rows = [torch.quantile(torch.cat(rec.samples[site][i]).float(), QUANTILE_LEVELS)
                 for i in range(len(rec.layers))]  # fmt: skip
         quantiles[site] = torch.stack(rows)
-    for site in SITES:
+    for site in (*SITES, *block_sites):
         tensors[f"teal.{site}"] = quantiles[site]
     tensors["cats.gate"] = quantiles["cats"]
     recalls = []
@@ -530,6 +558,7 @@ def calibrate(model: Any, ids: torch.Tensor, *, seq_len: int = 256, rank: int = 
         "lookahead": lookahead,
         "quantile_levels": len(QUANTILE_LEVELS),
         "teal_greedy_targets": GREEDY_TARGETS,
+        "teal_block_sizes": list(BLOCK_SIZES),
         "train_recall_mlp": [round(r, 4) for r in recalls],
     }
     if greedy:

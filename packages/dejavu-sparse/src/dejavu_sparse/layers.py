@@ -10,7 +10,9 @@ Two paths compute the same function of each token:
   as a mask on dense products. Nothing is skipped; it is the reference the gathered path equals.
 
 Modes: ``dejavu`` (predicted top-K MLP neurons and attention heads), ``teal`` (magnitude
-thresholds on the input of every linear layer), ``cats`` (a magnitude threshold on the SiLU gate).
+thresholds on the input of every linear layer; with ``block`` > 1 on the RMS of each block of that
+many consecutive input channels, so every weight read is a contiguous slab), ``cats`` (a
+magnitude threshold on the SiLU gate).
 Head sparsity computes K and V for every head, so the cache stays complete.
 """
 
@@ -26,7 +28,7 @@ from torch import nn
 
 from .arch import rms
 from .fallback import use_dense
-from .ops import gather_cols, gather_rows
+from .ops import gather_blocks, gather_cols, gather_rows
 
 TEAL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -85,6 +87,7 @@ class LayerState:
     head_pred: tuple[torch.Tensor, torch.Tensor] | None = None
     # teal: a threshold on the input of each projection (0: dense)
     teal: dict[str, float] = field(default_factory=dict)
+    block: int = 1  # teal: >1 selects whole blocks of this many input channels by their RMS
     # cats: threshold on |silu(gate)|
     cats_t: float = 0.0
     # weights laid out so that selected rows are contiguous
@@ -119,6 +122,25 @@ class LayerState:
 # helpers
 
 
+def block_ms(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean square of each block of ``block`` consecutive channels of a (..., K) tensor:
+    (..., ceil(K / block)); a short last block is averaged over its own length."""
+    k = x.shape[-1]
+    pad = -k % block
+    sq = x.square()
+    if pad:
+        sq = F.pad(sq, (0, pad))
+    ms = sq.view(*x.shape[:-1], -1, block).sum(-1) / block
+    if pad:
+        ms[..., -1] *= block / (block - pad)
+    return ms
+
+
+def block_keep(x: torch.Tensor, t: float, block: int) -> torch.Tensor:
+    """TEAL on blocks: the blocks whose RMS is above ``t`` (bool, (..., ceil(K / block)))."""
+    return block_ms(x, block) > t * t
+
+
 def _select_input(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
     """TEAL on a (B, K) input: zero |x| <= t, return (selected columns, their indices)."""
     keep = x.abs() > t
@@ -129,12 +151,23 @@ def _select_input(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor
     return (x * keep).index_select(1, idx), idx
 
 
-def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block) -> torch.Tensor:
-    """``x2`` thresholded at ``t`` times the transposed weight ``w_t``, reading kept rows only.
+def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block,
+                 size: int = 1) -> torch.Tensor:  # fmt: skip
+    """``x2`` thresholded at ``t`` times the transposed weight ``w_t``, reading kept rows only
+    (``size`` > 1: kept blocks of that many rows, by block RMS).
 
     One row whose kept fraction is above the dense-fallback density runs as a masked dense
     product straight away (no index list, no scatter back): the same result, fewer operations
     per decode step, which is what a small model's decode time is made of."""
+    if size > 1:
+        keep = block_keep(x2, t, size)  # (B, blocks)
+        union = keep[0] if x2.shape[0] == 1 else keep.any(0)
+        if x2.shape[0] > 1:  # each row keeps its own blocks only
+            x2 = x2 * keep.repeat_interleave(size, 1)[:, : x2.shape[1]].to(x2.dtype)
+        if stats is not None:
+            read = int(union.sum()) * size - (-w_t.shape[0] % size if bool(union[-1]) else 0)
+            stats.add(block, (w_t.shape[0] - read) * w_t.shape[1], w_t.numel())
+        return gather_blocks(x2, w_t, union, size)
     if x2.shape[0] == 1:
         keep = x2.abs() > t
         kept = int(keep.sum())
@@ -150,22 +183,28 @@ def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block) ->
     return gather_cols(xs, w_t, idx)
 
 
-def _mask_input(x: torch.Tensor, t: float) -> torch.Tensor:
-    return x * (x.abs() > t) if t > 0 else x
+def _mask_input(x: torch.Tensor, t: float, block: int = 1) -> torch.Tensor:
+    if t <= 0:
+        return x
+    if block > 1:
+        keep = block_keep(x, t, block).repeat_interleave(block, -1)[..., : x.shape[-1]]
+        return x * keep
+    return x * (x.abs() > t)
 
 
-def _linear_in(x2: torch.Tensor, lin: nn.Linear, w_t: torch.Tensor | None, t: float, stats, block):
+def _linear_in(x2: torch.Tensor, lin: nn.Linear, w_t: torch.Tensor | None, t: float, stats, block,
+               size: int = 1):  # fmt: skip
     """A linear layer whose input is thresholded at ``t`` (TEAL), gathered over kept inputs."""
     if t <= 0 or w_t is None:
         return lin(x2)
-    out = _gathered_in(x2, w_t, t, stats, block)
+    out = _gathered_in(x2, w_t, t, stats, block, size)
     return out if lin.bias is None else out + lin.bias
 
 
-def _fused_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, lins, stats, block):
+def _fused_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, lins, stats, block, size: int = 1):
     """Projections sharing one input and threshold (TEAL's q/k/v, gate/up) as one gathered
     product over their concatenated transposed weights; split back, biases added."""
-    out = _gathered_in(x2, w_t, t, stats, block)
+    out = _gathered_in(x2, w_t, t, stats, block, size)
     parts = out.split([lin.out_features for lin in lins], dim=1)
     return [p if lin.bias is None else p + lin.bias for p, lin in zip(parts, lins, strict=True)]
 
@@ -232,10 +271,10 @@ def _mlp_masked(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tensor:
             skipped = float(n_tok * inter - keep.sum()) * mlp.gate_proj.in_features * 2
             stats.add("mlp", skipped, n_tok * inter * per_neuron)
         return mlp.down_proj(a * mlp.up_proj(x) * keep)
-    t = state.teal
-    xg, xu = _mask_input(x, t.get("gate", 0.0)), _mask_input(x, t.get("up", 0.0))
+    t, size = state.teal, state.block
+    xg, xu = _mask_input(x, t.get("gate", 0.0), size), _mask_input(x, t.get("up", 0.0), size)
     h = act(mlp.gate_proj(xg)) * mlp.up_proj(xu)
-    hd = _mask_input(h, t.get("down", 0.0))
+    hd = _mask_input(h, t.get("down", 0.0), size)
     if stats is not None:
         d = mlp.gate_proj.in_features
         skipped = float((xg == 0).sum() + (xu == 0).sum()) * inter + float((hd == 0).sum()) * d
@@ -248,15 +287,17 @@ def _mlp_gathered(mlp, state: LayerState, x: torch.Tensor, stats) -> torch.Tenso
     w = state.w
     inter, d = w["down_t"].shape
     if state.mode == "teal":
-        t = state.teal
+        t, size = state.teal, state.block
         if "gate_up_t" in w:
             g, u = _fused_in(x, w["gate_up_t"], t["gate"], (mlp.gate_proj, mlp.up_proj), stats,
-                             "mlp")  # fmt: skip
+                             "mlp", size)  # fmt: skip
         else:
-            g = _linear_in(x, mlp.gate_proj, w.get("gate_t"), t.get("gate", 0.0), stats, "mlp")
-            u = _linear_in(x, mlp.up_proj, w.get("up_t"), t.get("up", 0.0), stats, "mlp")
+            g = _linear_in(x, mlp.gate_proj, w.get("gate_t"), t.get("gate", 0.0), stats, "mlp",
+                           size)  # fmt: skip
+            u = _linear_in(x, mlp.up_proj, w.get("up_t"), t.get("up", 0.0), stats, "mlp", size)
         h = act(g) * u
-        out = _linear_in(h, mlp.down_proj, w.get("down_t"), t.get("down", 0.0), stats, "mlp")
+        out = _linear_in(h, mlp.down_proj, w.get("down_t"), t.get("down", 0.0), stats, "mlp",
+                         size)  # fmt: skip
         if stats is not None:  # dense projections count as read in full
             for p, numel in (("gate", inter * d), ("up", inter * d), ("down", inter * d)):
                 if t.get(p, 0.0) <= 0:
@@ -365,33 +406,35 @@ def _heads(x, attn):
 
 
 def _attn_teal(attn, state, hs, pos, mask, cache, kwargs, stats, gathered):
-    t, w = state.teal, state.w
+    t, w, size = state.teal, state.w, state.block
     bsz, seq, _ = hs.shape
     if gathered:
         x = hs.reshape(bsz, -1)
         if "qkv_t" in w:
             q, k, v = _fused_in(x, w["qkv_t"], t["q"], (attn.q_proj, attn.k_proj, attn.v_proj),
-                                stats, "attn")  # fmt: skip
+                                stats, "attn", size)  # fmt: skip
         else:
-            q = _linear_in(x, attn.q_proj, w.get("q_t"), t.get("q", 0.0), stats, "attn")
-            k = _linear_in(x, attn.k_proj, w.get("k_t"), t.get("k", 0.0), stats, "attn")
-            v = _linear_in(x, attn.v_proj, w.get("v_t"), t.get("v", 0.0), stats, "attn")
+            q = _linear_in(x, attn.q_proj, w.get("q_t"), t.get("q", 0.0), stats, "attn", size)
+            k = _linear_in(x, attn.k_proj, w.get("k_t"), t.get("k", 0.0), stats, "attn", size)
+            v = _linear_in(x, attn.v_proj, w.get("v_t"), t.get("v", 0.0), stats, "attn", size)
         q, k, v = (y.view(bsz, 1, -1) for y in (q, k, v))
     else:
-        q = attn.q_proj(_mask_input(hs, t.get("q", 0.0)))
-        k = attn.k_proj(_mask_input(hs, t.get("k", 0.0)))
-        v = attn.v_proj(_mask_input(hs, t.get("v", 0.0)))
+        q = attn.q_proj(_mask_input(hs, t.get("q", 0.0), size))
+        k = attn.k_proj(_mask_input(hs, t.get("k", 0.0), size))
+        v = attn.v_proj(_mask_input(hs, t.get("v", 0.0), size))
         if stats is not None:
             for p, lin in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj)):
                 zeros = (
-                    float((_mask_input(hs, t.get(p, 0.0)) == 0).sum()) if t.get(p, 0) > 0 else 0.0
+                    float((_mask_input(hs, t.get(p, 0.0), size) == 0).sum())
+                    if t.get(p, 0) > 0
+                    else 0.0
                 )
                 stats.add("attn", zeros * lin.out_features, bsz * seq * lin.weight.numel())
     out = _attend(attn, _heads(q, attn), _heads(k, attn), _heads(v, attn), pos, mask, cache, kwargs)
     out = out.reshape(bsz, seq, -1)
     if gathered:
         o = _linear_in(
-            out.reshape(bsz, -1), attn.o_proj, w.get("o_t"), t.get("o", 0.0), stats, "attn"
+            out.reshape(bsz, -1), attn.o_proj, w.get("o_t"), t.get("o", 0.0), stats, "attn", size
         )
         if stats is not None:
             for p, lin in (
@@ -403,7 +446,7 @@ def _attn_teal(attn, state, hs, pos, mask, cache, kwargs, stats, gathered):
                 if t.get(p, 0.0) <= 0:
                     stats.add("attn", 0.0, lin.weight.numel())
         return o.view(bsz, 1, -1), None
-    oin = _mask_input(out, t.get("o", 0.0))
+    oin = _mask_input(out, t.get("o", 0.0), size)
     if stats is not None:
         zeros = float((oin == 0).sum()) if t.get("o", 0) > 0 else 0.0
         stats.add("attn", zeros * attn.o_proj.out_features, bsz * seq * attn.o_proj.weight.numel())

@@ -26,3 +26,29 @@ def check_gather(
         )
     if not rows and x.shape[1] != idx.shape[0]:
         raise ValueError(f"{name}: x has {x.shape[1]} columns but idx selects {idx.shape[0]} rows")
+
+
+def check_blocks(
+    name: str, x: torch.Tensor, weight_t: torch.Tensor, keep: torch.Tensor, block_size: int
+):
+    """``weight_t`` (N, M), ``x`` (B, N), ``keep`` one bool per block of ``block_size`` rows."""
+    if x.dim() != 2 or weight_t.dim() != 2:
+        raise ValueError(
+            f"{name}: x and weight must be 2-D, got {x.dim()}-D and {weight_t.dim()}-D"
+        )
+    if block_size < 1:
+        raise ValueError(f"{name}: block_size must be >= 1, got {block_size}")
+    if x.dtype != weight_t.dtype:
+        raise ValueError(f"{name}: x is {x.dtype} but weight is {weight_t.dtype}")
+    if x.shape[1] != weight_t.shape[0]:
+        raise ValueError(
+            f"{name}: x has {x.shape[1]} columns but weight has {weight_t.shape[0]} rows"
+        )
+    blocks = -(-weight_t.shape[0] // block_size)
+    if keep.dim() != 1 or keep.dtype != torch.bool or keep.shape[0] != blocks:
+        raise ValueError(
+            f"{name}: keep must be a 1-D bool tensor of {blocks} blocks, got "
+            f"{tuple(keep.shape)} {keep.dtype}"
+        )
+    if not (x.device == weight_t.device == keep.device):
+        raise ValueError(f"{name}: x, weight and keep must be on one device")
