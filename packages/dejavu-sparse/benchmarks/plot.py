@@ -105,6 +105,45 @@ def decode(plt) -> None:
     fig.savefig(DOCS / "dejavu-sparse-decode-cpu.png", dpi=110)
 
 
+def blocks(plt) -> None:
+    """TEAL's block option: MLP-block speed at Llama-3-8B shapes (``probe_blocks_cpu.py``)
+    against perplexity on SmolLM2 (``bench_quality.py`` rows in ``blocks_cpu.csv``)."""
+    if not (HERE / "results" / "blocks_cpu.csv").exists():
+        return
+    rows = read("blocks_cpu.csv")
+    mlp = [r for r in rows if r["bench"] == "mlp"]
+    ppl = [r for r in rows if r["bench"] == "ppl" and r["mode"] != "dense"]
+    if not mlp or not ppl:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, label in (("contig", "contiguous slice (bound)"), ("block64", "blocks of 64"),
+                        ("block16", "blocks of 16"), ("block8", "blocks of 8"),
+                        ("inplace", "fine-grained, in place (shipped TEAL)"),
+                        ("runs", "fine-grained, one addmm per run")):  # fmt: skip
+        pts = sorted((1 - float(r["density"]), float(r[f"{name}_speedup"])) for r in mlp)
+        a.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+    a.axhline(1.8, color="red", lw=0.8, ls="--", label="goal 1.8x (50%)")
+    a.axhline(1.0, color="gray", lw=0.8)
+    a.set_xlabel("fraction of input channels skipped")
+    a.set_ylabel("MLP block speed-up over dense")
+    a.set_title("Llama-3-8B MLP, batch 1, float32 (2-core CPU)")
+    a.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    for mode in ("teal_uniform", "teal_uniform_b8", "teal_uniform_b16"):
+        pts = sorted((float(r["achieved_layer"]), float(r["ppl_ratio"])) for r in ppl
+                     if r["mode"] == mode)  # fmt: skip
+        b.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=mode)
+    b.axhline(1.05, color="red", lw=0.8, ls="--", label="dense + 5%")
+    b.set_yscale("log")
+    b.set_xlabel("fraction of weight reads skipped (achieved)")
+    b.set_ylabel("perplexity / dense")
+    b.set_title("SmolLM2-135M-Instruct, 1,024 held-out tokens")
+    b.grid(alpha=0.3)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "dejavu-sparse-blocks.png", dpi=110)
+
+
 def decode_gpu(plt) -> None:
     """The H100 CUDA-graph results (``bench_decode_gpu.py``), when present."""
     for path in sorted((HERE / "results").glob("decode_gpu*.csv")):
@@ -139,6 +178,7 @@ def main() -> None:
 
     quality(plt)
     decode(plt)
+    blocks(plt)
     decode_gpu(plt)
 
 
