@@ -64,3 +64,19 @@ def test_errors_are_one_line(model_dir, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_block_size(model_dir, tmp_path, capsys):
+    """TEAL's block option through the CLI; a block size the calibration lacks is one line."""
+    out = tmp_path / "calib"
+    assert main(["calibrate", str(model_dir), str(out), "--tokens", "512", "--seq-len", "64",
+                 "--rank", "8", "--epochs", "1", "--no-greedy", "--quiet", "--json"]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["evaluate", str(model_dir), "--calibration", str(out), "--mode", "teal",
+            "--sparsity", "0.3", "--tokens", "256", "--seq-len", "64", "--quiet", "--json"]  # fmt: skip
+    assert main([*base, "--block-size", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["block_size"] == 16 and result["ppl_sparse"] > 0
+    assert main([*base, "--block-size", "12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no TEAL thresholds for block_size=12" in err and len(err.splitlines()) == 1

@@ -2,6 +2,7 @@
 
     dejavu-sparse calibrate MODEL_DIR OUT_DIR [--text FILE] [--tokens N] [--rank R] [--json]
     dejavu-sparse evaluate MODEL_DIR --calibration DIR --mode teal --sparsity 0.4 [--json]
+        [--block-size 16]
 
 Bad input ends with one line on stderr and exit status 2; Ctrl-C leaves no partial output (the
 calibration directory is written to a temporary sibling and renamed into place).
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration", required=True)
     e.add_argument("--mode", default="dejavu", choices=("dejavu", "teal", "cats"))
     e.add_argument("--sparsity", type=float, default=0.4)
+    e.add_argument("--block-size", type=int, default=1,
+                   help="teal: keep input channels in whole blocks of this size (8/16/32/64)")  # fmt: skip
     e.add_argument("--text", help="UTF-8 text file (default: Python's bundled documentation)")
     e.add_argument("--tokens", type=int, default=4096)
     e.add_argument("--seq-len", type=int, default=256)
@@ -122,10 +125,11 @@ def _evaluate(args) -> dict:
     calib.check_model(model)
     ids = _ids(args, tok, "evaluation")
     dense = perplexity(model, ids, seq_len=args.seq_len, progress=not args.quiet)
-    sparsify(model, args.mode, args.sparsity, calib, prefill=True)
+    sparsify(model, args.mode, args.sparsity, calib, prefill=True, block_size=args.block_size)
     sparse = perplexity(model, ids, seq_len=args.seq_len, progress=not args.quiet)
     rep = sparse_state(model).report()
-    return {"mode": args.mode, "sparsity": args.sparsity, "tokens": int(ids.numel()),
+    block = {"block_size": args.block_size} if args.block_size > 1 else {}
+    return {"mode": args.mode, "sparsity": args.sparsity, **block, "tokens": int(ids.numel()),
             "ppl_dense": round(dense, 4), "ppl_sparse": round(sparse, 4),
             "ppl_ratio": round(sparse / dense, 4), "achieved": rep["mean"],
             "achieved_per_layer": [round(r["layer"], 4) for r in rep["layers"]]}  # fmt: skip
