@@ -12,6 +12,8 @@ This probe times what lies between:
   norm (TEAL per block), consecutive selected blocks merged into one ``addmm`` each;
 - ``block<B>_eb``: the same block selection as one ``embedding_bag`` over the block-expanded
   indices (no Python loop; the shipped op fed block-structured indices);
+- ``coo``: the fine-grained selection as a one-row sparse COO input times the weight
+  (``torch.sparse.mm``: one BLAS axpy per selected row; kernel rows only);
 - ``contig``: a product over a contiguous slice of the selected size (the bound).
 
 Kernel rows give one product at a time (selection given); MLP rows time the whole TEAL MLP
@@ -76,6 +78,14 @@ def eb_product(x: torch.Tensor, w_t: torch.Tensor, idx: torch.Tensor):
     return F.embedding_bag(idx, w_t, offsets, mode="sum", per_sample_weights=x[0, idx])
 
 
+def coo_product(x: torch.Tensor, w_t: torch.Tensor, idx: torch.Tensor):
+    """Batch-1 ``x[:, idx] @ w_t[idx]`` as ``torch.sparse.mm`` of a one-row COO input (the CPU
+    kernel adds each selected row with a BLAS axpy)."""
+    rows = torch.stack((torch.zeros_like(idx), idx))
+    sparse = torch.sparse_coo_tensor(rows, x[0, idx], (1, w_t.shape[0]), is_coalesced=True)
+    return torch.sparse.mm(sparse, w_t)
+
+
 def block_select(x: torch.Tensor, block: int, density: float) -> torch.Tensor:
     """The blocks of ``block`` consecutive channels kept: the top ``density`` by L2 norm (a
     threshold calibrated to hit the density exactly stands in for TEAL's per-block one)."""
@@ -99,6 +109,7 @@ def kernel_rows(rounds: int, densities, blocks) -> list[dict]:
                 "dense": each(torch.mm, xs, ws),
                 "contig": each(lambda x, w, sel=sel: x[:, :sel] @ w[:sel], xs, ws),
                 "inplace": each(eb_product, xs, ws, idx),
+                "coo": each(coo_product, xs, ws, idx),
                 "runs": each(lambda x, w, r: runs_product(x, w, *r), xs, ws, fruns),
             }
             nruns = {"runs": len(fruns[0][0])}
