@@ -275,6 +275,25 @@ def test_blocks_bad_input_is_one_line():
             assert "\n" not in str(err.value)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("b,n,m,block", [(1, 67, 129, 16), (3, 130, 33, 8), (16, 64, 20, 64)])
+def test_blocks_expanded_through_the_triton_kernel(device, b, n, m, block):
+    """The CUDA route of the block option: ``expanded`` hands the block-expanded indices to
+    ``gather_cols``' Triton kernel (forced here, interpreted on the CPU), NaN-poisoned."""
+    from tensor_utils.ops import set_backend_override
+
+    keep = torch.arange(-(-n // block), device=device) % 3 != 1
+    x = random_tensor((b, n), torch.float16, 1, device=device)
+    wt = random_tensor((n, m), torch.float16, 2, scale=0.1, device=device)
+    set_backend_override("triton")  # gather_cols inside `expanded` runs its Triton kernel
+    try:
+        with poison_allocations():
+            out = gather_blocks(x, wt, keep, block, backend="expanded")
+    finally:
+        set_backend_override(None)
+    assert_close(out, gather_blocks(x, wt, keep, block, backend="reference"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("b", [1, 4, 16])
