@@ -21,7 +21,7 @@ from __future__ import annotations
 # Batch-1 rows read in place (``sampled_addmm``, the ``inplace`` backend): 1.44x at 50%, 1.07x
 # at 70%, 0.91x at 80% of the rows.
 # Channel blocks of 16 read as contiguous runs (``gather_blocks``' ``runs`` backend, 14336 x 4096
-# and 4096 x 28672): 1.25-1.34x at 70% of the blocks (benchmarks/probe_blocks_cpu.py).
+# and 4096 x 28672): 1.21-1.34x at 70% of the blocks (benchmarks/probe_blocks_cpu.py).
 _DEFAULTS: dict[str, dict[int, float]] = {
     "cpu:rows": {1: 0.40},
     "cpu:rows_inplace": {1: 0.75},

@@ -5,8 +5,9 @@ The kept blocks are merged into maximal runs of consecutive blocks, and each run
 ``addmm`` of the matching slice of ``x`` with a view of the weight (no copy, no index list):
 BLAS streams a contiguous slab, which a row gather (``embedding_bag``, ``sampled_addmm``) does
 not. At Llama-3-8B MLP shapes (float32, batch 1, one thread) half the blocks of 16 rows
-measured 1.75-1.79x faster than dense where the in-place row gather gave 1.40-1.69x (the Python
-loop over the runs included; ``benchmarks/probe_blocks_cpu.py``). Half-precision inputs take
+measured 1.69x (down) / 1.80x (fused gate/up) faster than dense where the in-place row gather of
+half the rows gave 1.34x / 1.58x (the Python loop over the runs included;
+``benchmarks/probe_blocks_cpu.py``). Half-precision inputs take
 the ``expanded`` path (its chunked copy accumulates in float32); above the measured crossover
 density (``fallback.py``) one masked dense product runs instead.
 """
