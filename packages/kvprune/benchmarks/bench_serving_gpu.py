@@ -96,33 +96,13 @@ def kv_bytes_per_token(cfg: dict, dtype) -> int:
 
 
 def merge_kvprune(caches):
-    """One batch cache from single-row caches: concatenate every layer's ragged store."""
-    from kvprune.storage import POOLS
+    """One batch cache from single-row caches: every layer's ragged stores merged by rows."""
+    from kvprune.storage import RaggedStore
 
     out = caches[0]
     for i, layer in enumerate(out.layers):
         stores = [c.layers[i].store for c in caches]
-        s = layer.store
-        base = 0
-        offsets = []
-        for st in stores:
-            offsets.append(st.offsets + base)
-            base += st.k_pool.shape[0]
-        for name in POOLS:
-            setattr(s, name, torch.cat([getattr(st, name) for st in stores]))
-        s.slot_seg = torch.cat(
-            [st.slot_seg + j * st.lengths.shape[0] for j, st in enumerate(stores)]
-        )
-        s.offsets = torch.cat(offsets)
-        s.lengths = torch.cat([st.lengths for st in stores])
-        s.capacity = torch.cat([st.capacity for st in stores])
-        s.params = {k: torch.cat([st.params[k] for st in stores]) for k in s.params}
-        s.next_pos = torch.cat([st.next_pos for st in stores])
-        s.batch = len(stores)
-        s.max_cap = max(st.max_cap for st in stores)
-        s.headroom = min(st.headroom for st in stores)
-        s.needs_scores = any(st.needs_scores for st in stores)
-        s.can_evict = any(st.can_evict for st in stores)
+        layer.store = RaggedStore.merge_rows(stores)
         for st in stores[1:]:  # free each row's copy as soon as it is merged
             st.k_pool = st.v_pool = torch.empty(0)
         layer.policy_index = torch.cat([c.layers[i].policy_index for c in caches])

@@ -130,6 +130,44 @@ def test_pruned_decoding_equals_masked_dense_attention(policy):
     assert pruned < len(cache.layers) * b * 2 * (n + 8)  # something was actually pruned
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [
+        FastGen(recovery=0.9, sink_tokens=2),
+        H2O(0.5, min_window=4),
+        TOVA(0.5, min_window=4),
+        StreamingLLM(0.5, min_window=4),
+        AdaptiveFastGen(0.5, window=4, min_window=4, structural_recovery=0.05),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_batched_eviction_equals_layer_by_layer(policy):
+    """Decoding with the layers' evictions batched after each step (the default) keeps, step
+    by step, the same entries and gives the same logits as evicting in each layer."""
+    model = tiny_model("llama", layers=3)
+    ids, mask = batch(b=2, n=24, pad=(0, 5))
+    caches = [KVPruneCache(model, policy, token_classes_table=token_table()) for _ in range(2)]
+    caches[1].joined = True  # never joins its layers: each evicts on its own
+    tok = None
+    with torch.no_grad():
+        for step in range(16):
+            if step:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            outs = [
+                model(ids if step == 0 else tok, attention_mask=mask, **{cache_kwarg(model): c})
+                for c in caches
+            ]
+            torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=0, rtol=0)
+            tok = outs[0].logits[:, -1:].argmax(-1)
+            for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+                for row in range(2):
+                    for head in range(2):
+                        assert a.kept_positions(row, head) == b.kept_positions(row, head)
+    assert caches[0].arena is not None and caches[1].arena is None
+    evicted = sum(int(layer.store.lengths.sum()) for layer in caches[0].layers)
+    assert evicted < 3 * 2 * 2 * (24 + 15)  # something was evicted while decoding
+
+
 def test_memory_stays_bounded_while_decoding():
     model = tiny_model("llama", layers=2)
     ids, mask = batch(b=1, n=40, pad=(0,))
@@ -153,18 +191,21 @@ def test_memory_accounting_matches_tensor_sizes():
     cache = KVPruneCache(model, FastGen(recovery=0.6), token_classes_table=token_table())
     run(model, cache, ids, mask, max_new_tokens=12, do_sample=False)
     mem = cache.memory()
-    kv = meta = live = 0
+    kv = live = 0
+    storages: dict[int, int] = {}  # metadata storages, each counted once (layers share one)
     for layer in cache.layers:
         tensors = [*vars(layer).items(), *vars(layer.store).items()]
         tensors += list(layer.store.params.items())
         for name, t in tensors:
             if isinstance(t, torch.Tensor):
-                nbytes = t.untyped_storage().nbytes()
+                storage = t.untyped_storage()
                 if name in ("k_pool", "v_pool"):
-                    kv += nbytes
+                    kv += storage.nbytes()
                 else:
-                    meta += nbytes
+                    storages[storage.data_ptr()] = storage.nbytes()
         live += 2 * layer.store.k_pool.shape[1] * 4 * int(layer.store.lengths.sum())
+    meta = sum(storages.values())
+    assert cache.arena is not None  # the evicting layers share their metadata
     assert mem == {"kv_allocated": kv, "kv_live": live, "metadata": meta}
     report = cache.report()
     assert report.kv_allocated_bytes == kv

@@ -29,7 +29,7 @@ from .model_check import check_model, head_dim, kv_heads, text_config
 from .ops.ragged_decode import ragged_decode_attention
 from .policies import FastGen, Policy, Profile, layer_mean_scores
 from .report import Report, build_report
-from .storage import RaggedStore
+from .storage import Arena, RaggedStore
 from .tokens import token_classes
 
 
@@ -125,6 +125,8 @@ class KVPruneLayer(CacheLayerMixin):
                 "model the cache was built for (KVPruneCache(model, ...)), not a submodule"
             )
         owner.check_continuation(b, q, self.store.batch)
+        if not owner.joined:
+            owner.join_layers()
         cls = owner.token_classes_now(b, q)
         if q == 1:
             self.store.append(key_states[:, :, 0], value_states[:, :, 0], cls[:, 0])
@@ -194,10 +196,13 @@ class KVPruneLayer(CacheLayerMixin):
             backend=self.owner.backend,
         )
         if weights is not None and self.owner.policy.layer_scores:
+            rows_pos = store.row_positions()
             weights = layer_mean_scores(
-                weights, store.slot_seg, store.slot_pos, store.slot_live, h, b, self.seen
+                weights, store.row_segments(), rows_pos, rows_pos >= 0, h, b, self.seen
             )
         store.after_step(weights)
+        if store.pending and store.defer and self.layer_idx == self.owner.flush_layer:
+            self.owner.settle()  # the step's last evicting layer: evict for all at once
         return out.reshape(b, hq, d).unsqueeze(1).to(query.dtype)
 
     # -- introspection -------------------------------------------------------------------
@@ -206,12 +211,14 @@ class KVPruneLayer(CacheLayerMixin):
         return self.store.built
 
     def kept_positions(self, b: int, h: int) -> list[int]:
+        self.owner.settle()
         return self.store.kept_positions(b, h)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor this layer holds (what its memory is made of)."""
         if not self.store.built:
             return {}
+        self.owner.settle()
         out = self.store.tensors()
         out.update(policy=self.policy_index, recovery=self.recovery, prompt_real=self.prompt_real)
         return out
@@ -275,6 +282,27 @@ class KVPruneCache(Cache):
         super().__init__(layers=layers)
         self._inputs: dict = {}
         self._prompt: tuple | None = None
+        self.arena: Arena | None = None  # the evicting layers' shared metadata, once decoding
+        self.joined = False
+        self.flush_layer = -1  # the last layer of a step that evicts
+
+    def join_layers(self) -> None:
+        """Put the metadata of every layer that evicts into one ``Arena`` (at the first
+        decoding step): their evictions then run together after the step's last such layer."""
+        self.joined = True
+        members = [layer for layer in self.layers if layer.store.built and layer.store.can_evict]
+        shapes = {(m.store.pos.shape[0], m.store.pos.device) for m in members}
+        if len(members) < 2 or len(shapes) != 1:
+            return
+        self.arena = Arena([m.store for m in members])
+        for m in members:
+            m.store.defer = True
+        self.flush_layer = members[-1].layer_idx
+
+    def settle(self) -> None:
+        """Run the evictions a step left pending (before the cache is read from outside)."""
+        if self.arena is not None:
+            self.arena.flush()
 
     def prefill_from(self, states, input_ids, attention_mask=None, scale: float | None = None):
         """Compress a prompt that already ran: ``states[i] = (query, key, value)`` of layer i
@@ -392,11 +420,16 @@ class KVPruneCache(Cache):
             layer.reset()
         self._prompt = None
         self._inputs = {}
+        self.arena = None
+        self.joined = False
+        self.flush_layer = -1
 
     # -- accounting ----------------------------------------------------------------------
     def memory(self) -> dict[str, int]:
         """Bytes held: ``kv_allocated`` (pools, growth slack included), ``kv_live`` (live rows
-        only), ``metadata`` (per-row positions/classes/scores/segments, per-segment arrays)."""
+        only), ``metadata`` (per-slot positions/scores/flags, per-row slot index, per-segment
+        arrays; each layer's share of the metadata arena its evicting layers share)."""
+        self.settle()
         kv_alloc = kv_live = meta = 0
         for layer in self.layers:
             if not layer.compressed:
@@ -411,6 +444,7 @@ class KVPruneCache(Cache):
         return {"kv_allocated": kv_alloc, "kv_live": kv_live, "metadata": meta}
 
     def report(self) -> Report:
+        self.settle()
         return build_report(self)
 
 
