@@ -90,9 +90,10 @@ def compress(model, press, full):
 
 
 @torch.no_grad()
-def greedy(model, cache, first, n, new, eos):
+def greedy(model, cache, first, n, new, eos, found=None):
+    """As ``bench_quality.greedy``: stops at EOS or once ``found(tokens)`` holds."""
     toks = [first]
-    while len(toks) < new and toks[-1] not in eos:
+    while len(toks) < new and toks[-1] not in eos and not (found and found(toks)):
         pos = torch.tensor([[n + len(toks) - 1]])
         out = model(torch.tensor([[toks[-1]]]), past_key_values=cache, position_ids=pos)
         toks.append(int(out.logits[0, -1].argmax()))
@@ -176,7 +177,8 @@ def main(argv=None) -> int:
         for name, ratio, press in todo:
             cache = compress(model, press, full)
             kept = kept_fraction(cache, n)
-            answer = tok.decode(greedy(model, cache, first, n, NEEDLE_TOKENS, eos))
+            found = lambda toks, code=code: code in tok.decode(toks)  # noqa: E731
+            answer = tok.decode(greedy(model, cache, first, n, NEEDLE_TOKENS, eos, found))
             rows.append(
                 dict(
                     base,
@@ -203,6 +205,7 @@ def main(argv=None) -> int:
         rows = []
         for name, ratio, press in todo:
             cache = compress(model, press, full)
+            kept = kept_fraction(cache, args.ppl_ctx)  # before scoring appends to the cache
             nll = continuation_nll(model, cache, logits, args.ppl_ctx, doc[args.ppl_ctx :])
             rows.append(
                 dict(
@@ -213,7 +216,7 @@ def main(argv=None) -> int:
                     doc=i,
                     method=name,
                     target_kept=round(1 - ratio, 2),
-                    kept_fraction=round(kept_fraction(cache, args.ppl_ctx), 4),
+                    kept_fraction=round(kept, 4),
                     nll=round(nll, 4),
                     tokens=args.ppl_cont,
                     ppl=round(math.exp(nll / args.ppl_cont), 4),

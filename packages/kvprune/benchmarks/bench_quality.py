@@ -2,8 +2,9 @@
 
     python packages/kvprune/benchmarks/bench_quality.py                  # small smoke run
     python packages/kvprune/benchmarks/bench_quality.py --model smollm2 --contexts 2048,4096 \\
-        --depths 11 --per-depth 1 --ppl-docs 4 --out results/quality_smollm2_cpu.csv
-    python packages/kvprune/benchmarks/bench_quality.py --model qwen2.5-coder-0.5b ...
+        --depths 10 --ppl-docs 0 --out results/quality_smollm2_cpu.csv
+    python packages/kvprune/benchmarks/bench_quality.py --model qwen2.5-coder-0.5b --contexts "" \\
+        --ppl-docs 16 --ppl-ctx 512 --ppl-cont 64 --fractions 0.7 --out results/ppl_qwen_cpu.csv
 
 For every prompt the model runs once (SDPA, uncompressed), recording each layer's post-RoPE
 queries/keys/values; every policy then compresses that same prefill
@@ -12,8 +13,9 @@ comparison costs one prefill per prompt. Methods at kept fractions 70/50/30% (30
 per-layer threshold fitted to the fraction), AdaptiveFastGen, SnapKV, H2O, StreamingLLM, TOVA;
 plus Full and FastGen at the paper's T=0.95.
 
-(a) needle: a passcode at depths 0-100% of a haystack (``quality_cases``); 8 greedy tokens;
-    success = the passcode appears in the answer.
+(a) needle: a passcode at depths 0-100% of a haystack (``quality_cases``); up to
+    ``NEEDLE_TOKENS`` greedy tokens (stopping once the passcode is there); success = the
+    passcode appears in the answer.
 (b) ppl: a document's first ``--ppl-ctx`` tokens are the prompt; the next ``--ppl-cont`` are
     scored through the compressed cache (teacher forcing, decoding-time eviction runs); rows
     carry the summed negative log-likelihood so perplexity pools over documents.
@@ -100,9 +102,11 @@ def prefill(model, ids):
 
 
 @torch.no_grad()
-def greedy(model, cache, first: int, new: int, eos) -> list[int]:
+def greedy(model, cache, first: int, new: int, eos, found=None) -> list[int]:
+    """Up to ``new`` greedy tokens; stops at EOS, or once ``found(tokens)`` says the answer
+    holds the needle (what follows cannot change the outcome)."""
     toks = [first]
-    while len(toks) < new and toks[-1] not in eos:
+    while len(toks) < new and toks[-1] not in eos and not (found and found(toks)):
         logits = model(torch.tensor([[toks[-1]]]), cache=cache, logits_to_keep=1).logits
         toks.append(int(logits[0, -1].argmax()))
     return toks
@@ -181,7 +185,8 @@ def main(argv=None) -> int:
         del states
         for (name, kept, _policy), (cache, kept_real) in zip(todo, built, strict=True):
             t1 = time.time()
-            answer = tok.decode(greedy(model, cache, first, NEEDLE_TOKENS, eos))
+            found = lambda toks, code=code: code in tok.decode(toks)  # noqa: E731
+            answer = tok.decode(greedy(model, cache, first, NEEDLE_TOKENS, eos, found))
             rows.append(
                 dict(
                     base,

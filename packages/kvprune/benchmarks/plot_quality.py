@@ -1,10 +1,15 @@
 """Plot and tabulate the quality benchmark: needle retrieval and perplexity per method.
 
     python packages/kvprune/benchmarks/plot_quality.py results/quality_smollm2_cpu.csv \\
-        results/quality_smollm2_kvpress_cpu.csv --title SmolLM2-135M --png docs/benchmarks/kvprune-quality-smollm2.png
+        results/quality_smollm2_kvpress_cpu.csv results/ppl_smollm2_cpu.csv \\
+        results/ppl_smollm2_kvpress_cpu.csv --title SmolLM2-135M \\
+        --png docs/benchmarks/kvprune-quality-smollm2.png
 
-Prints, per kept fraction, each method's needles found / cases and its pooled perplexity
-relative to the full cache (sum of NLL over documents / tokens), and draws both as bars.
+Prints two markdown tables: needles found / cases per method, one column per (haystack
+length, kept fraction), with the best kvprune policy and the best kvpress press of each column;
+and each method's perplexity pooled over the documents (sum of NLL / scored tokens) relative
+to the full cache. Draws the needle counts (one panel per haystack length) and the perplexity
+deltas as bars.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import argparse
 import csv
 import math
 from collections import defaultdict
+
+FULL = ("full", "kvpress_none")
 
 
 def load(paths):
@@ -23,24 +30,67 @@ def load(paths):
     return rows
 
 
+def frac_of(r) -> str:
+    if r["method"] in FULL:
+        return "1.0"
+    return f"{float(r['target_kept']):.1f}" if r["target_kept"] else "T=0.95"
+
+
 def summarize(rows):
-    needle = defaultdict(lambda: [0, 0])
-    nll = defaultdict(lambda: [0.0, 0])
-    kept = defaultdict(list)
+    """``needle[(ctx, frac, method)] = [found, cases]``, ``ppl[(frac, method)]``, mean kept."""
+    needle: dict = defaultdict(lambda: [0, 0])
+    nll: dict = defaultdict(lambda: [0.0, 0])
+    kept: dict = defaultdict(list)
     for r in rows:
-        frac = r["target_kept"] or "T=0.95"
-        if r["method"] in ("full", "kvprune_none"):
-            frac = "1.0"
-        key = (frac, r["method"])
-        kept[key].append(float(r["kept_fraction"]))
+        frac = frac_of(r)
+        kept[(frac, r["method"])].append(float(r["kept_fraction"]))
         if r["bench"] == "needle":
-            needle[key][0] += int(r["success"])
-            needle[key][1] += 1
+            cell = needle[(int(r["ctx"]), frac, r["method"])]
+            cell[0] += int(r["success"])
+            cell[1] += 1
         else:
-            nll[key][0] += float(r["nll"])
-            nll[key][1] += int(r["tokens"])
+            nll[(frac, r["method"])][0] += float(r["nll"])
+            nll[(frac, r["method"])][1] += int(r["tokens"])
     ppl = {k: math.exp(s / n) for k, (s, n) in nll.items() if n}
     return needle, ppl, {k: sum(v) / len(v) for k, v in kept.items()}
+
+
+def needle_table(needle) -> list[str]:
+    cols = sorted({(c, f) for c, f, _ in needle if f not in ("1.0", "T=0.95")})
+    cols = sorted(cols, key=lambda cf: (cf[0], -float(cf[1])))
+    methods = sorted(
+        {m for _, f, m in needle if f != "T=0.95"}, key=lambda m: (m.startswith("kvpress"), m)
+    )
+    head = "| method | " + " | ".join(f"{c // 1024}k, {float(f):.0%} kept" for c, f in cols)
+    lines = [head + " |", "| --- " * (len(cols) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for c, f in cols:
+            frac = "1.0" if m in FULL else f
+            v = needle.get((c, frac, m))
+            cells.append(f"{v[0]}/{v[1]}" if v else "")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for label, pick in (
+        ("best kvprune", lambda m: not m.startswith("kvpress")),
+        ("best kvpress", lambda m: m.startswith("kvpress")),
+    ):
+        cells = []
+        for c, f in cols:
+            cand = [
+                (v[0], m) for (cc, ff, m), v in needle.items() if cc == c and ff == f and pick(m)
+            ]
+            if not cand:
+                cells.append("")
+                continue
+            top = max(n for n, _ in cand)
+            names = sorted(m for n, m in cand if n == top)
+            total = needle[(c, f, names[0])][1]
+            cells.append(f"{top}/{total} ({', '.join(names)})")
+        lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    for (c, f, m), v in sorted(needle.items()):
+        if f == "T=0.95":  # a threshold, not a fraction: its own line
+            lines.append(f"\n{m} ({c // 1024}k, T=0.95): {v[0]}/{v[1]}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -50,39 +100,44 @@ def main(argv=None) -> int:
     ap.add_argument("--png", default=None)
     args = ap.parse_args(argv)
     needle, ppl, kept = summarize(load(args.csv))
+    if needle:
+        print("\n".join(needle_table(needle)))
     full_ppl = ppl.get(("1.0", "full")) or ppl.get(("1.0", "kvpress_none"))
-    keys = sorted(set(needle) | set(ppl), key=lambda k: (k[0], k[1]))
-    print("| kept (target) | method | kept (measured) | needles | perplexity vs full |")
-    print("| --- | --- | --- | --- | --- |")
-    for k in keys:
-        n = needle.get(k)
-        found = f"{n[0]}/{n[1]}" if n else ""
-        rel = f"{ppl[k] / full_ppl - 1:+.1%}" if k in ppl and full_ppl else ""
-        print(f"| {k[0]} | {k[1]} | {kept[k]:.3f} | {found} | {rel} |")
+    if ppl:
+        print("\n| kept (target) | method | kept (measured) | perplexity | vs full |")
+        print("| --- | --- | --- | --- | --- |")
+        for k in sorted(ppl, key=lambda k: (k[0], k[1].startswith("kvpress"), ppl[k])):
+            rel = f"{ppl[k] / full_ppl - 1:+.1%}" if full_ppl else ""
+            print(f"| {k[0]} | {k[1]} | {kept[k]:.3f} | {ppl[k]:.3f} | {rel} |")
     if args.png:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-        for ax, data, label in (
-            (axes[0], {k: v[0] / v[1] for k, v in needle.items() if v[1]}, "needles found"),
+        contexts = sorted({c for c, _, _ in needle})
+        panels = [
             (
-                axes[1],
-                {k: ppl[k] / full_ppl - 1 for k in ppl} if full_ppl else {},
-                "perplexity vs full",
-            ),
-        ):
-            names = sorted({k[1] for k in data})
+                {(f, m): v[0] / v[1] for (c, f, m), v in needle.items() if c == ctx and v[1]},
+                f"needles found, {ctx // 1024}k haystack "
+                f"({max(v[1] for (c, _, _), v in needle.items() if c == ctx)} cases)",
+            )
+            for ctx in contexts
+        ]
+        if ppl and full_ppl:
+            panels.append(({k: ppl[k] / full_ppl - 1 for k in ppl}, "perplexity vs full"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+        for ax, (data, label) in zip(axes[0], panels, strict=True):
+            names = sorted({k[1] for k in data}, key=lambda m: (m.startswith("kvpress"), m))
             fracs = sorted({k[0] for k in data})
             width = 0.8 / max(1, len(fracs))
             for j, frac in enumerate(fracs):
                 ys = [data.get((frac, m), float("nan")) for m in names]
-                ax.bar([i + j * width for i in range(len(names))], ys, width, label=f"kept {frac}")
+                xs = [i + j * width for i in range(len(names))]
+                ax.bar(xs, ys, width, label=f"kept {frac}")
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
             ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-            ax.set_ylabel(label)
+            ax.set_title(label, fontsize=9)
             ax.legend(fontsize=7)
         fig.suptitle(args.title)
         fig.tight_layout()
