@@ -127,9 +127,9 @@ class KVPruneLayer(CacheLayerMixin):
         owner.check_continuation(b, q, self.store.batch)
         if not owner.joined:
             owner.join_layers()
-        cls = owner.token_classes_now(b, q)
-        if q == 1:
-            self.store.append(key_states[:, :, 0], value_states[:, :, 0], cls[:, 0])
+        cls, first = owner.token_classes_now(b, q)
+        if q == 1:  # every layer gets the same ``first``: the arena finishes them together
+            self.store.append(key_states[:, :, 0], value_states[:, :, 0], first)
             self.pending = ("decode",)
         else:
             self.pending = ("extend", key_states, value_states, cls)
@@ -202,7 +202,7 @@ class KVPruneLayer(CacheLayerMixin):
             )
         store.after_step(weights)
         if store.pending and store.defer and self.layer_idx == self.owner.flush_layer:
-            self.owner.settle()  # the step's last evicting layer: evict for all at once
+            self.owner.settle()  # the step's last layer: finish the step for every layer
         return out.reshape(b, hq, d).unsqueeze(1).to(query.dtype)
 
     # -- introspection -------------------------------------------------------------------
@@ -282,15 +282,16 @@ class KVPruneCache(Cache):
         super().__init__(layers=layers)
         self._inputs: dict = {}
         self._prompt: tuple | None = None
-        self.arena: Arena | None = None  # the evicting layers' shared metadata, once decoding
+        self.arena: Arena | None = None  # the layers' shared slot metadata, once decoding
         self.joined = False
         self.flush_layer = -1  # the last layer of a step that evicts
 
     def join_layers(self) -> None:
-        """Put the metadata of every layer that evicts into one ``Arena`` (at the first
-        decoding step): their evictions then run together after the step's last such layer."""
+        """Put the slot metadata of every layer into one ``Arena`` (at the first decoding
+        step): each step's metadata upkeep and evictions then run once, for all layers
+        together, after the step's last layer."""
         self.joined = True
-        members = [layer for layer in self.layers if layer.store.built and layer.store.can_evict]
+        members = [layer for layer in self.layers if layer.store.built]
         shapes = {(m.store.pos.shape[0], m.store.pos.device) for m in members}
         if len(members) < 2 or len(shapes) != 1:
             return
@@ -300,7 +301,7 @@ class KVPruneCache(Cache):
         self.flush_layer = members[-1].layer_idx
 
     def settle(self) -> None:
-        """Run the evictions a step left pending (before the cache is read from outside)."""
+        """Finish the step the layers left pending (before the cache is read from outside)."""
         if self.arena is not None:
             self.arena.flush()
 
@@ -395,12 +396,19 @@ class KVPruneCache(Cache):
                     "kvprune: a continuation cannot contain padding (continue each row alone)"
                 )
 
-    def token_classes_now(self, batch: int, q: int) -> torch.Tensor:
+    def token_classes_now(self, batch: int, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classes of the call's last ``q`` tokens ``[B, q]`` and of the first of them
+        ``[B]``, computed once per call (every layer gets the same tensors)."""
+        memo = self._inputs.get("classes")
+        if memo is not None and memo[0] == (batch, q):
+            return memo[1], memo[2]
         ids = self._ids()
         if ids.shape[0] != batch or ids.shape[1] < q:
             raise UnsupportedError(f"kvprune: unexpected input_ids {tuple(ids.shape)}")
         table = self._table(ids.device)
-        return table[ids[:, -q:].clamp(0, table.shape[0] - 1)]
+        cls = table[ids[:, -q:].clamp(0, table.shape[0] - 1)]
+        self._inputs["classes"] = ((batch, q), cls, cls[:, 0])
+        return cls, cls[:, 0]
 
     # -- Cache API overrides -------------------------------------------------------------
     def reorder_cache(self, beam_idx):

@@ -8,10 +8,14 @@ describing pool row ``offsets[s] + j``: ``pos`` (position of the token among its
 tokens, -1 for an empty slot), ``score`` (accumulated or last attention, never negative) and
 ``evictable`` (live and not protected for good by class, sink or ``keep_from``). Column
 ``W - 1`` never holds a token (eviction writes there for a segment that evicts nothing). Per
-segment: ``lengths`` and ``next`` (the position of the next token).
+segment: ``lengths`` and ``next`` (the position of the next token). Between steps, column
+``lengths[s]`` already holds the next token's position and a zero score (prepared by
+``finish_step``); what a segment keeps is its columns below ``lengths[s]``.
 
-A decode step (``append``, attention, ``after_step``) is a fixed sequence of tensor operations
-with no host synchronization: the rule evicts at most one token per segment per step
+A decode step is ``append`` (the token's key and value into the slot the last step prepared),
+attention, ``after_step`` (the step's attention into the scores) and ``finish_step`` (the
+token's protection, the rule's eviction, the next slot prepared): a fixed sequence of tensor
+operations with no host synchronization. The rule evicts at most one token per segment per step
 (``rules``); the victim of each segment is the argmin of a packed key ``(score bits,
 position)`` over its row of the metadata (lowest score, then the oldest), and the segment's
 last live slot moves into the victim's, as a compacting list does (the pool rows move at the
@@ -21,10 +25,11 @@ bound runs out; ``reserve`` rows per segment at build time make a whole generati
 synchronization (what CUDA-graph capture needs).
 
 The metadata of several layers can share one ``Arena`` (``[L, S, W]`` tensors whose ``[l]``
-slices are the layers' own tensors): a cache then evicts for all of its layers at once after
-the last layer of a step (``Arena.flush``), about thirty tensor operations per step instead of
-per layer. A layer's eviction only has to happen before its next append, so deferring it to
-the end of the step keeps exactly what evicting layer by layer keeps.
+slices are the layers' own tensors): a cache then finishes the step of all its layers at once
+after the step's last layer (``Arena.flush``), about forty tensor operations per step instead
+of that many per layer, and a layer's own share of a step is its key/value writes and score
+update. A layer's ``finish_step`` only has to happen before its next append, so deferring it
+to the end of the step keeps exactly what finishing layer by layer keeps.
 """
 
 from __future__ import annotations
@@ -37,15 +42,34 @@ from .policies import Plan
 KEY_NONE = torch.iinfo(torch.int64).max  # the packed key of a slot that cannot be evicted
 
 
-def evict(pos, score, evictable, lengths, move_src, move_dst, next_pos, params) -> None:
-    """One step of the rule's eviction over ``[..., S, W]`` metadata (``[..., S]`` per-segment
-    tensors; ``next_pos`` already counts the step's token): every segment over its budget loses
-    its lowest-scoring evictable token outside the window (the oldest among ties); its last
-    live slot moves into the victim's (metadata here, the pool rows ``move_src -> move_dst`` at
-    the next append; a segment that evicts nothing moves its last slot onto itself). In place;
-    no host synchronization. Budgets as ``rules.window_at`` / ``rules.k_f_at`` at
-    ``next_pos`` tokens."""
-    length = next_pos
+def finish_step(
+    pos, score, evictable, lengths, move_src, move_dst, next_pos, params, cls, active
+) -> None:
+    """The end of a decoding step over ``[..., S, W]`` slot metadata (``[..., S]`` per-segment
+    tensors), in place and without host synchronization:
+
+    1. the step's token (the segment's last live slot, position ``next_pos``, class ``cls``)
+       gets its protection;
+    2. where ``active`` (``[..., 1]`` bool, or None: everywhere), every segment over its budget
+       loses its lowest-scoring evictable token outside the window (the oldest among ties);
+       its last live slot moves into the victim's (metadata here, the pool rows
+       ``move_src -> move_dst`` at the next append; a segment that evicts nothing moves its
+       last slot onto itself). Budgets as ``rules.window_at`` / ``rules.k_f_at``;
+    3. ``next_pos`` advances, and the slot the next token will take gets its position and a
+       zero score (so the next step's attention adds to zero).
+    """
+    newest = (lengths - 1).clamp(min=0).unsqueeze(-1)
+    static = rules.protected_static(cls, next_pos, params)
+    evictable.scatter_(-1, newest, (~static).unsqueeze(-1))
+    if active is not False:
+        _evict(pos, score, evictable, lengths, move_src, move_dst, next_pos + 1, params, active)
+    next_pos += 1
+    free = lengths.unsqueeze(-1)
+    pos.scatter_(-1, free, next_pos.int().unsqueeze(-1))
+    score.scatter_(-1, free, 0.0)
+
+
+def _evict(pos, score, evictable, lengths, move_src, move_dst, length, params, active) -> None:
     window = torch.maximum(
         params["window"], ((params["window_q"] * length) >> rules.FRACTION_BITS) - params["n_sink"]
     )
@@ -56,6 +80,8 @@ def evict(pos, score, evictable, lengths, move_src, move_dst, next_pos, params) 
     oldest_in_window = length - window  # positions >= this are in the window
     cand = evictable & (pos < oldest_in_window.unsqueeze(-1))
     over = cand.sum(-1) > k_f
+    if active is not None:
+        over &= active
     # Scores are non-negative floats, whose bit patterns order as integers do: the packed key
     # (score bits, position) orders by score, then by position.
     key = (score.view(torch.int32).to(torch.int64) << 32) | pos
@@ -94,6 +120,12 @@ class Arena:
         self.members = list(stores)
         first = self.members[0]
         self.width = max([width or 0] + [s.pos.shape[-1] for s in self.members])
+        evicting = [m.can_evict for m in self.members]
+        self.active: torch.Tensor | bool | None = None  # which members evict (None: all)
+        if not any(evicting):
+            self.active = False
+        elif not all(evicting):
+            self.active = torch.tensor(evicting, device=first.pos.device).view(-1, 1)
         if len(self.members) == 1 and self.width == first.pos.shape[-1]:
             # One store: its own tensors, no copy.
             for name in (*self.SLOTS, *self.SEGMENTS):
@@ -128,10 +160,13 @@ class Arena:
             store.bind(self, i)
 
     def flush(self) -> None:
-        """Evict for every member with a step pending: all at once when all are."""
+        """Finish the step of every member with one pending: all at once when all have one
+        (the same step: the same token classes)."""
         pending = [s.pending for s in self.members]
-        if all(pending):
-            evict(
+        cls = self.members[0].step_cls
+        if all(pending) and all(s.step_cls is cls for s in self.members):
+            assert cls is not None
+            finish_step(
                 self.pos,
                 self.score,
                 self.evictable,
@@ -140,14 +175,16 @@ class Arena:
                 self.move_dst,
                 self.next,
                 self.params,
+                cls.repeat_interleave(self.members[0].n_kv),
+                self.active,
             )
             for s in self.members:
                 s.pending = False
-                s.moves = True
+                s.moves = s.can_evict
+                s.step_cls = None
         elif any(pending):
             for s in self.members:
-                if s.pending:
-                    s.evict_now()
+                s.settle()
 
 
 class RaggedStore:
@@ -176,6 +213,7 @@ class RaggedStore:
         self.defer = False  # eviction waits for the arena's flush (set by a cache)
         self.pending = False  # a step's eviction is still to do
         self.moves = False  # the pool rows of the last eviction are still to move
+        self.step_cls: torch.Tensor | None = None  # [B] class of the step's token
         self.built = False
 
     # -- build ---------------------------------------------------------------------------
@@ -213,6 +251,7 @@ class RaggedStore:
         self.move_src = torch.zeros_like(self.lengths)
         self.move_dst = torch.zeros_like(self.lengths)
         self.next = n_real.long().repeat_interleave(h)
+        self.pos.scatter_(1, self.lengths.unsqueeze(1), self.next.int().unsqueeze(1))
         # Which segments can ever evict: a bounded window, unless ``keep_from`` protects every
         # token that will leave the window (no growing budgets, the prompt's window already at
         # or past ``keep_from``): then the candidates are the prompt's heavy hitters for good.
@@ -251,9 +290,10 @@ class RaggedStore:
 
     # -- decoding ------------------------------------------------------------------------
     def append(self, k_new, v_new, cls_new) -> None:
-        """Write one new token per row (``k_new``/``v_new`` ``[B, H, D]``, ``cls_new`` ``[B]``)."""
-        if self.pending:
-            self.evict_now()
+        """Write one new token per row (``k_new``/``v_new`` ``[B, H, D]``, ``cls_new`` ``[B]``)
+        into the slot the last step prepared (its position and zero score are already there;
+        its protection is set when the step finishes)."""
+        self.settle()
         if self.moves:
             self._move_rows()
         b, h, d = k_new.shape
@@ -261,16 +301,12 @@ class RaggedStore:
             self.headroom = int((self.capacity - self.lengths).min())
             if self.headroom < 1:
                 self._grow()
-        col = self.lengths.unsqueeze(1)
         dest = self.offsets + self.lengths
         self.k_pool[dest] = k_new.reshape(b * h, d).to(self.k_pool.dtype)
         self.v_pool[dest] = v_new.reshape(b * h, d).to(self.v_pool.dtype)
-        self.pos.scatter_(1, col, self.next.int().unsqueeze(1))
-        self.score.scatter_(1, col, 0.0)
-        static = rules.protected_static(cls_new.repeat_interleave(h), self.next, self.params)
-        self.evictable.scatter_(1, col, (~static).unsqueeze(1))
         self.lengths += 1
         self.headroom -= 1
+        self.step_cls = cls_new
 
     def _move_rows(self) -> None:
         """The pool side of the last eviction: each segment's last row into its victim's."""
@@ -305,8 +341,8 @@ class RaggedStore:
 
     def after_step(self, weights: torch.Tensor | None) -> None:
         """Add the step's attention ``[N, G]`` to the scores (None: no segment needs them),
-        advance the positions and evict what the rule says (now, or at the arena's flush when
-        ``defer`` is set)."""
+        then finish the step (``finish_step``): now, or at the arena's flush when ``defer``
+        is set."""
         if weights is not None:
             step = weights.sum(-1)
             flat = self.score.view(-1)
@@ -314,15 +350,16 @@ class RaggedStore:
                 flat.index_copy_(0, self.slot_index, step)
             else:
                 flat.index_add_(0, self.slot_index, step)
-        self.next += 1
-        if self.can_evict:
-            self.pending = True
-            if not self.defer:
-                self.evict_now()
+        self.pending = True
+        if not self.defer:
+            self.settle()
 
-    def evict_now(self) -> None:
-        """This store's pending eviction, alone."""
-        evict(
+    def settle(self) -> None:
+        """Finish this store's pending step alone (also before its state is read)."""
+        if not self.pending:
+            return
+        assert self.step_cls is not None
+        finish_step(
             self.pos,
             self.score,
             self.evictable,
@@ -331,14 +368,12 @@ class RaggedStore:
             self.move_dst,
             self.next,
             self.params,
+            self.step_cls.repeat_interleave(self.n_kv),
+            None if self.can_evict else False,
         )
         self.pending = False
-        self.moves = True
-
-    def settle(self) -> None:
-        """Do any pending eviction (before the state is read from outside)."""
-        if self.pending:
-            self.evict_now()
+        self.moves = self.can_evict
+        self.step_cls = None
 
     # -- introspection -------------------------------------------------------------------
     @property
@@ -357,12 +392,15 @@ class RaggedStore:
     def row_positions(self) -> torch.Tensor:
         """``[N]`` position of each pool row's token (-1: empty)."""
         self.settle()
-        return self.pos.reshape(-1)[self.slot_index]
+        width = self.pos.shape[-1]
+        seg, col = self.slot_index // width, self.slot_index % width
+        rows = self.pos.reshape(-1)[self.slot_index]
+        return torch.where(col < self.lengths[seg], rows, -1)
 
     def kept_positions(self, b: int, h: int) -> list[int]:
         self.settle()
-        p = self.pos[b * self.n_kv + h]
-        return sorted(int(x) for x in p[p >= 0])
+        s = b * self.n_kv + h
+        return sorted(int(x) for x in self.pos[s, : int(self.lengths[s])])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the store holds (what its memory is made of; metadata shared in an
