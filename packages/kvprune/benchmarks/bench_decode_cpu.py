@@ -58,6 +58,7 @@ def methods():
         "adaptive_fastgen_0.5": kp.AdaptiveFastGen(kept_fraction=0.5),
         "h2o_0.5": kp.H2O(kept_fraction=0.5),
         "streamingllm_0.5": kp.StreamingLLM(kept_fraction=0.5),
+        "tova_0.5": kp.TOVA(kept_fraction=0.5),
     }
 
 

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     wrap(ks.RaggedStore, "append", "store_append")
     wrap(kc, "ragged_decode_attention", "ragged_attention")
     wrap(ks.RaggedStore, "after_step", "after_step")
-    wrap(ks.Arena, "flush", "eviction")
+    wrap(ks.Arena, "flush", "finish_step")
     wrap(cache_utils.DynamicLayer, "update", "cache_update")
     wrap(sa, "sdpa_attention_forward", "sdpa_attention")  # the full cache's attention
     AttentionInterface.register("sdpa", sa.sdpa_attention_forward)
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         "h2o_0.5": kp.H2O(kept_fraction=0.5),
         "fastgen_t0.95": kp.FastGen(recovery=0.95),
         "streamingllm_0.5": kp.StreamingLLM(kept_fraction=0.5),
+        "tova_0.5": kp.TOVA(kept_fraction=0.5),
     }
     steps: dict[str, list[float]] = {k: [] for k in policies}
     parts: dict[str, dict[str, list[float]]] = {k: collections.defaultdict(list) for k in policies}

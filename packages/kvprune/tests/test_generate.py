@@ -164,6 +164,7 @@ def test_batched_eviction_equals_layer_by_layer(policy):
                     for head in range(2):
                         assert a.kept_positions(row, head) == b.kept_positions(row, head)
     assert caches[0].arena is not None and caches[1].arena is None
+    assert caches[0].arena.batched_steps == 15  # every decoding step, all layers at once
     evicted = sum(int(layer.store.lengths.sum()) for layer in caches[0].layers)
     assert evicted < 3 * 2 * 2 * (24 + 15)  # something was evicted while decoding
 

@@ -407,8 +407,9 @@ class KVPruneCache(Cache):
             raise UnsupportedError(f"kvprune: unexpected input_ids {tuple(ids.shape)}")
         table = self._table(ids.device)
         cls = table[ids[:, -q:].clamp(0, table.shape[0] - 1)]
-        self._inputs["classes"] = ((batch, q), cls, cls[:, 0])
-        return cls, cls[:, 0]
+        first = cls[:, 0]
+        self._inputs["classes"] = ((batch, q), cls, first)
+        return cls, first
 
     # -- Cache API overrides -------------------------------------------------------------
     def reorder_cache(self, beam_idx):

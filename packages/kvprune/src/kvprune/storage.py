@@ -118,6 +118,7 @@ class Arena:
 
     def __init__(self, stores: list[RaggedStore], width: int | None = None):
         self.members = list(stores)
+        self.batched_steps = 0  # steps finished for every member at once (a host counter)
         first = self.members[0]
         self.width = max([width or 0] + [s.pos.shape[-1] for s in self.members])
         evicting = [m.can_evict for m in self.members]
@@ -182,6 +183,7 @@ class Arena:
                 s.pending = False
                 s.moves = s.can_evict
                 s.step_cls = None
+            self.batched_steps += 1
         elif any(pending):
             for s in self.members:
                 s.settle()
