@@ -12,6 +12,12 @@ median gap between consecutive tokens (prefill excluded). Methods run interleave
 times, the order rotated by one method each round (A, B, C, B, C, A, ...) so that drift in the
 machine's load does not always hit the same method; medians over rounds: other processes share
 the CPU.
+
+``--mode steps`` interleaves finer, for a machine whose load drifts within a ``generate``
+call: every method's cache is built, then token after token each method runs one greedy
+decoding step (the model call ``generate`` makes per token), the method order rotated at every
+token; the per-token time is the median over the steps of all rounds (each round's first step,
+which joins the cache's layers, left out).
 """
 
 from __future__ import annotations
@@ -94,12 +100,37 @@ def time_generate(model, tok, cache, ids, first: int, new: int) -> float:
     return statistics.median(gaps)
 
 
+@torch.no_grad()
+def time_steps(model, caches: dict, ids, first: int, new: int) -> dict[str, list[float]]:
+    """Token-interleaved decoding: at each step every method (rotated order) decodes one
+    token greedily with its own cache; seconds per step and method (the first step left out)."""
+    from kvprune.generate import cache_kwarg
+
+    kw = cache_kwarg(model)
+    names = list(caches)
+    tokens = {name: torch.tensor([[first]]) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(new):
+        shift = i % len(names)
+        mask = torch.ones(1, ids.shape[1] + 1 + i, dtype=torch.long)
+        for name in names[shift:] + names[:shift]:
+            t = time.perf_counter()
+            out = model(
+                input_ids=tokens[name], attention_mask=mask, use_cache=True, **{kw: caches[name]}
+            )
+            tokens[name] = out.logits[:, -1:].argmax(-1)
+            if i:
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--contexts", default="1024")
     ap.add_argument("--new", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--mode", choices=("generate", "steps"), default="generate")
     args = ap.parse_args(argv)
     from kvprune import KVPruneCache
     from transformers import AttentionInterface
@@ -125,6 +156,16 @@ def main(argv=None) -> int:
         kept: dict[str, float] = {}
         names = list(todo)
         for r in range(args.rounds):
+            if args.mode == "steps":
+                caches = {n: build_cache(model, tok, todo[n], states, ids) for n in names}
+                for name, cache in caches.items():
+                    if isinstance(cache, KVPruneCache):
+                        kept[name] = cache.report().kept_fraction
+                for name, ts in time_steps(model, caches, ids, first, args.new).items():
+                    times[name] += ts
+                del caches
+                print(f"ctx {ctx} round {r} done", flush=True)
+                continue
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
                 policy = todo[name]
@@ -144,6 +185,7 @@ def main(argv=None) -> int:
                     model="smollm2",
                     context=ctx,
                     method=name,
+                    mode=args.mode,
                     new_tokens=args.new,
                     rounds=args.rounds,
                     kept_fraction=round(kept.get(name, 1.0), 4),
