@@ -154,3 +154,28 @@ def test_plot_and_bad_configs(tmp_path):
             model, tok, [{"prompt": "a" * 120}], reward_fn=count_x,
             config=PolicyConfig(algorithm="rloo", samples_per_prompt=2, max_new_tokens=16),
         )  # fmt: skip
+
+
+def test_evaluate_rule_on_held_out_prompts_gives_mean_and_standard_error():
+    base, tok = tiny()
+    model = PerlModel(base, roles=("policy", "reward"), lora=LoraSpec(rank=2), tokenizer=tok)
+    cfg = PolicyConfig(algorithm="rloo", samples_per_prompt=2, batch_size=2, max_new_tokens=5)
+    trainer = PolicyTrainer(model, tok, PROMPTS, config=cfg)
+    seen: list[str] = []
+
+    def rule(prompts, responses):
+        seen.extend(prompts)
+        return [float(i % 2) for i in range(len(responses))]
+
+    held_out = [{"prompt": "held:"}, {"prompt": "out:"}, {"prompt": "new:"}]
+    out = trainer.evaluate_rule(rule, prompts=held_out, samples=3)
+    # 3 prompts x 3 samples, in chunks of batch_size x samples_per_prompt = 4 (values 0,1,0,1 |
+    # 0,1,0,1 | 0): mean 4/9, standard error = sample std / sqrt(9).
+    assert out["n"] == 9.0 and sorted(set(seen)) == ["held:", "new:", "out:"]
+    vals = torch.tensor([0.0, 1, 0, 1, 0, 1, 0, 1, 0])
+    assert out["mean"] == pytest.approx(4 / 9)
+    assert out["stderr"] == pytest.approx(float(vals.std() / 3))
+    assert trainer.evaluate(rule, prompts=held_out, n=1) == 0.0  # one sample of "held:"
+    # Same seed, same samples: evaluation is repeatable.
+    again = trainer.evaluate_rule(rule, prompts=held_out, samples=3)
+    assert again == out

@@ -6,7 +6,14 @@ the same prompt (every combination) becomes a pairwise row (prompt / chosen / re
 response a binary row (prompt / completion / label). Prompts are split into train, held-out and
 RL sets, so the reward model is evaluated on prompts it never saw.
 
+RL prompts (``questions_rl.jsonl``, held out: ``questions_test.jsonl``) are questions to which a
+year or a quantity is a natural answer part of the time ("When did people first use bees?",
+"Tell me one fact about the history of bees."): SmolLM2 answers about a quarter to a third of
+them with a digit (2% for the fact/sentence prompts above), so RL has rewarded samples to learn
+from and room to raise the rate. The two sets share no topic.
+
     python packages/perl-rlhf/examples/number_rule/make_data.py   # a few minutes on 2 CPU cores
+    python packages/perl-rlhf/examples/number_rule/make_data.py --questions   # RL prompts only
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ TOPICS = [
     "satellites", "markets", "wolves", "schools", "candles", "whales", "lemons", "bakeries",
 ]  # fmt: skip
 TEMPLATES = ["Tell me one fact about {}.", "Write one sentence about {}."]
+QUESTIONS = ["Tell me one fact about the history of {}.", "When did people first use {}?"]
 DIGIT = re.compile(r"\d")
 
 
@@ -80,9 +88,26 @@ def main() -> None:
         print(f"{name}: {len(part)} prompts, {len(pairs)} pairs, digit rate {rate:.2f}")
 
 
+def write_questions() -> None:
+    """RL prompts: both question templates over half of the topics, held-out over the rest."""
+    rng = random.Random(0)
+    topics = list(TOPICS)
+    rng.shuffle(topics)
+    for name, part in (("rl", topics[:24]), ("test", topics[24:])):
+        rows = [
+            {"prompt": [{"role": "user", "content": q.format(t)}]} for t in part for q in QUESTIONS
+        ]
+        rng.shuffle(rows)
+        write(HERE / f"questions_{name}.jsonl", rows)
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    write_questions()
+    if "--questions" not in sys.argv[1:]:
+        main()

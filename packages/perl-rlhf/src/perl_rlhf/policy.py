@@ -340,27 +340,65 @@ class PolicyTrainer:
 
     @torch.no_grad()
     def evaluate(
-        self, rule: RewardFn, *, n: int | None = None, samples: int = 1, seed: int = 1234
+        self,
+        rule: RewardFn,
+        *,
+        prompts=None,
+        n: int | None = None,
+        samples: int = 1,
+        seed: int = 1234,
     ) -> float:
         """Mean ``rule`` reward of ``samples`` fresh samples for each of the first ``n`` prompts
-        (all by default)."""
+        (all by default) of ``prompts`` (held-out prompts, in any form the trainer takes; the
+        training prompts by default). ``evaluate_rule`` also gives the standard error."""
+        return self.evaluate_rule(rule, prompts=prompts, n=n, samples=samples, seed=seed)["mean"]
+
+    @torch.no_grad()
+    def evaluate_rule(
+        self,
+        rule: RewardFn,
+        *,
+        prompts=None,
+        n: int | None = None,
+        samples: int = 1,
+        seed: int = 1234,
+    ) -> dict[str, float]:
+        """``{"mean", "stderr", "n"}`` of ``rule`` over ``samples`` fresh policy samples for each
+        of the first ``n`` prompts (see ``evaluate``). The standard error is the sample
+        standard deviation over sqrt(count)."""
+        if prompts is None:
+            ids, texts = self.prompt_ids, self.prompt_texts
+        else:
+            limit = self.config.max_length or getattr(
+                self.model.config, "max_position_embeddings", None
+            )
+            ids, texts = encode_prompts(
+                load_rows(prompts) if not isinstance(prompts, list) else prompts,
+                self.tokenizer,
+                max_length=limit,
+                max_new_tokens=self.config.max_new_tokens,
+            )
         torch.manual_seed(seed)
-        indices = list(range(len(self.prompt_ids)))[: n or len(self.prompt_ids)] * samples
-        total, count = 0.0, 0
-        for lo in range(0, len(indices), max(1, self.config.batch_size)):
-            chunk = indices[lo : lo + self.config.batch_size]
+        indices = list(range(len(ids)))[: n or len(ids)] * samples
+        values: list[float] = []
+        width = max(1, self.config.batch_size * self.config.samples_per_prompt)
+        for lo in range(0, len(indices), width):
+            chunk = indices[lo : lo + width]
             r = sample(
                 self.model,
-                [self.prompt_ids[i] for i in chunk],
+                [ids[i] for i in chunk],
                 pad_token=self.pad,
                 eos_ids=self.eos_ids,
                 max_new_tokens=self.config.max_new_tokens,
                 temperature=self.config.temperature,
+                top_k=self.config.top_k,
+                top_p=self.config.top_p,
             )
-            vals = rule([self.prompt_texts[i] for i in chunk], self.decode(r))
-            total += sum(float(v) for v in vals)
-            count += len(chunk)
-        return total / max(1, count)
+            values += [float(v) for v in rule([texts[i] for i in chunk], self.decode(r))]
+        count = len(values)
+        mean = sum(values) / max(1, count)
+        var = sum((v - mean) ** 2 for v in values) / max(1, count - 1)
+        return {"mean": mean, "stderr": (var / max(1, count)) ** 0.5, "n": float(count)}
 
 
 def train_policy(
