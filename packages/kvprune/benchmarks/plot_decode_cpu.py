@@ -1,5 +1,6 @@
 """Plot the CPU decode cost (``bench_decode_cpu.py``'s CSV): time per token of each method
-relative to the full cache (``DynamicCache``), one group of bars per context.
+relative to the full cache (``DynamicCache``), one group of bars per context, one panel per
+measurement mode (``generate`` calls interleaved per round; single steps interleaved per token).
 
     python packages/kvprune/benchmarks/plot_decode_cpu.py \\
         packages/kvprune/benchmarks/results/decode_cpu.csv --png docs/benchmarks/kvprune-decode-cpu.png
@@ -34,12 +35,12 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"plot_decode_cpu: cannot read {args.csv}: {e.strerror}", file=sys.stderr)
         return 1
-    latest: dict[tuple[int, str], dict] = {}  # the last row of each (context, method)
+    latest: dict[tuple[str, int, str], dict] = {}  # the last row of each (mode, context, method)
     for row in rows:
-        latest[(int(row["context"]), row["method"])] = row
-    contexts = sorted({c for c, _ in latest})
-    methods = [m for m in LABELS if any((c, m) in latest for c in contexts)]
-    if not contexts or not methods:
+        mode = row.get("mode") or "generate"
+        latest[(mode, int(row["context"]), row["method"])] = row
+    modes = [m for m in ("generate", "steps") if any(k[0] == m for k in latest)]
+    if not modes:
         print(f"plot_decode_cpu: no decode rows in {args.csv}", file=sys.stderr)
         return 1
     import matplotlib
@@ -47,22 +48,31 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    width = 0.8 / len(methods)
-    for i, m in enumerate(methods):
-        xs, ys = [], []
-        for j, c in enumerate(contexts):
-            if (c, m) in latest:
-                xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                ys.append(float(latest[(c, m)]["vs_full"]))
-        bars = ax.bar(xs, ys, width, label=LABELS[m])
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    ax.axhline(1.0, color="black", lw=0.8, ls="--")
-    ax.set_xticks(range(len(contexts)), [f"{c // 1024}k context" for c in contexts])
-    ax.set_ylabel("time per token / DynamicCache")
-    ax.set_title("SmolLM2-135M decode on the CPU (one thread), lower is faster", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 3.8), squeeze=False)
+    titles = {
+        "generate": "generate() calls, rotated per round",
+        "steps": "steps, rotated per token",
+    }
+    for ax, mode in zip(axes[0], modes, strict=True):
+        contexts = sorted({c for md, c, _ in latest if md == mode})
+        methods = [m for m in LABELS if any((mode, c, m) in latest for c in contexts)]
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            xs, ys = [], []
+            for j, c in enumerate(contexts):
+                if (mode, c, m) in latest:
+                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                    ys.append(float(latest[(mode, c, m)]["vs_full"]))
+            bars = ax.bar(xs, ys, width, label=LABELS[m])
+            ax.bar_label(bars, fmt="%.2f", fontsize=5, padding=1)
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(contexts)), [f"{c // 1024}k context" for c in contexts])
+        ax.set_ylabel("time per token / DynamicCache")
+        ax.set_title(titles[mode], fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=6)
+    fig.suptitle("SmolLM2-135M decode on a 2-core CPU (one thread); lower is faster", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=110)
     print(f"wrote {args.png}")
