@@ -57,10 +57,17 @@ def layer_cases():
 def _close_with_slack(a: torch.Tensor, e: torch.Tensor, name: str) -> None:
     # Two chained matmuls: the fused kernel rounds the activation once where the reference
     # rounds h, silu(g) and the product; half types get a few ulps of slack, fp32 the default.
+    # The absolute slack scales with the output's largest entry: a small entry is a cancelling
+    # sum of terms of that size, so its rounding error is a few ulps of them, not of itself
+    # (fp16 on CUDA: 0.0115 off on an entry of 0.1 in a row whose largest entry is 9.6).
     assert a.dtype == e.dtype, f"{name}: {a.dtype} != {e.dtype}"
     assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
     tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2}.get(a.dtype)
-    assert_close(a, e, atol=tol, rtol=tol, msg=f"{name}: ")
+    if tol is None:
+        assert_close(a, e, msg=f"{name}: ")
+        return
+    scale = max(1.0, float(e.detach().abs().amax())) if e.numel() else 1.0
+    assert_close(a, e, atol=tol * scale, rtol=tol, msg=f"{name}: ")
 
 
 def fp16_slack(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
