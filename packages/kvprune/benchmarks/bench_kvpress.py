@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-docs", type=int, default=1)
     ap.add_argument("--ppl-ctx", type=int, default=512)
     ap.add_argument("--ppl-cont", type=int, default=64)
+    ap.add_argument(
+        "--cases", default="", help="START:STOP slice of the needle cases (split or resume a run)"
+    )
     ap.add_argument("--out", default="quality_kvpress_cpu.csv")
     args = ap.parse_args(argv)
     import kvpress  # noqa: F401  # pyright: ignore[reportMissingImports]  (its own environment)
@@ -168,7 +171,11 @@ def main(argv=None) -> int:
     contexts = [int(x) for x in args.contexts.split(",") if x]
     t_all = time.time()
     base = dict(model=args.model)
-    for ctx, depth, case, code in needle_cases(contexts, depths, args.per_depth):
+    cases = needle_cases(contexts, depths, args.per_depth)
+    if args.cases:
+        start, _, stop = args.cases.partition(":")
+        cases = cases[int(start or 0) : int(stop) if stop else None]
+    for ctx, depth, case, code in cases:
         ids = tok(needle_prompt(tok, ctx, depth, code), return_tensors="pt")["input_ids"]
         n = ids.shape[1]
         full, logits = prefill(model, ids)

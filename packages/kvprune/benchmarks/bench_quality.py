@@ -144,6 +144,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-docs", type=int, default=1)
     ap.add_argument("--ppl-ctx", type=int, default=512)
     ap.add_argument("--ppl-cont", type=int, default=64)
+    ap.add_argument(
+        "--cases", default="", help="START:STOP slice of the needle cases (split or resume a run)"
+    )
     ap.add_argument("--only", default="", help="comma-separated method names to run")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -174,7 +177,11 @@ def main(argv=None) -> int:
     contexts = [int(x) for x in args.contexts.split(",") if x]
     base = dict(model=args.model)
     t_all = time.time()
-    for ctx, depth, case, code in needle_cases(contexts, depths, args.per_depth):
+    cases = needle_cases(contexts, depths, args.per_depth)
+    if args.cases:
+        start, _, stop = args.cases.partition(":")
+        cases = cases[int(start or 0) : int(stop) if stop else None]
+    for ctx, depth, case, code in cases:
         ids = tok(needle_prompt(tok, ctx, depth, code), return_tensors="pt")["input_ids"]
         t0 = time.time()
         states, logits = prefill(model, ids)

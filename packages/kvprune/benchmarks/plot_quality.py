@@ -138,7 +138,9 @@ def main(argv=None) -> int:
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
             ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
             ax.set_title(label, fontsize=9)
-            ax.legend(fontsize=7)
+            if label.startswith("needles"):
+                ax.set_ylim(0, 1.3)  # room for the legend above the bars
+            ax.legend(fontsize=7, ncol=len(fracs), loc="upper left")
         fig.suptitle(args.title)
         fig.tight_layout()
         fig.savefig(args.png, dpi=110)
