@@ -58,7 +58,7 @@ def main() -> None:
         tok.padding_side = "left"
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(
+            out = model.generate(  # pyright: ignore[reportAttributeAccessIssue]
                 **enc, do_sample=True, temperature=1.0, max_new_tokens=24,
                 num_return_sequences=6, pad_token_id=tok.pad_token_id,
             )  # fmt: skip
