@@ -14,6 +14,7 @@ without any gather cost).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -132,6 +133,21 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
     return rows
 
 
+@contextlib.contextmanager
+def backend(name: str):
+    """Every op runs backend ``name`` inside the block (``""``: the automatic choice)."""
+    from tensor_utils.ops import set_backend_override
+
+    if not name:
+        yield
+        return
+    set_backend_override(name)
+    try:
+        yield
+    finally:
+        set_backend_override(None)
+
+
 def block_rows(
     model,
     calib,
@@ -154,8 +170,10 @@ def block_rows(
         ids = torch.randint(0, 256, (batch, 1), generator=g)
         pos = torch.full((batch, 1), context)
         for mode_name in modes:
-            # "teal_b16": TEAL's block option (input channels in whole blocks of 16)
-            mode, _, blocks = mode_name.partition("_b")
+            # "teal_b16": TEAL's block option (input channels in whole blocks of 16);
+            # "teal@chunked": every sparse op forced to one backend (native C vs plain PyTorch)
+            mode_blocks, _, forced = mode_name.partition("@")
+            mode, _, blocks = mode_blocks.partition("_b")
             for s in sparsities:
                 sparsify(model, mode, s, calib, greedy=False, block_size=int(blocks or 1))
                 state = sparse_state(model)
@@ -171,18 +189,20 @@ def block_rows(
                     switch(False)
                     mlp(xn)
 
-                def mlp_sparse(xn=xn):
+                def mlp_sparse(xn=xn, forced=forced):
                     switch(True)
-                    mlp(xn)
+                    with backend(forced):
+                        mlp(xn)
 
                 def layer_dense(cache=cache, ids=ids, pos=pos):
                     switch(False)
                     model(ids, cache=cache, position_ids=pos)
                     cache.crop(-1)
 
-                def layer_sparse(cache=cache, ids=ids, pos=pos):
+                def layer_sparse(cache=cache, ids=ids, pos=pos, forced=forced):
                     switch(True)
-                    model(ids, cache=cache, position_ids=pos)
+                    with backend(forced):
+                        model(ids, cache=cache, position_ids=pos)
                     cache.crop(-1)
 
                 with torch.no_grad():
@@ -223,7 +243,8 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["dejavu", "teal", "cats"],
-        help="also teal_b8 / teal_b16 / teal_b32 / teal_b64 (TEAL's block option)",
+        help="also teal_b8 / teal_b16 / teal_b32 / teal_b64 (TEAL's block option); a suffix "
+        "@<backend> forces one op backend for the sparse forward (teal@chunked)",
     )
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
     p.add_argument("--densities", type=float, nargs="+", default=[0.5],

@@ -20,12 +20,15 @@ from __future__ import annotations
 # at 70% on the row lengths of 135M-0.5B models (576-9728 outputs).
 # Batch-1 rows read in place (``sampled_addmm``, the ``inplace`` backend): 1.44x at 50%, 1.07x
 # at 70%, 0.91x at 80% of the rows.
+# Batch-1 gathered columns through the C kernel (``native``): 1.9-2.0x at 50%, 0.99-1.00x with
+# every row selected (14336 x 4096 and 4096 x 28672, float32, one thread).
 # Channel blocks of 16 read as contiguous runs (``gather_blocks``' ``runs`` backend, 14336 x 4096
 # and 4096 x 28672): 1.21-1.34x at 70% of the blocks (benchmarks/probe_blocks_cpu.py).
 _DEFAULTS: dict[str, dict[int, float]] = {
     "cpu:rows": {1: 0.40},
     "cpu:rows_inplace": {1: 0.75},
     "cpu:cols": {1: 0.75, 2: 0.40},
+    "cpu:cols_native": {1: 0.90},
     "cpu:blocks": {1: 0.85},
     "cuda": {1: 0.85, 4: 0.80, 8: 0.70, 16: 0.60},
 }

@@ -29,6 +29,7 @@ from torch import nn
 from .arch import rms
 from .fallback import use_dense
 from .ops import gather_blocks, gather_cols, gather_rows
+from .ops.gather_cols import fallback_key as cols_fallback_key
 
 TEAL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -173,7 +174,7 @@ def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block,
         kept = int(keep.sum())
         if stats is not None:
             stats.add(block, (w_t.shape[0] - kept) * w_t.shape[1], w_t.numel())
-        if use_dense(x2.device.type, 1, kept, w_t.shape[0], "cols"):
+        if use_dense(x2.device.type, 1, kept, w_t.shape[0], cols_fallback_key(x2, w_t)):
             return (x2 * keep) @ w_t
         idx = keep[0].nonzero().squeeze(1)
         return gather_cols(x2.index_select(1, idx), w_t, idx)

@@ -28,7 +28,7 @@ def gather_cols(x: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor) -> t
     fp32 = x.dtype == torch.float32
     if use_dense(x.device.type, batch, k, n, "cols"):
         dense = torch.zeros(batch, n, dtype=x.dtype, device=x.device)
-        dense.index_copy_(1, idx, x)
+        dense.index_add_(1, idx, x)  # repeated rows add up
         return dense @ weight_t
     if batch == 1 and fp32 and k:
         offsets = torch.zeros(1, dtype=torch.long, device=x.device)

@@ -100,7 +100,7 @@ def gather_cols(x: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor) -> t
         )
     if use_dense(x.device.type, batch, k, n) and not _interpreting():
         dense = torch.zeros(batch, n, dtype=x.dtype, device=x.device)
-        dense.index_copy_(1, idx.long(), x)
+        dense.index_add_(1, idx.long(), x)  # repeated rows add up
         return dense @ weight_t
     if k == 0 or batch == 0:
         return torch.zeros(batch, m, dtype=x.dtype, device=x.device)

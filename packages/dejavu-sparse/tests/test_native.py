@@ -1,0 +1,129 @@
+"""The C kernel behind ``gather_cols``' ``native`` backend: equal to the reference on odd sizes,
+float32 and bfloat16, batch 1-16, empty / full / repeated / unsorted selections, strided weight
+rows and several threads, with NaN-poisoned allocations; out-of-range indices are one line; and
+without a C compiler the backend warns once and runs the plain PyTorch path."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from dejavu_sparse.fallback import set_dense_fallback
+from dejavu_sparse.ops import _compile, gather_cols
+from dejavu_sparse.ops.gather_cols import fallback_key, native
+from dejavu_sparse.ops.gather_rows.cases import selections
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tensor_utils_dev.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing.opcheck import check_backend
+from tensor_utils_dev.testing.strategies import random_tensor, seeds
+
+needs_kernel = pytest.mark.skipif(not native.available(), reason="no C compiler here")
+
+
+@contextlib.contextmanager
+def no_fallback():
+    """The gathered kernel at every density (no dense fallback)."""
+    set_dense_fallback("cpu", {1: 1.0})
+    try:
+        yield
+    finally:
+        set_dense_fallback("cpu", None)
+
+
+@pytest.fixture
+def gathered():
+    with no_fallback():
+        yield
+
+
+def test_native_backend_on_the_op_cases(gathered):
+    """The op's own cases (float32 and float16, which hands off to ``chunked``)."""
+    check_backend(gather_cols, "native", max_examples=25, device="cpu")
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.sampled_from([1, 2, 3, 4, 16]),
+    n=st.integers(1, 90),
+    m=st.integers(1, 150),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    pad=st.sampled_from([0, 3]),
+    seed=seeds(),
+    data=st.data(),
+)
+def test_kernel_matches_reference(b, n, m, dtype, pad, seed, data):
+    idx = data.draw(selections(n))
+    if idx.numel() and data.draw(st.booleans()):  # repeated rows
+        idx = torch.cat((idx, idx.flip(0)))
+    x = random_tensor((b, idx.numel()), dtype, seed)
+    wt = random_tensor((n, m + pad), dtype, seed + 1, scale=0.2)[:, :m]  # rows strided by m+pad
+    with no_fallback(), poison_allocations():
+        out = gather_cols(x, wt, idx, backend="native")
+    assert out.dtype == dtype and out.shape == (b, m)
+    expected = gather_cols(x, wt, idx, backend="reference")
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert_close(out, expected, atol=tol, rtol=tol)
+
+
+@needs_kernel
+def test_kernel_threads_and_dense_fallback():
+    """Sizes large enough for two threads (the output columns split), the dense fallback above
+    its density, and a selection left of it: all equal the reference."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        wt = torch.randn(1501, 1001, generator=g)
+        for sel in (1500, 1501, 700):
+            idx = torch.randperm(1501, generator=g)[:sel]
+            x = torch.randn(1, sel, generator=g)
+            with poison_allocations():
+                out = gather_cols(x, wt, idx, backend="native")
+            assert_close(out, gather_cols(x, wt, idx, backend="reference"), atol=1e-4, rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
+def test_out_of_range_index_is_one_line(gathered):
+    for bad in ([0, 5], [-1]):
+        with pytest.raises(ValueError, match=r"outside \[0, 5\)") as err:
+            gather_cols(torch.ones(1, len(bad)), torch.ones(5, 3), torch.tensor(bad),
+                        backend="native")  # fmt: skip
+        assert "\n" not in str(err.value)
+
+
+def test_auto_picks_native_on_the_cpu():
+    assert gather_cols.select("cpu", torch.float32) == "native"
+    assert gather_cols.select("cpu", torch.bfloat16) == "native"
+    key = fallback_key(torch.ones(1, 4), torch.ones(4, 4))
+    assert key == ("cols_native" if native.available() else "cols")
+    assert fallback_key(torch.ones(1, 4).half(), torch.ones(4, 4).half()) == "cols"
+
+
+def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path):
+    """No compiler on PATH and none in $CC: one RuntimeWarning, then the plain PyTorch path."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv(_compile.ENV_CACHE, str(tmp_path / "cache"))
+    _compile.forget()
+    native.kernel.cache_clear()
+    try:
+        x, wt, idx = torch.randn(1, 3), torch.randn(7, 5), torch.tensor([6, 0, 2])
+        with pytest.warns(RuntimeWarning, match="could not be built"):
+            out = gather_cols(x, wt, idx, backend="native")
+        assert_close(out, gather_cols(x, wt, idx, backend="reference"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the second call does not warn again
+            gather_cols(x, wt, idx, backend="native")
+        assert not native.available()
+        assert not list((tmp_path / "cache").glob("*.tmp"))  # no half-written library left
+    finally:
+        monkeypatch.undo()
+        _compile.forget()
+        native.kernel.cache_clear()
