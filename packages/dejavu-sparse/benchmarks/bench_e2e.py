@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from bench_decode_cpu import backend
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,6 +86,8 @@ def main() -> None:
     p.add_argument("--calib-tokens", type=int, default=1024,
                    help="tokens for a new calibration (thresholds only)")  # fmt: skip
     p.add_argument("--out", help="default: results/e2e_cpu_<model>.csv")
+    p.add_argument("--compare-backend", default="",
+                   help="also time the sparse model with every op on this backend (chunked)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.mode is None:
@@ -119,32 +122,41 @@ def main() -> None:
     for batch in args.batches:
         inputs = ids.repeat(batch, 1)
 
-        def gen(on, inputs=inputs):
+        def gen(on, forced="", inputs=inputs):
             for s in state.states:
                 s.enabled = on
             t0 = time.perf_counter()
-            out = model.generate(inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                 do_sample=False)  # fmt: skip
+            with backend(forced):
+                out = model.generate(inputs, max_new_tokens=args.new_tokens,
+                                     min_new_tokens=args.new_tokens, do_sample=False)  # fmt: skip
             return time.perf_counter() - t0, out
 
-        gen(False)  # warm-up
-        gen(True)
-        times = {True: [], False: []}
+        variants = {"dense": (False, ""), "sparse": (True, "")}
+        if args.compare_backend:
+            variants["sparse_other"] = (True, args.compare_backend)
+        for on, forced in variants.values():  # warm-up
+            gen(on, forced)
+        times: dict[str, list[float]] = {v: [] for v in variants}
         outs = {}
         for _ in range(args.rounds):
-            for on in (False, True):
-                t, outs[on] = gen(on)
-                times[on].append(t)
+            for v, (on, forced) in variants.items():
+                t, outs[v] = gen(on, forced)
+                times[v].append(t)
         n = batch * args.new_tokens
-        dense_tps = n / statistics.median(times[False])
-        sparse_tps = n / statistics.median(times[True])
-        same = int((outs[True][0, ids.shape[1] :] == outs[False][0, ids.shape[1] :]).sum())
+        dense_tps = n / statistics.median(times["dense"])
+        sparse_tps = n / statistics.median(times["sparse"])
+        same = int((outs["sparse"][0, ids.shape[1] :] == outs["dense"][0, ids.shape[1] :]).sum())
+        other = {}
+        if args.compare_backend:
+            other_tps = n / statistics.median(times["sparse_other"])
+            other = {"other_backend": args.compare_backend, "other_tok_s": round(other_tps, 2),
+                     "other_speedup": round(other_tps / dense_tps, 3)}  # fmt: skip
         rows.append({"model": args.model, "batch": batch, "mode": name, "sparsity": sparsity,
                      "ppl_dense": round(dense_ppl, 4), "ppl_sparse": round(sparse_ppl, 4),
                      "ppl_ratio": round(ratio, 4),
                      "dense_tok_s": round(dense_tps, 2), "sparse_tok_s": round(sparse_tps, 2),
                      "speedup": round(sparse_tps / dense_tps, 3), "new_tokens": args.new_tokens,
-                     "same_tokens_row0": same})  # fmt: skip
+                     "same_tokens_row0": same, **other})  # fmt: skip
         print(rows[-1], flush=True)
     tags = {**environment_tags(packages=["dejavu-sparse"]), "dtype": "float32",
             "threads": str(args.threads)}  # fmt: skip

@@ -1,7 +1,8 @@
-"""The C kernel behind ``gather_cols``' ``native`` backend: equal to the reference on odd sizes,
-float32 and bfloat16, batch 1-16, empty / full / repeated / unsorted selections, strided weight
-rows and several threads, with NaN-poisoned allocations; out-of-range indices are one line; and
-without a C compiler the backend warns once and runs the plain PyTorch path."""
+"""The C kernels behind the ``native`` backends of ``gather_cols`` and ``threshold_cols``: equal to
+the reference on odd sizes, float32 and bfloat16, batch 1-16, empty / full / repeated / unsorted
+selections, thresholds keeping nothing or everything, NaN inputs, strided weight rows and several
+threads, with NaN-poisoned allocations; out-of-range indices are one line; and without a C
+compiler the backends warn once and run the plain PyTorch path."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import warnings
 import pytest
 import torch
 from dejavu_sparse.fallback import set_dense_fallback
-from dejavu_sparse.ops import _compile, gather_cols
+from dejavu_sparse.ops import _compile, gather_cols, threshold_cols
 from dejavu_sparse.ops.gather_cols import fallback_key, native
 from dejavu_sparse.ops.gather_rows.cases import selections
+from dejavu_sparse.ops.threshold_cols import native as threshold_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensor_utils_dev.testing import assert_close, poison_allocations
+from tensor_utils_dev.testing import assert_close, assert_matches_float64, poison_allocations
 from tensor_utils_dev.testing.opcheck import check_backend
 from tensor_utils_dev.testing.strategies import random_tensor, seeds
 
@@ -41,8 +43,34 @@ def gathered():
 
 
 def test_native_backend_on_the_op_cases(gathered):
-    """The op's own cases (float32 and float16, which hands off to ``chunked``)."""
+    """The ops' own cases (float32 and float16, which hands off to the PyTorch backend)."""
     check_backend(gather_cols, "native", max_examples=25, device="cpu")
+    check_backend(threshold_cols, "native", max_examples=25, device="cpu")
+
+
+@pytest.mark.parametrize("density", [1.0, 0.0])
+def test_threshold_gathered_backend_on_the_op_cases(density):
+    """The plain PyTorch backend, gathered (fallback density 1) and masked dense (0)."""
+    set_dense_fallback("cpu", {1: density})
+    try:
+        check_backend(threshold_cols, "gathered", max_examples=20, device="cpu")
+    finally:
+        set_dense_fallback("cpu", None)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 16), n=st.integers(1, 40), m=st.integers(1, 40), seed=seeds(),
+       t=st.sampled_from([-1.0, 0.0, 0.5, 10.0]))  # fmt: skip
+def test_threshold_reference_matches_float64(b, n, m, seed, t):
+    x = random_tensor((b, n), torch.float32, seed)
+    wt = random_tensor((n, m), torch.float32, seed + 1)
+
+    def f64(x, wt):
+        return torch.where(x.abs() > t, x, 0) @ wt
+
+    out, kept = threshold_cols(x, wt, t, backend="reference")
+    assert_matches_float64(out, f64, x, wt, roundings=8 * n)
+    assert int(kept) == int((x.abs() > t).any(0).sum())
 
 
 @needs_kernel
@@ -66,6 +94,37 @@ def test_kernel_matches_reference(b, n, m, dtype, pad, seed, data):
         out = gather_cols(x, wt, idx, backend="native")
     assert out.dtype == dtype and out.shape == (b, m)
     expected = gather_cols(x, wt, idx, backend="reference")
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert_close(out, expected, atol=tol, rtol=tol)
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.sampled_from([1, 2, 3, 4, 16]),
+    n=st.integers(1, 90),
+    m=st.integers(1, 150),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    pad=st.sampled_from([0, 3]),
+    t=st.sampled_from([-1.0, 0.0, 0.4, 1.0, 100.0]),
+    density=st.sampled_from([1.0, 0.5, 0.0]),
+    nan=st.booleans(),
+    seed=seeds(),
+)
+def test_threshold_kernel_matches_reference(b, n, m, dtype, pad, t, density, nan, seed):
+    """Gathered and in-order (above the fallback density) paths of the one-call kernel."""
+    x = random_tensor((b, n + pad), dtype, seed)[:, :n]  # batch rows strided by n+pad
+    if nan:
+        x[0, n // 2] = float("nan")  # dropped, as by the reference's where(|x| > t)
+    wt = random_tensor((n, m + pad), dtype, seed + 1, scale=0.2)[:, :m]
+    set_dense_fallback("cpu", {1: density})
+    try:
+        with poison_allocations():
+            out, kept = threshold_cols(x, wt, t, backend="native")
+    finally:
+        set_dense_fallback("cpu", None)
+    expected, expected_kept = threshold_cols(x, wt, t, backend="reference")
+    assert out.dtype == dtype and out.shape == (b, m) and int(kept) == int(expected_kept)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert_close(out, expected, atol=tol, rtol=tol)
 
@@ -113,17 +172,23 @@ def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path)
     monkeypatch.setenv(_compile.ENV_CACHE, str(tmp_path / "cache"))
     _compile.forget()
     native.kernel.cache_clear()
+    threshold_native.kernel.cache_clear()
     try:
         x, wt, idx = torch.randn(1, 3), torch.randn(7, 5), torch.tensor([6, 0, 2])
         with pytest.warns(RuntimeWarning, match="could not be built"):
             out = gather_cols(x, wt, idx, backend="native")
         assert_close(out, gather_cols(x, wt, idx, backend="reference"))
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # the second call does not warn again
+            warnings.simplefilter("error")  # no second warning, from either op
             gather_cols(x, wt, idx, backend="native")
+            out, kept = threshold_cols(wt.t(), wt, 0.5, backend="native")
+        expected, expected_kept = threshold_cols(wt.t(), wt, 0.5, backend="reference")
+        assert_close(out, expected)
+        assert int(kept) == int(expected_kept)
         assert not native.available()
         assert not list((tmp_path / "cache").glob("*.tmp"))  # no half-written library left
     finally:
         monkeypatch.undo()
         _compile.forget()
         native.kernel.cache_clear()
+        threshold_native.kernel.cache_clear()

@@ -27,9 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import rms
-from .fallback import use_dense
-from .ops import gather_blocks, gather_cols, gather_rows
-from .ops.gather_cols import fallback_key as cols_fallback_key
+from .ops import gather_blocks, gather_cols, gather_rows, threshold_cols
 
 TEAL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -142,24 +140,13 @@ def block_keep(x: torch.Tensor, t: float, block: int) -> torch.Tensor:
     return block_ms(x, block) > t * t
 
 
-def _select_input(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """TEAL on a (B, K) input: zero |x| <= t, return (selected columns, their indices)."""
-    keep = x.abs() > t
-    if x.shape[0] == 1:  # one row: the kept columns are exactly its selection (fewer ops)
-        idx = keep[0].nonzero().squeeze(1)
-        return x.index_select(1, idx), idx
-    idx = keep.any(0).nonzero().squeeze(1)
-    return (x * keep).index_select(1, idx), idx
-
-
 def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block,
                  size: int = 1) -> torch.Tensor:  # fmt: skip
     """``x2`` thresholded at ``t`` times the transposed weight ``w_t``, reading kept rows only
-    (``size`` > 1: kept blocks of that many rows, by block RMS).
-
-    One row whose kept fraction is above the dense-fallback density runs as a masked dense
-    product straight away (no index list, no scatter back): the same result, fewer operations
-    per decode step, which is what a small model's decode time is made of."""
+    (``size`` > 1: kept blocks of that many rows, by block RMS). The fine-grained case is one
+    ``threshold_cols`` call: on the CPU, selection and product in one C kernel (a small model's
+    decode step is made of many small products, where separate selection operations cost more
+    than the rows they skip); a dense fallback above the measured density is inside the op."""
     if size > 1:
         keep = block_keep(x2, t, size)  # (B, blocks)
         union = keep[0] if x2.shape[0] == 1 else keep.any(0)
@@ -169,19 +156,10 @@ def _gathered_in(x2: torch.Tensor, w_t: torch.Tensor, t: float, stats, block,
             read = int(union.sum()) * size - (-w_t.shape[0] % size if bool(union[-1]) else 0)
             stats.add(block, (w_t.shape[0] - read) * w_t.shape[1], w_t.numel())
         return gather_blocks(x2, w_t, union, size)
-    if x2.shape[0] == 1:
-        keep = x2.abs() > t
-        kept = int(keep.sum())
-        if stats is not None:
-            stats.add(block, (w_t.shape[0] - kept) * w_t.shape[1], w_t.numel())
-        if use_dense(x2.device.type, 1, kept, w_t.shape[0], cols_fallback_key(x2, w_t)):
-            return (x2 * keep) @ w_t
-        idx = keep[0].nonzero().squeeze(1)
-        return gather_cols(x2.index_select(1, idx), w_t, idx)
-    xs, idx = _select_input(x2, t)
+    out, kept = threshold_cols(x2, w_t, t)
     if stats is not None:
-        stats.add(block, (w_t.shape[0] - idx.numel()) * w_t.shape[1], w_t.numel())
-    return gather_cols(xs, w_t, idx)
+        stats.add(block, (w_t.shape[0] - int(kept)) * w_t.shape[1], w_t.numel())
+    return out
 
 
 def _mask_input(x: torch.Tensor, t: float, block: int = 1) -> torch.Tensor:

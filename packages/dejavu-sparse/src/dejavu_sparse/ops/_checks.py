@@ -52,3 +52,19 @@ def check_blocks(
         )
     if not (x.device == weight_t.device == keep.device):
         raise ValueError(f"{name}: x, weight and keep must be on one device")
+
+
+def check_threshold(name: str, x: torch.Tensor, weight_t: torch.Tensor):
+    """``x`` (B, N) and ``weight_t`` (N, M) of one dtype and device."""
+    if x.dim() != 2 or weight_t.dim() != 2:
+        raise ValueError(
+            f"{name}: x and weight must be 2-D, got {x.dim()}-D and {weight_t.dim()}-D"
+        )
+    if x.dtype != weight_t.dtype:
+        raise ValueError(f"{name}: x is {x.dtype} but weight is {weight_t.dtype}")
+    if x.shape[1] != weight_t.shape[0]:
+        raise ValueError(
+            f"{name}: x has {x.shape[1]} columns but weight has {weight_t.shape[0]} rows"
+        )
+    if x.device != weight_t.device:
+        raise ValueError(f"{name}: x and weight must be on one device")

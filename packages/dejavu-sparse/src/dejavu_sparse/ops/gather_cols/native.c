@@ -94,13 +94,10 @@ static void *run(void *arg) {
     return NULL;
 }
 
-/* Adds x @ w[idx] into the zeroed float32 ``out`` (batch, m). ``dtype``: 0 float32, 1 bfloat16
- * weights. Returns 0, or 1 (nothing computed) when an index lies outside [0, n). */
-int dejavu_gather_cols(int dtype, const float *x, int64_t ldx, const void *w, int64_t n,
-                       int64_t ldw, int64_t m, const int64_t *idx, int64_t k, int64_t batch,
-                       float *out, int threads) {
-    for (int64_t j = 0; j < k; ++j)
-        if (idx[j] < 0 || idx[j] >= n) return 1;
+/* Adds x @ w[idx] into the zeroed float32 ``out`` (batch, m) with ``threads`` threads splitting
+ * the output columns. ``bf16``: the weights are bfloat16, else float32. */
+static void gather(int bf16, const float *x, int64_t ldx, const void *w, int64_t ldw, int64_t m,
+                   const int64_t *idx, int64_t k, int64_t batch, float *out, int threads) {
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     /* split the output columns in multiples of 16 (one 64-byte cache line of float32) */
@@ -111,7 +108,7 @@ int dejavu_gather_cols(int dtype, const float *x, int64_t ldx, const void *w, in
     int started[MAX_THREADS];
     int parts = 0;
     for (int64_t m0 = 0; m0 < m && parts < threads; m0 += per, ++parts) {
-        job_t j = {dtype == 1, x, ldx, w, ldw, idx, k, batch, out, m, m0, m0 + per < m ? m0 + per : m};
+        job_t j = {bf16, x, ldx, w, ldw, idx, k, batch, out, m, m0, m0 + per < m ? m0 + per : m};
         jobs[parts] = j;
     }
     for (int p = 1; p < parts; ++p)
@@ -123,5 +120,15 @@ int dejavu_gather_cols(int dtype, const float *x, int64_t ldx, const void *w, in
         else
             run(&jobs[p]); /* no thread: the caller does this part itself */
     }
+}
+
+/* Adds x @ w[idx] into the zeroed float32 ``out`` (batch, m). ``dtype``: 0 float32, 1 bfloat16
+ * weights. Returns 0, or 1 (nothing computed) when an index lies outside [0, n). */
+int dejavu_gather_cols(int dtype, const float *x, int64_t ldx, const void *w, int64_t n,
+                       int64_t ldw, int64_t m, const int64_t *idx, int64_t k, int64_t batch,
+                       float *out, int threads) {
+    for (int64_t j = 0; j < k; ++j)
+        if (idx[j] < 0 || idx[j] >= n) return 1;
+    gather(dtype == 1, x, ldx, w, ldw, m, idx, k, batch, out, threads);
     return 0;
 }
