@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -112,6 +115,10 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
                 ]
             fns["dense_cols"] = lambda xi=xi: [xi @ w for w in ws]
             fns["gather_cols"] = lambda xs=xs, idx=idx: [gather_cols(xs, w, idx) for w in ws]
+            # the plain PyTorch backend (embedding_bag at batch 1) beside the C kernel (auto)
+            fns["chunked_cols"] = lambda xs=xs, idx=idx: [
+                gather_cols(xs, w, idx, backend="chunked") for w in ws
+            ]
             # the copying path of gather_cols (what batch > 1 runs), at any batch
             fns["copy_cols"] = lambda xs=xs, idx=idx: [_copy_cols(xs, w, idx) for w in ws]
             t = {name: v / len(ws) for name, v in interleaved(fns, rounds).items()}
@@ -120,9 +127,12 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
                    **{f"{name}_ms": round(v, 3) for name, v in t.items()},
                    "ideal_speedup": round(t["dense_cols"] / t["contig"], 3),
                    "cols_speedup": round(t["dense_cols"] / t["gather_cols"], 3),
+                   "cols_backend": gather_cols.select("cpu", dtype),
+                   "chunked_cols_speedup": round(t["dense_cols"] / t["chunked_cols"], 3),
                    "dense_cols_GBps": _gbps(full, t["dense_cols"]),
                    "gather_cols_GBps": _gbps(part, t["gather_cols"]),
-                   "contig_GBps": _gbps(part, t["contig"])}  # fmt: skip
+                   "contig_GBps": _gbps(part, t["contig"]),
+                   "load1": round(os.getloadavg()[0], 2)}  # fmt: skip
             if "rows" in ops:
                 row.update({"rows_speedup": round(t["dense_rows"] / t["gather_rows"], 3),
                             "copy_rows_speedup": round(t["dense_rows"] / t["copy_rows"], 3),
@@ -135,17 +145,38 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
 
 @contextlib.contextmanager
 def backend(name: str):
-    """Every op runs backend ``name`` inside the block (``""``: the automatic choice)."""
+    """Inside the block: ``""`` the automatic choice; ``"plain"`` the plain PyTorch backends of
+    TEAL's CPU ops instead of their C kernels (``threshold_cols``: ``gathered``, ``gather_cols``:
+    ``chunked``); any other name forces every op onto that backend."""
     from tensor_utils.ops import set_backend_override
 
     if not name:
         yield
         return
-    set_backend_override(name)
+    if name != "plain":
+        set_backend_override(name)
+        try:
+            yield
+        finally:
+            set_backend_override(None)
+        return
+    from dejavu_sparse import layers
+    from dejavu_sparse.ops import gather_cols, threshold_cols
+
+    # by module path: the package attribute ``threshold_cols`` is the op, not its folder
+    gathered = importlib.import_module("dejavu_sparse.ops.threshold_cols.gathered")
+
+    cols = functools.partial(gather_cols, backend="chunked")
+    patches = [(layers, "threshold_cols", functools.partial(threshold_cols, backend="gathered")),
+               (layers, "gather_cols", cols), (gathered, "gather_cols", cols)]  # fmt: skip
+    saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
+    for module, attr, value in patches:
+        setattr(module, attr, value)
     try:
         yield
     finally:
-        set_backend_override(None)
+        for module, attr, value in saved:
+            setattr(module, attr, value)
 
 
 def block_rows(
@@ -171,7 +202,7 @@ def block_rows(
         pos = torch.full((batch, 1), context)
         for mode_name in modes:
             # "teal_b16": TEAL's block option (input channels in whole blocks of 16);
-            # "teal@chunked": every sparse op forced to one backend (native C vs plain PyTorch)
+            # "teal@plain": the plain PyTorch backends instead of the C kernels (see backend())
             mode_blocks, _, forced = mode_name.partition("@")
             mode, _, blocks = mode_blocks.partition("_b")
             for s in sparsities:
@@ -222,7 +253,8 @@ def block_rows(
                              "achieved_mlp": round(rep["mlp"], 4),
                              "achieved_mlp_block": round(alone, 4),
                              "achieved_attn": round(rep["attn"], 4),
-                             "achieved_layer": round(rep["layer"], 4)})  # fmt: skip
+                             "achieved_layer": round(rep["layer"], 4),
+                             "load1": round(os.getloadavg()[0], 2)})  # fmt: skip
                 print(rows[-1], flush=True)
                 switch(True)
     return rows
@@ -244,7 +276,7 @@ def main() -> None:
         nargs="+",
         default=["dejavu", "teal", "cats"],
         help="also teal_b8 / teal_b16 / teal_b32 / teal_b64 (TEAL's block option); a suffix "
-        "@<backend> forces one op backend for the sparse forward (teal@chunked)",
+        "@plain runs the plain PyTorch backends instead of the C kernels (teal@plain)",
     )
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
     p.add_argument("--densities", type=float, nargs="+", default=[0.5],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def main() -> None:
                    help="tokens for a new calibration (thresholds only)")  # fmt: skip
     p.add_argument("--out", help="default: results/e2e_cpu_<model>.csv")
     p.add_argument("--compare-backend", default="",
-                   help="also time the sparse model with every op on this backend (chunked)")  # fmt: skip
+                   help="also time the sparse model on these backends ('plain': PyTorch, no C)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.mode is None:
@@ -156,7 +157,8 @@ def main() -> None:
                      "ppl_ratio": round(ratio, 4),
                      "dense_tok_s": round(dense_tps, 2), "sparse_tok_s": round(sparse_tps, 2),
                      "speedup": round(sparse_tps / dense_tps, 3), "new_tokens": args.new_tokens,
-                     "same_tokens_row0": same, **other})  # fmt: skip
+                     "same_tokens_row0": same, **other,
+                     "load1": round(os.getloadavg()[0], 2)})  # fmt: skip
         print(rows[-1], flush=True)
     tags = {**environment_tags(packages=["dejavu-sparse"]), "dtype": "float32",
             "threads": str(args.threads)}  # fmt: skip
