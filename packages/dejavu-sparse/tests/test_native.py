@@ -192,3 +192,24 @@ def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path)
         _compile.forget()
         native.kernel.cache_clear()
         threshold_native.kernel.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("b", [1, 4])
+def test_threshold_cols_on_cuda(dtype, b):
+    """On CUDA ``auto`` runs the ``gathered`` backend (the Triton ``gather_cols`` kernel)."""
+    assert threshold_cols.select("cuda", dtype) == "gathered"
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(b, 4096, device="cuda", generator=g).to(dtype)
+    wt = (torch.randn(4096, 1000, device="cuda", generator=g) * 0.02).to(dtype)
+    for density in (1.0, 0.0):  # gathered, and the masked dense fallback
+        set_dense_fallback("cuda", {1: density})
+        try:
+            with poison_allocations():
+                out, kept = threshold_cols(x, wt, 0.7)
+        finally:
+            set_dense_fallback("cuda", None)
+        expected, expected_kept = threshold_cols(x, wt, 0.7, backend="reference")
+        assert int(kept) == int(expected_kept)
+        assert_close(out, expected, atol=2e-2, rtol=2e-2)
