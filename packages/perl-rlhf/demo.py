@@ -1,8 +1,9 @@
 """Demo: PERL on the real SmolLM2-135M-Instruct, on the CPU, with a rule a reader can check
-("a response that contains a digit is preferred"): a LoRA reward model learns the rule from
-pairs of the model's own samples (held-out accuracy), then a short LoRA RL run on the same base
-(RLOO, 8 samples per question, KL to the adapters-off reference) on questions to which a year or
-a quantity is a natural answer part of the time, scored by the rule on held-out questions.
+("an answer of at most 10 words is preferred"): a LoRA reward model learns the rule from pairs
+of the model's own answers to "Describe <topic> in a few words." (held-out accuracy), then a
+short LoRA RL run on the same base (RLOO, 8 samples per prompt, KL to the adapters-off
+reference), rewarded by that model only, scored by the rule on held-out topics. The slow test
+(``tests/smollm2_e2e.py``) runs the same recipe at three seeds.
 
     run(ctx) -> list[str]   # ctx.model_dir, ctx.workdir, ctx.device
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA = Path(__file__).parent / "examples" / "number_rule"
+DATA = Path(__file__).parent / "examples" / "length_rule"
 
 
 def run(
@@ -20,7 +21,7 @@ def run(
     reward_epochs: int = 3,
     reward_steps: int | None = None,
     rl_steps: int = 16,
-    eval_questions: int | None = None,
+    eval_prompts: int | None = None,
 ) -> list[str]:
     import torch
     from perl_rlhf import (
@@ -29,12 +30,13 @@ def run(
         PolicyConfig,
         PolicyTrainer,
         RewardConfig,
-        contains_number,
+        WordBand,
         load_base,
         train_reward_model,
     )
 
     torch.manual_seed(0)
+    rule = WordBand(1, 10)
     base, tok = load_base(ctx.model_dir, device=getattr(ctx, "device", "cpu"))
     model = PerlModel(base, lora=LoraSpec(rank=8), tokenizer=tok)
     rm = train_reward_model(
@@ -46,23 +48,21 @@ def run(
         progress=False,
     )
     cfg = PolicyConfig(
-        algorithm="rloo", samples_per_prompt=8, batch_size=2, steps=rl_steps, max_new_tokens=20,
-        lr=5e-4, temperature=0.7, beta=0.05, whiten_rewards=True,
+        algorithm="rloo", samples_per_prompt=8, batch_size=2, steps=rl_steps, max_new_tokens=32,
+        lr=5e-4, temperature=0.7, beta=0.2, whiten_rewards=True,
     )  # fmt: skip
-    trainer = PolicyTrainer(
-        model, tok, DATA / "questions_rl.jsonl", config=cfg, true_reward_fn=contains_number
-    )
-    held_out = DATA / "questions_test.jsonl"
-    before = trainer.evaluate_rule(contains_number, prompts=held_out, n=eval_questions)
+    trainer = PolicyTrainer(model, tok, DATA / "prompts_rl.jsonl", config=cfg, true_reward_fn=rule)
+    held_out = DATA / "prompts_rl_test.jsonl"
+    before = trainer.evaluate_rule(rule, prompts=held_out, n=eval_prompts, samples=4)
     hist = trainer.train(progress=False).history
-    after = trainer.evaluate_rule(contains_number, prompts=held_out, n=eval_questions)
+    after = trainer.evaluate_rule(rule, prompts=held_out, n=eval_prompts, samples=4)
     storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return [
         f"one frozen SmolLM2 base, {len(storages)} parameter storages for policy + value + "
         f"reward adapters and heads (reference = adapters off)",
         f"reward model (LoRA r8, attention): held-out pairwise accuracy "
         f"{rm.metrics['accuracy']:.2f}, AUC {rm.metrics['auc']:.2f} on {int(rm.metrics['n'])} pairs",
-        f"RL {rl_steps} RLOO steps: share of held-out answers with a digit "
+        f"RL {rl_steps} RLOO steps: share of held-out answers of at most 10 words "
         f"{before['mean']:.2f} -> {after['mean']:.2f} (+- {after['stderr']:.2f}, "
-        f"n {int(after['n'])}), final KL {hist[-1]['kl']:.3f} nats",
+        f"n {int(after['n'])}), largest KL {max(r['kl'] for r in hist):.2f} nats",
     ]

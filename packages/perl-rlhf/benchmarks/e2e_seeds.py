@@ -1,60 +1,81 @@
-"""The slow SmolLM2 end-to-end test's reward + RL stages at another seed (torch's and the RL
-sampler's): ``python benchmarks/e2e_seeds.py SEED [STEPS]`` prints the held-out rule reward before and
-after RL, the rise in standard errors, the largest KL and the training-sample rule reward."""
+"""The slow SmolLM2 end-to-end test's recipe (``tests/smollm2_e2e.py``) at several seeds:
+``python benchmarks/e2e_seeds.py [--steps N] [--reward-cache DIR] [--out DIR] SEED...`` prints,
+per seed, the reward model's held-out accuracy, the held-out rule reward before and after RL,
+the rise in standard errors, the largest KL and the training-sample rule reward; ``--csv`` adds
+one row per seed to a CSV. ``--reward-cache`` keeps each seed's trained reward adapter for
+later runs; ``--set KEY=VALUE`` overrides an RL setting."""
 
-import math
+import argparse
+import ast
+import csv
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from perl_rlhf import (
-    LoraSpec,
-    PerlModel,
-    PolicyConfig,
-    PolicyTrainer,
-    RewardConfig,
-    contains_number,
-    load_base,
-    train_reward_model,
+from smollm2_e2e import (  # pyright: ignore[reportMissingImports]  (tests/ on sys.path above)
+    MAX_KL,
+    MIN_RISE,
+    RULE,
+    run,
+    versions,
+    write_outputs,
 )
-from test_smollm2 import DATA, EVAL_SAMPLES, RL_SETTINGS  # pyright: ignore[reportMissingImports]  (tests/ on sys.path above)
 
 from tensor_utils_dev.models import smollm2_dir
 
 
-def main(seed: int, steps: int) -> None:
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    base, tok = load_base(smollm2_dir())
-    model = PerlModel(base, lora=LoraSpec(rank=8), tokenizer=tok)
-    rm = train_reward_model(
-        model,
-        tok,
-        DATA / "pairs_train.jsonl",
-        eval_data=DATA / "pairs_test.jsonl",
-        config=RewardConfig(lr=1e-3, epochs=3, batch_size=8),
-        progress=False,
-    )
-    print("rm", rm.metrics, flush=True)
-    tr = PolicyTrainer(
-        model,
-        tok,
-        DATA / "questions_rl.jsonl",
-        config=PolicyConfig(**{**RL_SETTINGS, "steps": steps}, seed=seed),
-        true_reward_fn=contains_number,
-    )
-    ho = DATA / "questions_test.jsonl"
-    b = tr.evaluate_rule(contains_number, prompts=ho, samples=EVAL_SAMPLES)
-    h = tr.train(progress=False).history
-    a = tr.evaluate_rule(contains_number, prompts=ho, samples=EVAL_SAMPLES)
-    se = math.hypot(b["stderr"], a["stderr"])
-    print(
-        f"seed {seed}, {steps} steps: before {b['mean']:.3f}+-{b['stderr']:.3f} after {a['mean']:.3f}+-{a['stderr']:.3f} rise {(a['mean'] - b['mean']) / se:.1f} SE; max KL {max(abs(r['kl']) for r in h):.2f}; train {[round(r['true_reward'], 2) for r in h]}",
-        flush=True,
-    )
+def main() -> None:
+    ap = argparse.ArgumentParser(description="the end-to-end recipe at several seeds")
+    ap.add_argument("seeds", nargs="+", type=int)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--reward-cache", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="per-seed log, CSV and plot here")
+    ap.add_argument("--csv", type=Path, default=None, help="append one row per seed")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    overrides = {}
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        overrides[key] = ast.literal_eval(value)
+    model_dir = smollm2_dir()
+    for seed in args.seeds:
+        cache = args.reward_cache / f"seed{seed}" if args.reward_cache else None
+        res = run(model_dir, seed, args.steps, reward_dir=cache, **overrides)
+        if args.out:
+            write_outputs(res, args.out / f"seed{seed}")
+        if args.csv:
+            append_row(args.csv, res, " ".join(sys.argv[1:]))
+
+
+def append_row(path: Path, res: dict, argv: str) -> None:
+    s = res["settings"]
+    row = {
+        "seed": res["seed"],
+        "rule": repr(RULE),
+        "rm_accuracy": round(res["reward_model"]["accuracy"], 3),
+        "rm_auc": round(res["reward_model"]["auc"], 3),
+        "before_mean": round(res["before"]["mean"], 3),
+        "before_stderr": round(res["before"]["stderr"], 3),
+        "after_mean": round(res["after"]["mean"], 3),
+        "after_stderr": round(res["after"]["stderr"], 3),
+        "rise_in_stderr": round(res["rise_in_stderr"], 1),
+        "max_abs_kl": round(res["max_abs_kl"], 2),
+        "passes": res["rise_in_stderr"] > MIN_RISE and res["max_abs_kl"] < MAX_KL,
+        "eval_samples": int(res["after"]["n"]),
+        **{k: s[k] for k in ("algorithm", "steps", "batch_size", "samples_per_prompt")},
+        **{k: s[k] for k in ("max_new_tokens", "lr", "beta", "temperature")},
+        "minutes": round(res["seconds"] / 60, 1),
+        "reward_model": "trained" if res["reward_model_trained"] else "loaded",
+        **versions(),
+        "command": f"python packages/perl-rlhf/benchmarks/e2e_seeds.py {argv}",
+    }
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else RL_SETTINGS["steps"])
+    main()

@@ -176,6 +176,9 @@ def test_evaluate_rule_on_held_out_prompts_gives_mean_and_standard_error():
     assert out["mean"] == pytest.approx(4 / 9)
     assert out["stderr"] == pytest.approx(float(vals.std() / 3))
     assert trainer.evaluate(rule, prompts=held_out, n=1) == 0.0  # one sample of "held:"
-    # Same seed, same samples: evaluation is repeatable.
+    # Same seed, same samples: evaluation is repeatable, and it leaves the global generator (the
+    # training samples' source) where it was.
+    state = torch.random.get_rng_state()
     again = trainer.evaluate_rule(rule, prompts=held_out, samples=3)
     assert again == out
+    assert torch.equal(torch.random.get_rng_state(), state)

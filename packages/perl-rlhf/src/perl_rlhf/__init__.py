@@ -14,7 +14,7 @@ from .reward import (
     score,
     train_reward_model,
 )
-from .rules import contains_number
+from .rules import WordBand, contains_number
 
 __version__ = package_version("perl-rlhf", __file__)
 
@@ -27,6 +27,7 @@ __all__ = [
     "PolicyTrainer",
     "RewardConfig",
     "RewardResult",
+    "WordBand",
     "__version__",
     "contains_number",
     "evaluate_reward_model",

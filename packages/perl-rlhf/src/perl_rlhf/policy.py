@@ -378,23 +378,26 @@ class PolicyTrainer:
                 max_length=limit,
                 max_new_tokens=self.config.max_new_tokens,
             )
-        torch.manual_seed(seed)
         indices = list(range(len(ids)))[: n or len(ids)] * samples
         values: list[float] = []
         width = max(1, self.config.batch_size * self.config.samples_per_prompt)
-        for lo in range(0, len(indices), width):
-            chunk = indices[lo : lo + width]
-            r = sample(
-                self.model,
-                [ids[i] for i in chunk],
-                pad_token=self.pad,
-                eos_ids=self.eos_ids,
-                max_new_tokens=self.config.max_new_tokens,
-                temperature=self.config.temperature,
-                top_k=self.config.top_k,
-                top_p=self.config.top_p,
-            )
-            values += [float(v) for v in rule([texts[i] for i in chunk], self.decode(r))]
+        # Seeded draws that leave the global generator (and so training's samples) as they were.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for lo in range(0, len(indices), width):
+                chunk = indices[lo : lo + width]
+                r = sample(
+                    self.model,
+                    [ids[i] for i in chunk],
+                    pad_token=self.pad,
+                    eos_ids=self.eos_ids,
+                    max_new_tokens=self.config.max_new_tokens,
+                    temperature=self.config.temperature,
+                    top_k=self.config.top_k,
+                    top_p=self.config.top_p,
+                )
+                values += [float(v) for v in rule([texts[i] for i in chunk], self.decode(r))]
         count = len(values)
         mean = sum(values) / max(1, count)
         var = sum((v - mean) ** 2 for v in values) / max(1, count - 1)
