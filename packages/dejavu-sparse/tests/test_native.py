@@ -163,6 +163,8 @@ def test_auto_picks_native_on_the_cpu():
     key = fallback_key(torch.ones(1, 4), torch.ones(4, 4))
     assert key == ("cols_native" if native.available() else "cols")
     assert fallback_key(torch.ones(1, 4).half(), torch.ones(4, 4).half()) == "cols"
+    bf16 = fallback_key(torch.ones(1, 4).bfloat16(), torch.ones(4, 4).bfloat16())
+    assert bf16 == ("cols_native_bf16" if native.available() else "cols")
 
 
 def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path):

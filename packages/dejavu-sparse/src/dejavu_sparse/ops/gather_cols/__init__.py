@@ -42,12 +42,12 @@ gather_cols = Op(
 
 def fallback_key(x: torch.Tensor, weight_t: torch.Tensor) -> str:
     """The dense-fallback table entry (``fallback.py``) of the backend that serves this call:
-    ``"cols_native"`` where the C kernel runs, else ``"cols"``."""
+    ``"cols_native"`` / ``"cols_native_bf16"`` where the C kernel runs, else ``"cols"``."""
     if x.device.type == "cpu" and gather_cols.select("cpu", x.dtype) == "native":
-        from .native import runs_natively
+        from .native import fallback_entry, runs_natively
 
         if runs_natively(x, weight_t):
-            return "cols_native"
+            return fallback_entry(x.dtype)
     return "cols"
 
 

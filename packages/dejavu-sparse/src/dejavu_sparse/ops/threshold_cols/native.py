@@ -16,7 +16,7 @@ import torch
 from ...fallback import dense_fallback_density
 from .._checks import check_threshold
 from .._compile import load
-from ..gather_cols.native import BYTES_PER_THREAD, DTYPES, runs_natively
+from ..gather_cols.native import BYTES_PER_THREAD, DTYPES, fallback_entry, runs_natively
 from . import gathered
 
 SOURCE = Path(__file__).with_name("native.c")
@@ -55,7 +55,7 @@ def threshold_cols(
     xs = torch.empty(batch, n, dtype=torch.float32)
     if x.dtype != torch.float32:  # compared as PyTorch does: the threshold in x's dtype
         threshold = float(torch.tensor(threshold, dtype=x.dtype))
-    dense_above = int(dense_fallback_density("cpu", batch, "cols_native") * n)
+    dense_above = int(dense_fallback_density("cpu", batch, fallback_entry(x.dtype)) * n)
     threads = max(1, min(torch.get_num_threads(), n * m * x.element_size() // BYTES_PER_THREAD))
     fn(DTYPES[x.dtype], xf.data_ptr(), xf.stride(0), batch, threshold, weight_t.data_ptr(), n,
        weight_t.stride(0), m, dense_above, idx.data_ptr(), xs.data_ptr(), out.data_ptr(),
