@@ -1,4 +1,5 @@
-"""The C kernels behind the ``native`` backends of ``gather_cols`` and ``threshold_cols``: equal to
+"""The C kernels behind the ``native`` backends of ``gather_cols``, ``threshold_cols`` and
+``gather_rows``: equal to
 the reference on odd sizes, float32 and bfloat16, batch 1-16, empty / full / repeated / unsorted
 selections, thresholds keeping nothing or everything, NaN inputs, strided weight rows and several
 threads, with NaN-poisoned allocations; out-of-range indices are one line; and without a C
@@ -12,8 +13,9 @@ import warnings
 import pytest
 import torch
 from dejavu_sparse.fallback import set_dense_fallback
-from dejavu_sparse.ops import _compile, gather_cols, threshold_cols
+from dejavu_sparse.ops import _compile, gather_cols, gather_rows, threshold_cols
 from dejavu_sparse.ops.gather_cols import fallback_key, native
+from dejavu_sparse.ops.gather_rows import native as rows_native
 from dejavu_sparse.ops.gather_rows.cases import selections
 from dejavu_sparse.ops.threshold_cols import native as threshold_native
 from hypothesis import given, settings
@@ -46,6 +48,32 @@ def test_native_backend_on_the_op_cases(gathered):
     """The ops' own cases (float32 and float16, which hands off to the PyTorch backend)."""
     check_backend(gather_cols, "native", max_examples=25, device="cpu")
     check_backend(threshold_cols, "native", max_examples=25, device="cpu")
+    check_backend(gather_rows, "native", max_examples=25, device="cpu")
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.sampled_from([1, 2, 3, 4, 16]),
+    n=st.integers(1, 90),
+    kdim=st.sampled_from([1, 7, 63, 64, 65, 130, 4097]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    pad=st.sampled_from([0, 3]),
+    seed=seeds(),
+    data=st.data(),
+)
+def test_rows_kernel_matches_reference(b, n, kdim, dtype, pad, seed, data):
+    """Odd row lengths (the 64-lane tail), strided rows, repeated and empty selections."""
+    idx = data.draw(selections(n))
+    if idx.numel() and data.draw(st.booleans()):
+        idx = torch.cat((idx, idx.flip(0)))
+    x = random_tensor((b, kdim), dtype, seed)
+    w = random_tensor((n, kdim + pad), dtype, seed + 1, scale=0.2)[:, :kdim]
+    with no_fallback(), poison_allocations():
+        out = gather_rows(x, w, idx, backend="native")
+    assert out.dtype == dtype and out.shape == (b, idx.numel())
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert_close(out, gather_rows(x, w, idx, backend="reference"), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("density", [1.0, 0.0])
@@ -143,7 +171,10 @@ def test_kernel_threads_and_dense_fallback():
             x = torch.randn(1, sel, generator=g)
             with poison_allocations():
                 out = gather_cols(x, wt, idx, backend="native")
+                rows = gather_rows(wt[:1].clone(), wt, idx, backend="native")
             assert_close(out, gather_cols(x, wt, idx, backend="reference"), atol=1e-4, rtol=1e-4)
+            expected = gather_rows(wt[:1].clone(), wt, idx, backend="reference")
+            assert_close(rows, expected, atol=1e-4, rtol=1e-4)
     finally:
         torch.set_num_threads(before)
 
@@ -154,6 +185,9 @@ def test_out_of_range_index_is_one_line(gathered):
         with pytest.raises(ValueError, match=r"outside \[0, 5\)") as err:
             gather_cols(torch.ones(1, len(bad)), torch.ones(5, 3), torch.tensor(bad),
                         backend="native")  # fmt: skip
+        assert "\n" not in str(err.value)
+        with pytest.raises(ValueError, match=r"outside \[0, 5\)") as err:
+            gather_rows(torch.ones(1, 3), torch.ones(5, 3), torch.tensor(bad), backend="native")
         assert "\n" not in str(err.value)
 
 
@@ -175,6 +209,7 @@ def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path)
     _compile.forget()
     native.kernel.cache_clear()
     threshold_native.kernel.cache_clear()
+    rows_native.kernel.cache_clear()
     try:
         x, wt, idx = torch.randn(1, 3), torch.randn(7, 5), torch.tensor([6, 0, 2])
         with pytest.warns(RuntimeWarning, match="could not be built"):
@@ -184,6 +219,8 @@ def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path)
             warnings.simplefilter("error")  # no second warning, from either op
             gather_cols(x, wt, idx, backend="native")
             out, kept = threshold_cols(wt.t(), wt, 0.5, backend="native")
+            rows = gather_rows(wt[:1, :5], wt, idx, backend="native")
+        assert_close(rows, gather_rows(wt[:1, :5], wt, idx, backend="reference"))
         expected, expected_kept = threshold_cols(wt.t(), wt, 0.5, backend="reference")
         assert_close(out, expected)
         assert int(kept) == int(expected_kept)
@@ -194,6 +231,7 @@ def test_without_a_compiler_warns_once_and_still_computes(monkeypatch, tmp_path)
         _compile.forget()
         native.kernel.cache_clear()
         threshold_native.kernel.cache_clear()
+        rows_native.kernel.cache_clear()
 
 
 @pytest.mark.gpu

@@ -23,6 +23,8 @@ from __future__ import annotations
 # Batch-1 gathered columns through the C kernel (``native``): 1.9-2.0x at 50%, 0.99-1.00x with
 # every row selected (14336 x 4096 and 4096 x 28672, float32, one thread); with bfloat16 weights
 # 1.65-1.69x at 50%, 0.82-0.84x with every row (the conversion to float32 costs compute).
+# Gathered rows through the C kernel (``native``): 1.9-2.0x at 50%, 0.97-1.03x with every row
+# (14336 x 4096, float32, one thread).
 # Channel blocks of 16 read as contiguous runs (``gather_blocks``' ``runs`` backend, 14336 x 4096
 # and 4096 x 28672): 1.21-1.34x at 70% of the blocks (benchmarks/probe_blocks_cpu.py).
 _DEFAULTS: dict[str, dict[int, float]] = {
@@ -31,6 +33,8 @@ _DEFAULTS: dict[str, dict[int, float]] = {
     "cpu:cols": {1: 0.75, 2: 0.40},
     "cpu:cols_native": {1: 0.90},
     "cpu:cols_native_bf16": {1: 0.80},
+    "cpu:rows_native": {1: 0.90},
+    "cpu:rows_native_bf16": {1: 0.80},
     "cpu:blocks": {1: 0.85},
     "cuda": {1: 0.85, 4: 0.80, 8: 0.70, 16: 0.60},
 }

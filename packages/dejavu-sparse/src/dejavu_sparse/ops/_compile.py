@@ -6,8 +6,8 @@ into a shared library cached under ``$DEJAVU_SPARSE_CACHE`` (default
 ``~/.cache/dejavu-sparse``), named by a hash of the source, the flags and the CPU, and loaded
 with ``ctypes`` (a call releases the GIL). Writes go to a temporary file renamed into place, so
 an interrupted or concurrent build never leaves a half-written library. Where no compiler
-works, or ``DEJAVU_SPARSE_NATIVE=0``, :func:`load` returns ``None`` after one warning and the
-backends run their plain PyTorch path instead.
+works, or ``DEJAVU_SPARSE_NATIVE=0``, :func:`load` returns ``None`` (with one warning per
+process) and the backends run their plain PyTorch paths instead.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ FLAG_SETS = (
     ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-pthread"],  # compilers without -march=native
 )
 _lock = threading.Lock()
+_warned = False
 
 
 class NativeUnavailable(RuntimeError):
@@ -92,6 +93,9 @@ def _build(source: Path, out_dir: Path) -> Path:
                     return lib
                 last = (run.stderr.strip().splitlines() or ["failed"])[-1]
                 errors.append(f"{cc} {' '.join(flags[:2])}: {last}")
+            except FileNotFoundError:
+                errors.append(f"{cc}: not found")
+                break  # no such compiler: its other flag sets cannot work either
             except (OSError, subprocess.SubprocessError) as exc:
                 errors.append(f"{cc}: {exc}")
             finally:
@@ -112,12 +116,15 @@ def _load(source: str) -> ctypes.CDLL | None:
             lib = _build(path, Path(tempfile.gettempdir()) / f"dejavu-sparse-{os.getuid()}")
         return ctypes.CDLL(str(lib))
     except (NativeUnavailable, OSError) as exc:
-        warnings.warn(
-            f"dejavu-sparse: the native CPU kernel {path.name} could not be built ({exc}); "
-            "using the plain PyTorch path instead",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        global _warned
+        if not _warned:  # one warning per process, whichever kernel fails first
+            _warned = True
+            warnings.warn(
+                f"dejavu-sparse: the native CPU kernels could not be built ({exc}); "
+                "using the plain PyTorch paths instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
 
 
@@ -128,6 +135,9 @@ def load(source: Path) -> ctypes.CDLL | None:
 
 
 def forget() -> None:
-    """Drop loaded libraries so the next :func:`load` builds or loads again (tests)."""
+    """Drop loaded libraries so the next :func:`load` builds or loads again, and warns again
+    (tests)."""
+    global _warned
     with _lock:
         _load.cache_clear()
+        _warned = False

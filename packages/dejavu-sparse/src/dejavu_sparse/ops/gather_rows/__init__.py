@@ -1,8 +1,9 @@
 """Gathered-row GEMV/GEMM: ``gather_rows(x, weight, idx) == x @ weight[idx].T`` computing only
-the selected rows (``naive.py`` is the contract). Backends: ``triton`` (CUDA), ``inplace``
-(plain PyTorch, batch-1 float32 rows read where they lie; the CPU default), ``chunked`` (plain
-PyTorch, selected rows copied through a cache-sized buffer; every batch and dtype), and the
-reference."""
+the selected rows (``naive.py`` is the contract). Backends: ``triton`` (CUDA), ``native``
+(the CPU default: a small C kernel compiled on first use, float32/bfloat16, batch 1-16),
+``inplace`` (plain PyTorch, batch-1 float32 rows read where they lie: where no C compiler
+works), ``chunked`` (plain PyTorch, selected rows copied through a cache-sized buffer; every
+batch and dtype), and the reference."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ gather_rows = Op(
             "triton",
             "dejavu_sparse.ops.gather_rows.triton:gather_rows",
             aot="dejavu_sparse.ops.gather_rows.triton:aot_launches",
+        ),
+        Backend(
+            "native",
+            "dejavu_sparse.ops.gather_rows.native:gather_rows",
+            device_types=("cpu",),  # float32/bfloat16, batch <= 16; the rest goes on to inplace
+            requires=(),
+            interpretable=False,
         ),
         Backend(
             "inplace",
