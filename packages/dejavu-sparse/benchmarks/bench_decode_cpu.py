@@ -110,6 +110,9 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
             if "rows" in ops:
                 fns["dense_rows"] = lambda x=x: [x @ w.t() for w in ws]
                 fns["gather_rows"] = lambda x=x, idx=idx: [gather_rows(x, w, idx) for w in ws]
+                fns["inplace_rows"] = lambda x=x, idx=idx: [
+                    gather_rows(x, w, idx, backend="inplace") for w in ws
+                ]
                 fns["copy_rows"] = lambda x=x, idx=idx: [
                     gather_rows(x, w, idx, backend="chunked") for w in ws
                 ]
@@ -135,6 +138,8 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
                    "load1": round(os.getloadavg()[0], 2)}  # fmt: skip
             if "rows" in ops:
                 row.update({"rows_speedup": round(t["dense_rows"] / t["gather_rows"], 3),
+                            "rows_backend": gather_rows.select("cpu", dtype),
+                            "inplace_rows_speedup": round(t["dense_rows"] / t["inplace_rows"], 3),
                             "copy_rows_speedup": round(t["dense_rows"] / t["copy_rows"], 3),
                             "dense_rows_GBps": _gbps(full, t["dense_rows"]),
                             "gather_rows_GBps": _gbps(part, t["gather_rows"])})  # fmt: skip
@@ -146,8 +151,9 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
 @contextlib.contextmanager
 def backend(name: str):
     """Inside the block: ``""`` the automatic choice; ``"plain"`` the plain PyTorch backends of
-    TEAL's CPU ops instead of their C kernels (``threshold_cols``: ``gathered``, ``gather_cols``:
-    ``chunked``); any other name forces every op onto that backend."""
+    the CPU ops instead of their C kernels (``threshold_cols``: ``gathered``, ``gather_cols``:
+    ``chunked``, ``gather_rows``: ``inplace``); any other name forces every op onto that
+    backend."""
     from tensor_utils.ops import set_backend_override
 
     if not name:
@@ -161,14 +167,15 @@ def backend(name: str):
             set_backend_override(None)
         return
     from dejavu_sparse import layers
-    from dejavu_sparse.ops import gather_cols, threshold_cols
+    from dejavu_sparse.ops import gather_cols, gather_rows, threshold_cols
 
     # by module path: the package attribute ``threshold_cols`` is the op, not its folder
     gathered = importlib.import_module("dejavu_sparse.ops.threshold_cols.gathered")
 
     cols = functools.partial(gather_cols, backend="chunked")
     patches = [(layers, "threshold_cols", functools.partial(threshold_cols, backend="gathered")),
-               (layers, "gather_cols", cols), (gathered, "gather_cols", cols)]  # fmt: skip
+               (layers, "gather_cols", cols), (gathered, "gather_cols", cols),
+               (layers, "gather_rows", functools.partial(gather_rows, backend="inplace"))]  # fmt: skip
     saved = [(module, attr, getattr(module, attr)) for module, attr, _ in patches]
     for module, attr, value in patches:
         setattr(module, attr, value)
