@@ -253,3 +253,9 @@ def test_threshold_cols_on_cuda(dtype, b):
         expected, expected_kept = threshold_cols(x, wt, 0.7, backend="reference")
         assert int(kept) == int(expected_kept)
         assert_close(out, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_library_hash_covers_included_sources():
+    """threshold_cols' kernel includes gather_cols' source: a change there must rebuild it."""
+    text = _compile._source_text(threshold_native.SOURCE)
+    assert native.SOURCE.read_bytes() in text

@@ -3,7 +3,8 @@
 A kernel's C source ships beside its op (``ops/<op>/native.c``). On first use it is compiled
 with the system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) at ``-O3 -march=native``
 into a shared library cached under ``$DEJAVU_SPARSE_CACHE`` (default
-``~/.cache/dejavu-sparse``), named by a hash of the source, the flags and the CPU, and loaded
+``~/.cache/dejavu-sparse``), named by a hash of the source (with the files it includes), the
+flags and the CPU, and loaded
 with ``ctypes`` (a call releases the GIL). Writes go to a temporary file renamed into place, so
 an interrupted or concurrent build never leaves a half-written library. Where no compiler
 works, or ``DEJAVU_SPARSE_NATIVE=0``, :func:`load` returns ``None`` (with one warning per
@@ -17,6 +18,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -67,8 +69,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _build(source: Path, out_dir: Path) -> Path:
+def _source_text(source: Path) -> bytes:
+    """The source with every file it ``#include "..."``s (so a change there rebuilds)."""
     text = source.read_bytes()
+    for name in re.findall(rb'^#include "([^"]+)"', text, re.M):
+        text += _source_text(source.parent / name.decode())
+    return text
+
+
+def _build(source: Path, out_dir: Path) -> Path:
+    text = _source_text(source)
     errors = []
     for cc in _compilers():
         for flags in FLAG_SETS:
