@@ -85,7 +85,7 @@ def _build(source: Path, out_dir: Path) -> Path:
             key = hashlib.sha256(
                 text + " ".join([cc, *flags]).encode() + _cpu_signature().encode()
             ).hexdigest()[:16]
-            lib = out_dir / f"{source.stem}-{key}.so"
+            lib = out_dir / f"{source.parent.name}-{source.stem}-{key}.so"
             if lib.exists():
                 return lib
             out_dir.mkdir(parents=True, exist_ok=True)
