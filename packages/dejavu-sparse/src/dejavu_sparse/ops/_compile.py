@@ -25,6 +25,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 ENV_DISABLE = "DEJAVU_SPARSE_NATIVE"
 ENV_CACHE = "DEJAVU_SPARSE_CACHE"
@@ -142,6 +143,17 @@ def load(source: Path) -> ctypes.CDLL | None:
     """The compiled library of ``source`` (built on first use), or ``None`` (warned once)."""
     with _lock:
         return _load(str(source))
+
+
+def function(source: Path, name: str, restype: Any, argtypes: list[Any]) -> Any:
+    """The C function ``name`` of ``source``'s library with its ctypes signature, or ``None``
+    where the library cannot be built (warned once)."""
+    lib = load(source)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.restype, fn.argtypes = restype, argtypes
+    return fn
 
 
 def forget() -> None:

@@ -23,7 +23,7 @@ import torch
 
 from ...fallback import use_dense
 from .._checks import check_gather
-from .._compile import load
+from .._compile import function
 from . import chunked
 
 SOURCE = Path(__file__).with_name("native.c")
@@ -35,13 +35,12 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 @functools.cache
 def kernel():
     """The C function, or ``None`` where the library cannot be built (warned once)."""
-    lib = load(SOURCE)
-    if lib is None:
-        return None
-    fn = lib.dejavu_gather_cols
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, _P, _I, _P, _I, _I, _I, _P, _I, _I, _P, ctypes.c_int]
-    return fn
+    return function(
+        SOURCE,
+        "dejavu_gather_cols",
+        ctypes.c_int,
+        [ctypes.c_int, _P, _I, _P, _I, _I, _I, _P, _I, _I, _P, ctypes.c_int],
+    )
 
 
 def available() -> bool:

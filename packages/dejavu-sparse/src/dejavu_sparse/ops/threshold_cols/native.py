@@ -15,7 +15,7 @@ import torch
 
 from ...fallback import dense_fallback_density
 from .._checks import check_threshold
-from .._compile import load
+from .._compile import function
 from ..gather_cols.native import BYTES_PER_THREAD, DTYPES, fallback_entry, runs_natively
 from . import gathered
 
@@ -26,14 +26,8 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 @functools.cache
 def kernel():
     """The C function, or ``None`` where the library cannot be built (warned once)."""
-    lib = load(SOURCE)
-    if lib is None:
-        return None
-    fn = lib.dejavu_threshold_cols
-    fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_int, _P, _I, _I, ctypes.c_float, _P, _I, _I, _I, _I, _P, _P, _P,
-                   ctypes.c_int]  # fmt: skip
-    return fn
+    args = [ctypes.c_int, _P, _I, _I, ctypes.c_float, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int]
+    return function(SOURCE, "dejavu_threshold_cols", ctypes.c_int64, args)
 
 
 def threshold_cols(
