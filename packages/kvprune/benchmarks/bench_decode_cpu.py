@@ -62,6 +62,7 @@ def methods():
         "kvprune_full": kp.Full(),
         "fastgen_t0.95": kp.FastGen(recovery=0.95),
         "adaptive_fastgen_0.5": kp.AdaptiveFastGen(kept_fraction=0.5),
+        "hybrid_fastgen_0.5": kp.HybridFastGen(kept_fraction=0.5),
         "h2o_0.5": kp.H2O(kept_fraction=0.5),
         "streamingllm_0.5": kp.StreamingLLM(kept_fraction=0.5),
         "tova_0.5": kp.TOVA(kept_fraction=0.5),
@@ -131,6 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--mode", choices=("generate", "steps"), default="generate")
+    ap.add_argument(
+        "--only", default="", help="comma-separated methods (the full cache always runs)"
+    )
     args = ap.parse_args(argv)
     from kvprune import KVPruneCache
     from transformers import AttentionInterface
@@ -145,6 +149,9 @@ def main(argv=None) -> int:
         return 1
     out = Path(args.out) if args.out else results_dir(__file__) / "decode_smoke_cpu.csv"
     todo = methods()
+    only = set(filter(None, args.only.split(",")))
+    if only:
+        todo = {k: v for k, v in todo.items() if k == "full" or k in only}
     for ctx in (int(x) for x in args.contexts.split(",")):
         doc = documents(tok, ctx, 1, 1)
         if not doc:  # shorter documents than ctx: repeat the longest

@@ -61,7 +61,9 @@ def load(name: str):
     raise SystemExit(f"bench_quality: unknown model {name!r}")
 
 
-def methods(fractions):
+def methods(fractions, ablate=(0.5, 0.7)):
+    """(name, target kept fraction, policy) of every method; the ablations of
+    AdaptiveFastGen and HybridFastGen at the fractions in ``ablate``."""
     import kvprune as kp
 
     out = [("full", 1.0, kp.Full()), ("fastgen_t0.95", None, kp.FastGen(recovery=0.95))]
@@ -74,7 +76,27 @@ def methods(fractions):
             ("streamingllm", kept, kp.StreamingLLM(kept_fraction=kept)),
             ("tova", kept, kp.TOVA(kept_fraction=kept)),
         ]
-        if kept == 0.5:  # ablation of AdaptiveFastGen's two departures from plain SnapKV
+        out.append(("hybrid_fastgen", kept, kp.HybridFastGen(kept_fraction=kept)))
+        if kept in ablate:  # HybridFastGen with one of its settings back at AdaptiveFastGen's
+            out += [
+                ("hybrid_fastgen_adakv", kept, kp.HybridFastGen(kept_fraction=kept, alpha=0.2)),
+                (
+                    "hybrid_fastgen_window_votes",
+                    kept,
+                    kp.HybridFastGen(kept_fraction=kept, prompt_share=0.0),
+                ),
+                (
+                    "hybrid_fastgen_no_recent",
+                    kept,
+                    kp.HybridFastGen(kept_fraction=kept, recent_share=0.0),
+                ),
+                (
+                    "hybrid_fastgen_no_structural",
+                    kept,
+                    kp.HybridFastGen(kept_fraction=kept, structural_recovery=1.0),
+                ),
+            ]
+        if kept in ablate:  # ablation of AdaptiveFastGen's two departures from plain SnapKV
             out += [
                 (
                     "adaptive_fastgen_uniform",
@@ -107,7 +129,8 @@ def greedy(model, cache, first: int, new: int, eos, found=None) -> list[int]:
     holds the needle (what follows cannot change the outcome)."""
     toks = [first]
     while len(toks) < new and toks[-1] not in eos and not (found and found(toks)):
-        logits = model(torch.tensor([[toks[-1]]]), cache=cache, logits_to_keep=1).logits
+        step = torch.tensor([[toks[-1]]], device=model.device)
+        logits = model(step, cache=cache, logits_to_keep=1).logits
         toks.append(int(logits[0, -1].argmax()))
     return toks
 
@@ -116,9 +139,9 @@ def greedy(model, cache, first: int, new: int, eos, found=None) -> list[int]:
 def continuation_nll(model, cache, first_logits, cont: list[int]) -> float:
     nll = -torch.log_softmax(first_logits.float(), -1)[cont[0]]
     if len(cont) > 1:
-        logits = model(torch.tensor([cont[:-1]]), cache=cache).logits[0].float()
-        lp = torch.log_softmax(logits, -1)
-        nll = nll - lp[torch.arange(len(cont) - 1), torch.tensor(cont[1:])].sum()
+        logits = model(torch.tensor([cont[:-1]], device=model.device), cache=cache).logits[0]
+        lp = torch.log_softmax(logits.float(), -1).cpu()
+        nll = nll.cpu() - lp[torch.arange(len(cont) - 1), torch.tensor(cont[1:])].sum()
     return float(nll)
 
 
@@ -149,6 +172,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--only", default="", help="comma-separated method names to run")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -159,6 +183,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else results_dir(__file__) / "quality_smoke_cpu.csv"
     try:
         model, tok = load(args.model)
+        model = model.to(args.device)
     except Exception as e:  # one line: a missing model wheel is an environment problem
         print(f"bench_quality: cannot load {args.model}: {e}", file=sys.stderr)
         return 1
@@ -183,6 +208,7 @@ def main(argv=None) -> int:
         cases = cases[int(start or 0) : int(stop) if stop else None]
     for ctx, depth, case, code in cases:
         ids = tok(needle_prompt(tok, ctx, depth, code), return_tensors="pt")["input_ids"]
+        ids = ids.to(args.device)
         t0 = time.time()
         states, logits = prefill(model, ids)
         t_pre = time.time() - t0
@@ -219,7 +245,7 @@ def main(argv=None) -> int:
             flush=True,
         )
     for i, doc in enumerate(documents(tok, args.ppl_ctx, args.ppl_docs, args.ppl_cont)):
-        ids = torch.tensor([doc[: args.ppl_ctx]])
+        ids = torch.tensor([doc[: args.ppl_ctx]], device=args.device)
         states, logits = prefill(model, ids)
         rows = []
         built, _ = compress_all(model, tok, todo, states, ids)

@@ -18,6 +18,7 @@ LABELS = {
     "kvprune_full": "Full()",
     "fastgen_t0.95": "FastGen(recovery=0.95)",
     "adaptive_fastgen_0.5": "AdaptiveFastGen(0.5)",
+    "hybrid_fastgen_0.5": "HybridFastGen(0.5)",
     "h2o_0.5": "H2O(0.5)",
     "streamingllm_0.5": "StreamingLLM(0.5)",
     "tova_0.5": "TOVA(0.5)",

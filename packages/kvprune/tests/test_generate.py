@@ -12,6 +12,7 @@ from kvprune import (
     AdaptiveFastGen,
     FastGen,
     Full,
+    HybridFastGen,
     KVPruneCache,
     SnapKV,
     StreamingLLM,
@@ -89,6 +90,7 @@ def masked_eager(module, query, key, value, attention_mask, scaling=None, dropou
         SnapKV(kept_fraction=0.4, window=4),
         AdaptiveFastGen(kept_fraction=0.4, window=4, min_window=2),
         AdaptiveFastGen(kept_fraction=0.3, window=6, kernel=3, structural_recovery=0.3),
+        HybridFastGen(kept_fraction=0.4, window=4, min_window=2, prompt_rows=12),
     ],
     ids=lambda p: type(p).__name__,
 )
@@ -326,7 +328,15 @@ def test_crop_is_rejected():
 # -- what a new user hit ------------------------------------------------------------------
 @pytest.mark.parametrize(
     "policy",
-    [FastGen(), AdaptiveFastGen(), H2O(0.3), TOVA(0.3), SnapKV(0.3), StreamingLLM(0.3)],
+    [
+        FastGen(),
+        AdaptiveFastGen(),
+        HybridFastGen(),
+        H2O(0.3),
+        TOVA(0.3),
+        SnapKV(0.3),
+        StreamingLLM(0.3),
+    ],
     ids=lambda p: type(p).__name__,
 )
 def test_one_token_prompt_keeps_a_minimum_window(policy):
@@ -398,7 +408,7 @@ def test_a_new_batch_on_a_used_cache_is_refused_in_one_line():
 
 def test_missing_tokenizer_and_bad_windows_are_refused():
     model = tiny_model("llama")
-    for policy in (FastGen(), AdaptiveFastGen()):
+    for policy in (FastGen(), AdaptiveFastGen(), HybridFastGen()):
         with pytest.raises(UnsupportedError, match="pass tokenizer="):
             KVPruneCache(model, policy)
     KVPruneCache(model, H2O(0.5))  # policies that ignore token classes need no tokenizer
@@ -408,6 +418,12 @@ def test_missing_tokenizer_and_bad_windows_are_refused():
         AdaptiveFastGen(window=0)
     with pytest.raises(ValueError, match="kept_fraction"):
         H2O(kept_fraction=0)
+    with pytest.raises(ValueError, match="prompt_share"):
+        HybridFastGen(prompt_share=1.5)
+    with pytest.raises(ValueError, match="recent_share"):
+        AdaptiveFastGen(recent_share=-0.1)
+    with pytest.raises(ValueError, match="prompt_rows"):
+        HybridFastGen(prompt_rows=0)
 
 
 def test_report_means_what_it_says():

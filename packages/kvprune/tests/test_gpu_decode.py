@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kv_helpers import tiny_model, token_table
-from kvprune import H2O, AdaptiveFastGen, KVPruneCache, StreamingLLM
+from kvprune import H2O, AdaptiveFastGen, HybridFastGen, KVPruneCache, StreamingLLM
 
 pytestmark = pytest.mark.gpu
 
@@ -13,6 +13,7 @@ POLICIES = [
     H2O(kept_fraction=0.5, min_window=4),  # scores + eviction every step
     StreamingLLM(kept_fraction=0.5, min_window=4),  # eviction without scores
     AdaptiveFastGen(kept_fraction=0.5, window=8, min_window=4),  # keeps every new token
+    HybridFastGen(kept_fraction=0.5, window=8, min_window=4, prompt_rows=32),
 ]
 
 

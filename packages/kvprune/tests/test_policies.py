@@ -221,9 +221,11 @@ def test_bad_policy_arguments_are_rejected():
     alpha=st.sampled_from([0.0, 0.2, 1.0]),
     structural=st.sampled_from([0.3, 0.98, 1.0]),
     min_window=st.sampled_from([0, 2]),
+    recent_share=st.sampled_from([0.0, 0.5, 1.0]),
+    prompt_share=st.sampled_from([0.0, 0.5, 1.0]),
 )
 def test_adaptive_fastgen_keeps_its_rule_and_exactly_its_budget(
-    profile, f, alpha, structural, min_window
+    profile, f, alpha, structural, min_window, recent_share, prompt_share
 ):
     policy = AdaptiveFastGen(
         kept_fraction=f,
@@ -233,6 +235,8 @@ def test_adaptive_fastgen_keeps_its_rule_and_exactly_its_budget(
         structural_recovery=structural,
         min_window=min_window,
         sinks=1,
+        recent_share=recent_share,
+        prompt_share=prompt_share,
     )
     plan = policy.plan(profile)
     check_rule(profile, plan)  # kept set == protected | top-k_f(votes) per head
@@ -293,6 +297,58 @@ def test_adaptive_fastgen_gives_the_budget_to_the_highest_votes_across_heads():
     k_f = plan.params["k_f"][0].tolist()
     assert sum(k_f) == 10 and k_f[1] >= 8 and k_f[0] >= 1
     assert bool(plan.keep[0, 1, 1:9].all()) and bool(plan.keep[0, 0, 2])
+
+
+def _uniform_profile(attn: torch.Tensor) -> Profile:
+    b, _h, _g, r, n = attn.shape
+    return Profile(
+        attn,
+        torch.ones(b, r, dtype=torch.bool),
+        torch.ones(b, n, dtype=torch.bool),
+        torch.arange(n).expand(b, n),
+        torch.zeros(b, n, dtype=torch.int8),
+        torch.full((b,), n),
+    )
+
+
+def test_adaptive_fastgen_prompt_share_mixes_window_votes_with_whole_prompt_attention():
+    """``prompt_share`` ranks by each head's normalised observation votes mixed with its
+    normalised attention accumulated over every profiled row; 0 uses the window alone."""
+    n = 30
+    attn = torch.zeros(1, 1, 1, 10, n)
+    attn[0, 0, 0, :8, 3] = 1.0  # early rows: all on token 3
+    attn[0, 0, 0, 8:, 5] = 1.0  # the observation window (2 rows): all on token 5
+    profile = _uniform_profile(attn)
+    common = dict(window=2, kernel=1, min_window=0, sinks=0, structural_recovery=1.0)
+    only_window = AdaptiveFastGen(kept_fraction=3 / n, **common).plan(profile)
+    # 3 kept: the 2-token window + one heavy hitter: the window's choice
+    assert bool(only_window.keep[0, 0, 5]) and not bool(only_window.keep[0, 0, 3])
+    whole = AdaptiveFastGen(kept_fraction=3 / n, prompt_share=0.9, **common)
+    assert whole.profile_window == whole.prompt_rows
+    plan = whole.plan(profile)
+    assert bool(plan.keep[0, 0, 3]) and not bool(plan.keep[0, 0, 5])
+    expected = 0.1 * torch.tensor([0.0] * 5 + [1.0] + [0.0] * 24) + 0.9 * attn[0, 0, 0].sum(0) / 10
+    torch.testing.assert_close(plan.score[0, 0], expected)
+
+
+def test_adaptive_fastgen_recent_share_protects_the_newest_share_of_the_budget():
+    n = 40
+    attn = torch.zeros(1, 1, 1, 2, n)
+    attn[0, 0, 0, :, 0:4] = 0.25  # votes on the first tokens only
+    profile = _uniform_profile(attn)
+    policy = AdaptiveFastGen(
+        kept_fraction=0.5,
+        recent_share=0.5,
+        window=2,
+        kernel=1,
+        min_window=0,
+        sinks=0,
+        structural_recovery=1.0,
+    )
+    plan = policy.plan(profile)
+    assert int(plan.keep[0, 0].sum()) == 20
+    assert bool(plan.keep[0, 0, 30:].all())  # the newest 10 = half of the 20-entry budget
+    assert bool(plan.keep[0, 0, 0:4].all())  # the voted tokens
 
 
 @settings(max_examples=25, deadline=None)

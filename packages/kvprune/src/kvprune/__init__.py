@@ -1,7 +1,7 @@
 """kvprune: KV-cache compression with a genuinely ragged per-head cache (FastGen and more).
 
-from kvprune import AdaptiveFastGen, KVPruneCache
-cache = KVPruneCache(model, AdaptiveFastGen(kept_fraction=0.5), tokenizer)
+from kvprune import HybridFastGen, KVPruneCache
+cache = KVPruneCache(model, HybridFastGen(kept_fraction=0.5), tokenizer)
 out = model.generate(**inputs, cache=cache, max_new_tokens=64)
 print(cache.report().summary())
 """
@@ -12,7 +12,17 @@ from .cache import KVPruneCache
 from .errors import UnsupportedError
 from .generate import generate
 from .model_check import check_model
-from .policies import H2O, TOVA, AdaptiveFastGen, FastGen, Full, Policy, SnapKV, StreamingLLM
+from .policies import (
+    H2O,
+    TOVA,
+    AdaptiveFastGen,
+    FastGen,
+    Full,
+    HybridFastGen,
+    Policy,
+    SnapKV,
+    StreamingLLM,
+)
 from .report import Report
 
 __version__ = package_version("kvprune", __file__)
@@ -23,6 +33,7 @@ __all__ = [
     "AdaptiveFastGen",
     "FastGen",
     "Full",
+    "HybridFastGen",
     "KVPruneCache",
     "Policy",
     "Report",

@@ -42,6 +42,24 @@ from .policies import Plan
 KEY_NONE = torch.iinfo(torch.int64).max  # the packed key of a slot that cannot be evicted
 
 
+def finish_held_step(state, cls, active) -> None:
+    """``finish_step`` over the slot metadata of ``state`` (a ``RaggedStore`` or an
+    ``Arena``: both hold ``pos``, ``score``, ``evictable``, ``lengths``, ``move_src``,
+    ``move_dst``, ``next`` and ``params``)."""
+    finish_step(
+        state.pos,
+        state.score,
+        state.evictable,
+        state.lengths,
+        state.move_src,
+        state.move_dst,
+        state.next,
+        state.params,
+        cls,
+        active,
+    )
+
+
 def finish_step(
     pos, score, evictable, lengths, move_src, move_dst, next_pos, params, cls, active
 ) -> None:
@@ -167,22 +185,9 @@ class Arena:
         cls = self.members[0].step_cls
         if all(pending) and all(s.step_cls is cls for s in self.members):
             assert cls is not None
-            finish_step(
-                self.pos,
-                self.score,
-                self.evictable,
-                self.lengths,
-                self.move_src,
-                self.move_dst,
-                self.next,
-                self.params,
-                cls.repeat_interleave(self.members[0].n_kv),
-                self.active,
-            )
+            finish_held_step(self, cls.repeat_interleave(self.members[0].n_kv), self.active)
             for s in self.members:
-                s.pending = False
-                s.moves = s.can_evict
-                s.step_cls = None
+                s.step_finished()
             self.batched_steps += 1
         elif any(pending):
             for s in self.members:
@@ -361,18 +366,12 @@ class RaggedStore:
         if not self.pending:
             return
         assert self.step_cls is not None
-        finish_step(
-            self.pos,
-            self.score,
-            self.evictable,
-            self.lengths,
-            self.move_src,
-            self.move_dst,
-            self.next,
-            self.params,
-            self.step_cls.repeat_interleave(self.n_kv),
-            None if self.can_evict else False,
-        )
+        active = None if self.can_evict else False
+        finish_held_step(self, self.step_cls.repeat_interleave(self.n_kv), active)
+        self.step_finished()
+
+    def step_finished(self) -> None:
+        """Mark the pending step finished (its eviction moves pool rows at the next append)."""
         self.pending = False
         self.moves = self.can_evict
         self.step_cls = None
