@@ -10,6 +10,9 @@ serves a batch from the union of its rows' selections); ``benchmarks/bench_decod
 
 from __future__ import annotations
 
+import functools
+import math
+
 # Selected fraction of rows above which the dense product runs, by device type (with ":rows" /
 # ":cols" for one op), then batch size (the entry of the largest batch not above the call's
 # batch applies). CPU, measured with benchmarks/bench_decode_cpu.py (float32, one thread,
@@ -39,6 +42,12 @@ _DEFAULTS: dict[str, dict[int, float]] = {
     "cuda": {1: 0.85, 4: 0.80, 8: 0.70, 16: 0.60},
 }
 _table: dict[str, dict[int, float]] = {k: dict(v) for k, v in _DEFAULTS.items()}
+_version = 0  # bumped by every change of the table (kernels cache what they derive from it)
+
+
+def version() -> int:
+    """A number that changes whenever the table does."""
+    return _version
 
 
 def _key(device_type: str, op: str | None) -> str:
@@ -67,13 +76,22 @@ def use_dense(
     device_type: str, batch: int, selected: int, total: int, op: str | None = None
 ) -> bool:
     """True when a selection of ``selected`` of ``total`` rows is cheaper done densely."""
-    return total > 0 and selected > dense_fallback_density(device_type, batch, op) * total
+    return total > 0 and selected > _dense_above(device_type, batch, total, op, _version)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dense_above(device_type: str, batch: int, total: int, op: str | None, _v: int) -> int:
+    """The largest selection that still gathers (cached per table version: decode steps ask
+    this of every projection, 120 times per token on SmolLM2)."""
+    return math.floor(dense_fallback_density(device_type, batch, op) * total)
 
 
 def set_dense_fallback(device_type: str, table: dict[int, float] | None) -> None:
     """Replace the crossover table of a device type, or of one op there (``"cpu:rows"``);
     a bare device type replaces its per-op tables too. ``None``: back to the defaults. A density
     of 1.0 never falls back; 0.0 always does."""
+    global _version
+    _version += 1
     if table is None:
         for key in [k for k in _table if k == device_type or k.startswith(device_type + ":")]:
             del _table[key]

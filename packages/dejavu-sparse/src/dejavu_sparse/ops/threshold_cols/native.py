@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from pathlib import Path
 
 import torch
 
-from ...fallback import dense_fallback_density
+from ... import fallback
 from .._checks import check_threshold
 from .._compile import function
 from ..gather_cols.native import BYTES_PER_THREAD, DTYPES, fallback_entry, runs_natively
@@ -28,6 +29,34 @@ def kernel():
     """The C function, or ``None`` where the library cannot be built (warned once)."""
     args = [ctypes.c_int, _P, _I, _I, ctypes.c_float, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int]
     return function(SOURCE, "dejavu_threshold_cols", ctypes.c_int64, args)
+
+
+_local = threading.local()
+_plans: dict[tuple, tuple[int, int]] = {}
+
+
+def _scratch(numel: int) -> torch.Tensor:
+    """A float32 buffer of at least ``numel`` elements, reused per thread (the C call releases
+    the GIL, so threads must not share it): one allocation fewer per call, which counts on a
+    small model's decode step (120 calls per token on SmolLM2)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _local.buf = torch.empty(numel, dtype=torch.float32)
+    return buf
+
+
+def _plan(batch: int, n: int, m: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(rows above which every row is read in order, threads) for a call of this shape."""
+    key = (batch, n, m, dtype, torch.get_num_threads(), fallback.version())
+    plan = _plans.get(key)
+    if plan is None:
+        dense_above = int(fallback.dense_fallback_density("cpu", batch, fallback_entry(dtype)) * n)
+        work = n * m * dtype.itemsize // BYTES_PER_THREAD
+        plan = _plans[key] = (dense_above, max(1, min(torch.get_num_threads(), work)))
+        if len(_plans) > 4096:  # many shapes: start over rather than grow without bound
+            _plans.clear()
+            _plans[key] = plan
+    return plan
 
 
 def threshold_cols(
@@ -46,11 +75,10 @@ def threshold_cols(
     if xf.stride(1) != 1:
         xf = xf.contiguous()
     idx = torch.empty(n + 1, dtype=torch.int64)  # the kept rows, then their count
-    xs = torch.empty(batch, n, dtype=torch.float32)
+    xs = _scratch(batch * n)  # the kept inputs, packed
     if x.dtype != torch.float32:  # compared as PyTorch does: the threshold in x's dtype
         threshold = float(torch.tensor(threshold, dtype=x.dtype))
-    dense_above = int(dense_fallback_density("cpu", batch, fallback_entry(x.dtype)) * n)
-    threads = max(1, min(torch.get_num_threads(), n * m * x.element_size() // BYTES_PER_THREAD))
+    dense_above, threads = _plan(batch, n, m, x.dtype)
     fn(DTYPES[x.dtype], xf.data_ptr(), xf.stride(0), batch, threshold, weight_t.data_ptr(), n,
        weight_t.stride(0), m, dense_above, idx.data_ptr(), xs.data_ptr(), out.data_ptr(),
        threads)  # fmt: skip
