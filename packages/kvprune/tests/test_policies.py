@@ -319,11 +319,22 @@ def test_adaptive_fastgen_prompt_share_mixes_window_votes_with_whole_prompt_atte
     attn[0, 0, 0, :8, 3] = 1.0  # early rows: all on token 3
     attn[0, 0, 0, 8:, 5] = 1.0  # the observation window (2 rows): all on token 5
     profile = _uniform_profile(attn)
-    common = dict(window=2, kernel=1, min_window=0, sinks=0, structural_recovery=1.0)
-    only_window = AdaptiveFastGen(kept_fraction=3 / n, **common).plan(profile)
+
+    def policy(kept_fraction: float, prompt_share: float = 0.0) -> AdaptiveFastGen:
+        return AdaptiveFastGen(
+            kept_fraction=kept_fraction,
+            prompt_share=prompt_share,
+            window=2,
+            kernel=1,
+            min_window=0,
+            sinks=0,
+            structural_recovery=1.0,
+        )
+
+    only_window = policy(3 / n).plan(profile)
     # 3 kept: the 2-token window + one heavy hitter: the window's choice
     assert bool(only_window.keep[0, 0, 5]) and not bool(only_window.keep[0, 0, 3])
-    whole = AdaptiveFastGen(kept_fraction=3 / n, prompt_share=0.9, **common)
+    whole = policy(3 / n, prompt_share=0.9)
     assert whole.profile_window == whole.prompt_rows
     plan = whole.plan(profile)
     assert bool(plan.keep[0, 0, 3]) and not bool(plan.keep[0, 0, 5])
