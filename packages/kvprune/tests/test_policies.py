@@ -267,38 +267,6 @@ def test_adaptive_fastgen_keeps_its_rule_and_exactly_its_budget(
                 assert int(plan.params["k_f"][i, k]) >= min(share, n_cand)
 
 
-def test_adaptive_fastgen_gives_the_budget_to_the_highest_votes_across_heads():
-    """Ada-KV: with no floor, the heavy hitters are the top votes of all heads together."""
-    n, h = 20, 2
-    attn = torch.zeros(1, h, 1, 2, n)
-    attn[0, 0, 0, :, 2] = 1.0  # head 0: all votes on one token
-    attn[0, 1, 0, :, 1:9] = 0.125  # head 1: votes spread over eight tokens
-    real = torch.ones(1, n, dtype=torch.bool)
-    profile = Profile(
-        attn,
-        torch.ones(1, 2, dtype=torch.bool),
-        real,
-        torch.arange(n)[None],
-        torch.zeros(1, n, dtype=torch.int8),
-        torch.tensor([n]),
-    )
-    policy = AdaptiveFastGen(
-        kept_fraction=0.35,
-        window=2,
-        kernel=1,
-        alpha=0.0,
-        min_window=0,
-        sinks=0,
-        structural_recovery=1.0,
-    )
-    plan = policy.plan(profile)
-    # 7 entries per head = 14; the window (2 per head) protects 4; 10 heavy hitters: head 0's
-    # one voted token, then head 1's eight (all equal), then one zero-vote token of either.
-    k_f = plan.params["k_f"][0].tolist()
-    assert sum(k_f) == 10 and k_f[1] >= 8 and k_f[0] >= 1
-    assert bool(plan.keep[0, 1, 1:9].all()) and bool(plan.keep[0, 0, 2])
-
-
 def _uniform_profile(attn: torch.Tensor) -> Profile:
     b, _h, _g, r, n = attn.shape
     return Profile(
@@ -311,6 +279,44 @@ def _uniform_profile(attn: torch.Tensor) -> Profile:
     )
 
 
+def _bare(
+    kept_fraction: float,
+    *,
+    alpha: float = 0.2,
+    prompt_share: float = 0.0,
+    recent_share: float = 0.0,
+) -> AdaptiveFastGen:
+    """``AdaptiveFastGen`` with nothing protected but its observation window (2 rows), unpooled
+    votes and no structural heads: what a hand-made profile's expectations need."""
+    return AdaptiveFastGen(
+        kept_fraction=kept_fraction,
+        alpha=alpha,
+        prompt_share=prompt_share,
+        recent_share=recent_share,
+        window=2,
+        kernel=1,
+        min_window=0,
+        sinks=0,
+        structural_recovery=1.0,
+    )
+
+
+def test_adaptive_fastgen_gives_the_budget_to_the_highest_votes_across_heads():
+    """Ada-KV: with no floor, the heavy hitters are the top votes of all heads together."""
+    n, h = 20, 2
+    attn = torch.zeros(1, h, 1, 2, n)
+    attn[0, 0, 0, :, 2] = 1.0  # head 0: all votes on one token
+    attn[0, 1, 0, :, 1:9] = 0.125  # head 1: votes spread over eight tokens
+    profile = _uniform_profile(attn)
+    policy = _bare(0.35, alpha=0.0)
+    plan = policy.plan(profile)
+    # 7 entries per head = 14; the window (2 per head) protects 4; 10 heavy hitters: head 0's
+    # one voted token, then head 1's eight (all equal), then one zero-vote token of either.
+    k_f = plan.params["k_f"][0].tolist()
+    assert sum(k_f) == 10 and k_f[1] >= 8 and k_f[0] >= 1
+    assert bool(plan.keep[0, 1, 1:9].all()) and bool(plan.keep[0, 0, 2])
+
+
 def test_adaptive_fastgen_prompt_share_mixes_window_votes_with_whole_prompt_attention():
     """``prompt_share`` ranks by each head's normalised observation votes mixed with its
     normalised attention accumulated over every profiled row; 0 uses the window alone."""
@@ -320,21 +326,10 @@ def test_adaptive_fastgen_prompt_share_mixes_window_votes_with_whole_prompt_atte
     attn[0, 0, 0, 8:, 5] = 1.0  # the observation window (2 rows): all on token 5
     profile = _uniform_profile(attn)
 
-    def policy(kept_fraction: float, prompt_share: float = 0.0) -> AdaptiveFastGen:
-        return AdaptiveFastGen(
-            kept_fraction=kept_fraction,
-            prompt_share=prompt_share,
-            window=2,
-            kernel=1,
-            min_window=0,
-            sinks=0,
-            structural_recovery=1.0,
-        )
-
-    only_window = policy(3 / n).plan(profile)
+    only_window = _bare(3 / n).plan(profile)
     # 3 kept: the 2-token window + one heavy hitter: the window's choice
     assert bool(only_window.keep[0, 0, 5]) and not bool(only_window.keep[0, 0, 3])
-    whole = policy(3 / n, prompt_share=0.9)
+    whole = _bare(3 / n, prompt_share=0.9)
     assert whole.profile_window == whole.prompt_rows
     plan = whole.plan(profile)
     assert bool(plan.keep[0, 0, 3]) and not bool(plan.keep[0, 0, 5])
@@ -347,16 +342,7 @@ def test_adaptive_fastgen_recent_share_protects_the_newest_share_of_the_budget()
     attn = torch.zeros(1, 1, 1, 2, n)
     attn[0, 0, 0, :, 0:4] = 0.25  # votes on the first tokens only
     profile = _uniform_profile(attn)
-    policy = AdaptiveFastGen(
-        kept_fraction=0.5,
-        recent_share=0.5,
-        window=2,
-        kernel=1,
-        min_window=0,
-        sinks=0,
-        structural_recovery=1.0,
-    )
-    plan = policy.plan(profile)
+    plan = _bare(0.5, recent_share=0.5).plan(profile)
     assert int(plan.keep[0, 0].sum()) == 20
     assert bool(plan.keep[0, 0, 30:].all())  # the newest 10 = half of the 20-entry budget
     assert bool(plan.keep[0, 0, 0:4].all())  # the voted tokens
