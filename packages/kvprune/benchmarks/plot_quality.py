@@ -3,7 +3,8 @@
     python packages/kvprune/benchmarks/plot_quality.py results/quality_smollm2_cpu.csv \\
         results/quality_smollm2_kvpress_cpu.csv results/ppl_smollm2_cpu.csv \\
         results/ppl_smollm2_kvpress_cpu.csv --title SmolLM2-135M \\
-        --png docs/benchmarks/kvprune-quality-smollm2.png
+        --png docs/benchmarks/kvprune-quality-smollm2.png \\
+        --summary-csv results/quality_summary_smollm2.csv
 
 Prints two markdown tables: needles found / cases per method, one column per (haystack
 length, kept fraction), with the best kvprune policy and the best kvpress press of each column;
@@ -93,11 +94,36 @@ def needle_table(needle) -> list[str]:
     return lines
 
 
+def summary_rows(needle, ppl, kept, full_ppl) -> list[dict]:
+    """One row per (method, kept fraction): needles found per haystack length, perplexity and
+    its change against the full cache: the table that answers "which policy", as data."""
+    keys = {(f, m) for _, f, m in needle} | set(ppl)
+    contexts = sorted({c for c, _, _ in needle})
+    rows = []
+    for f, m in sorted(keys, key=lambda k: (k[1].startswith("kvpress"), k[1], k[0])):
+        row: dict = {
+            "method": m,
+            "peer": "kvpress" if m.startswith("kvpress") else "kvprune",
+            "target_kept": f,
+            "kept_fraction": round(kept[(f, m)], 4) if (f, m) in kept else "",
+        }
+        for c in contexts:
+            v = needle.get((c, f, m))
+            row[f"needles_{c // 1024}k"] = v[0] if v else ""
+            row[f"cases_{c // 1024}k"] = v[1] if v else ""
+        p = ppl.get((f, m))
+        row["perplexity"] = round(p, 4) if p else ""
+        row["ppl_vs_full"] = round(p / full_ppl - 1, 4) if p and full_ppl else ""
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--title", default="")
     ap.add_argument("--png", default=None)
+    ap.add_argument("--summary-csv", default=None, help="write the summary table as one CSV")
     args = ap.parse_args(argv)
     needle, ppl, kept = summarize(load(args.csv))
     if needle:
@@ -109,6 +135,14 @@ def main(argv=None) -> int:
         for k in sorted(ppl, key=lambda k: (k[0], k[1].startswith("kvpress"), ppl[k])):
             rel = f"{ppl[k] / full_ppl - 1:+.1%}" if full_ppl else ""
             print(f"| {k[0]} | {k[1]} | {kept[k]:.3f} | {ppl[k]:.3f} | {rel} |")
+    if args.summary_csv:
+        rows = summary_rows(needle, ppl, kept, full_ppl)
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(args.summary_csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.summary_csv}")
     if args.png:
         import matplotlib
 
