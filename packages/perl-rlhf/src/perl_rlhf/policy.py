@@ -445,8 +445,15 @@ def plot_log(history: Sequence[dict], path: str | os.PathLike, *, title: str = "
     for ax, (key, label) in zip(axes, panels, strict=True):
         ax.plot(steps, [r[key] for r in history], marker=".", label="learned reward model")
         if key == "reward" and all("true_reward" in r for r in history):
-            ax.plot(steps, [r["true_reward"] for r in history], marker=".", label="rule reward")
-            ax.legend(fontsize=8)
+            # The rule's reward on its own axis: its scale (0-1 for a rule) differs from the model's.
+            rule_ax = ax.twinx()
+            rule_ax.plot(
+                steps, [r["true_reward"] for r in history], marker=".", color="C1", label="rule"
+            )
+            rule_ax.set_ylabel("rule reward", color="C1")
+            ax.set_ylabel("learned reward", color="C0")
+        elif key == "reward":
+            ax.set_ylabel("learned reward")
         ax.set_xlabel("RL step")
         ax.set_title(label)
         ax.grid(alpha=0.3)
