@@ -2,7 +2,7 @@
 
 The rule a reader can check: **an answer of at most 10 words is preferred** (``WordBand(1,
 10)``: words are whitespace-separated; an empty answer scores 0). Every prompt is "Describe
-<topic> in a few words."; SmolLM2 answers it with 3 to 30 words, about a third of the time
+<topic> in a few words."; SmolLM2 answers it with 3 to 30 words, 19-25% of the time
 within the band. The model samples 6 answers per prompt at the RL settings (temperature 0.7,
 at most 32 new tokens); each (in band, out of band) pair of one prompt's answers, at most 6 per
 prompt, becomes a pairwise row (prompt / chosen / rejected, TRL's format) and every answer a
