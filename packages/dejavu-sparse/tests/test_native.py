@@ -51,6 +51,21 @@ def test_native_backend_on_the_op_cases(gathered):
     check_backend(gather_rows, "native", max_examples=25, device="cpu")
 
 
+@pytest.mark.parametrize("backend", ["reference", "native", "gathered"])
+def test_threshold_must_be_one_number(backend):
+    """A per-channel threshold tensor is refused in one line by every backend (the C call
+    would otherwise fail deep in ctypes); a one-element tensor is one number."""
+    x, wt = torch.randn(2, 8), torch.randn(8, 5)
+    with pytest.raises(ValueError, match="threshold must be one number"):
+        threshold_cols(x, wt, torch.full((8,), 0.5), backend=backend)
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        threshold_cols(x, wt, "0.5", backend=backend)  # type: ignore[arg-type]
+    out, kept = threshold_cols(x, wt, torch.tensor(0.5), backend=backend)
+    expected, expected_kept = threshold_cols(x, wt, 0.5, backend="reference")
+    torch.testing.assert_close(out, expected)
+    assert int(kept) == int(expected_kept)
+
+
 @needs_kernel
 @settings(max_examples=40, deadline=None)
 @given(

@@ -54,8 +54,18 @@ def check_blocks(
         raise ValueError(f"{name}: x, weight and keep must be on one device")
 
 
-def check_threshold(name: str, x: torch.Tensor, weight_t: torch.Tensor):
-    """``x`` (B, N) and ``weight_t`` (N, M) of one dtype and device."""
+def check_threshold(name: str, x: torch.Tensor, weight_t: torch.Tensor, threshold) -> float:
+    """``x`` (B, N) and ``weight_t`` (N, M) of one dtype and device, and one threshold (a
+    number, or a one-element tensor): returned as a float."""
+    if isinstance(threshold, torch.Tensor):
+        if threshold.numel() != 1:
+            raise ValueError(
+                f"{name}: threshold must be one number (the projection's threshold), "
+                f"got a tensor of shape {tuple(threshold.shape)}"
+            )
+        threshold = threshold.item()
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"{name}: threshold must be a number, got {type(threshold).__name__}")
     if x.dim() != 2 or weight_t.dim() != 2:
         raise ValueError(
             f"{name}: x and weight must be 2-D, got {x.dim()}-D and {weight_t.dim()}-D"
@@ -68,3 +78,4 @@ def check_threshold(name: str, x: torch.Tensor, weight_t: torch.Tensor):
         )
     if x.device != weight_t.device:
         raise ValueError(f"{name}: x and weight must be on one device")
+    return float(threshold)

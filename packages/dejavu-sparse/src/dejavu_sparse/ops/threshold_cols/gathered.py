@@ -18,7 +18,7 @@ from ..gather_cols import fallback_key, gather_cols
 def threshold_cols(
     x: torch.Tensor, weight_t: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_threshold("threshold_cols", x, weight_t)
+    threshold = check_threshold("threshold_cols", x, weight_t, threshold)
     n = weight_t.shape[0]
     keep = x.abs() > threshold
     if x.shape[0] == 1:

@@ -16,7 +16,7 @@ from .._checks import check_threshold
 def threshold_cols(
     x: torch.Tensor, weight_t: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_threshold("threshold_cols", x, weight_t)
+    threshold = check_threshold("threshold_cols", x, weight_t, threshold)
     keep = x.abs() > threshold
     out = (torch.where(keep, x, 0).float() @ weight_t.float()).to(x.dtype)
     return out, keep.any(0).sum()

@@ -62,7 +62,7 @@ def _plan(batch: int, n: int, m: int, dtype: torch.dtype) -> tuple[int, int]:
 def threshold_cols(
     x: torch.Tensor, weight_t: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_threshold("threshold_cols", x, weight_t)
+    threshold = check_threshold("threshold_cols", x, weight_t, threshold)
     fn = kernel() if runs_natively(x, weight_t) else None
     if fn is None:
         return gathered.threshold_cols(x, weight_t, threshold)
