@@ -1,6 +1,7 @@
 """Build and load the C kernels of the CPU ``native`` backends, once per machine.
 
-A kernel's C source ships beside its op (``ops/<op>/native.c``). On first use it is compiled
+A kernel's C source ships beside its op (``ops/<op>/native.c``; what the kernels share is in
+``ops/native_common.h``). On first use it is compiled
 with the system C compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``) at ``-O3 -march=native``
 into a shared library cached under ``$DEJAVU_SPARSE_CACHE`` (default
 ``~/.cache/dejavu-sparse``), named by a hash of the source (with the files it includes), the
@@ -27,14 +28,26 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ENV_DISABLE = "DEJAVU_SPARSE_NATIVE"
 ENV_CACHE = "DEJAVU_SPARSE_CACHE"
 FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-pthread"],
     ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-pthread"],  # compilers without -march=native
 )
+# The weight dtype codes every kernel takes (0 float32, 1 bfloat16), ctypes argument types.
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+POINTER, INT64 = ctypes.c_void_p, ctypes.c_int64
+BYTES_PER_THREAD = 1 << 20  # one thread per MiB of weight a call reads, at most
 _lock = threading.Lock()
 _warned = False
+
+
+def threads_for(weight_bytes: int) -> int:
+    """Threads for a call reading ``weight_bytes`` of weight: ``torch.get_num_threads()``, but
+    no more than one per ``BYTES_PER_THREAD`` (small calls do not pay for a thread's start)."""
+    return max(1, min(torch.get_num_threads(), weight_bytes // BYTES_PER_THREAD))
 
 
 class NativeUnavailable(RuntimeError):

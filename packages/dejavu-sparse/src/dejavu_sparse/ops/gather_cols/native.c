@@ -12,25 +12,12 @@
  *
  * Built and loaded at run time by ``dejavu_sparse.ops._compile`` (``native.py`` calls it).
  */
-#include <pthread.h>
-#include <stdint.h>
-#include <string.h>
+#include "../native_common.h"
 
 #define GROUP 8
 #ifndef TILE_BYTES
 #define TILE_BYTES 65536
 #endif
-#define MAX_THREADS 64
-
-static inline float bf16_to_f32(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-#define LOAD_F32(p, m) ((p)[m])
-#define LOAD_BF16(p, m) bf16_to_f32((p)[m])
 
 /* out[b, m] += sum_j x[b, j] * w[idx[j], m] for m in [m0, m1); x is float32 (batch, ldx). */
 #define DEFINE_COLS(NAME, T, LOAD)                                                              \
@@ -98,28 +85,17 @@ static void *run(void *arg) {
  * the output columns. ``bf16``: the weights are bfloat16, else float32. */
 static void gather(int bf16, const float *x, int64_t ldx, const void *w, int64_t ldw, int64_t m,
                    const int64_t *idx, int64_t k, int64_t batch, float *out, int threads) {
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    threads = clamp_threads(threads);
     /* split the output columns in multiples of 16 (one 64-byte cache line of float32) */
     int64_t per = ((m + threads - 1) / threads + 15) / 16 * 16;
     if (per < 16) per = 16;
     job_t jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS];
     int parts = 0;
     for (int64_t m0 = 0; m0 < m && parts < threads; m0 += per, ++parts) {
         job_t j = {bf16, x, ldx, w, ldw, idx, k, batch, out, m, m0, m0 + per < m ? m0 + per : m};
         jobs[parts] = j;
     }
-    for (int p = 1; p < parts; ++p)
-        started[p] = pthread_create(&tids[p], NULL, run, &jobs[p]) == 0;
-    if (parts > 0) run(&jobs[0]);
-    for (int p = 1; p < parts; ++p) {
-        if (started[p])
-            pthread_join(tids[p], NULL);
-        else
-            run(&jobs[p]); /* no thread: the caller does this part itself */
-    }
+    run_parts(run, jobs, sizeof(job_t), parts);
 }
 
 /* Adds x @ w[idx] into the zeroed float32 ``out`` (batch, m). ``dtype``: 0 float32, 1 bfloat16
@@ -127,8 +103,7 @@ static void gather(int bf16, const float *x, int64_t ldx, const void *w, int64_t
 int dejavu_gather_cols(int dtype, const float *x, int64_t ldx, const void *w, int64_t n,
                        int64_t ldw, int64_t m, const int64_t *idx, int64_t k, int64_t batch,
                        float *out, int threads) {
-    for (int64_t j = 0; j < k; ++j)
-        if (idx[j] < 0 || idx[j] >= n) return 1;
+    if (!indices_in_range(idx, k, n)) return 1;
     gather(dtype == 1, x, ldx, w, ldw, m, idx, k, batch, out, threads);
     return 0;
 }

@@ -23,13 +23,12 @@ import torch
 
 from ...fallback import use_dense
 from .._checks import check_gather
-from .._compile import function
+from .._compile import DTYPE_CODES, INT64, POINTER, function, threads_for
 from . import chunked
 
 SOURCE = Path(__file__).with_name("native.c")
-DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-BYTES_PER_THREAD = 1 << 20
-_P, _I = ctypes.c_void_p, ctypes.c_int64
+DTYPES = DTYPE_CODES
+_P, _I = POINTER, INT64
 
 
 @functools.cache
@@ -78,9 +77,7 @@ def gather_cols(x: torch.Tensor, weight_t: torch.Tensor, idx: torch.Tensor) -> t
         return out.to(x.dtype)
     xs = x.float().contiguous()
     idx = idx.to(torch.int64).contiguous()
-    threads = max(
-        1, min(torch.get_num_threads(), k * m * weight_t.element_size() // BYTES_PER_THREAD)
-    )
+    threads = threads_for(k * m * weight_t.element_size())
     fn = kernel()
     assert fn is not None  # runs_natively checked it
     bad = fn(DTYPES[x.dtype], xs.data_ptr(), xs.stride(0), weight_t.data_ptr(), n,

@@ -9,9 +9,7 @@
  *
  * Built and loaded at run time by ``dejavu_sparse.ops._compile`` (``native.py`` calls it).
  */
-#include <pthread.h>
-#include <stdint.h>
-#include <string.h>
+#include "../native_common.h"
 
 /* 4 rows x 64 lanes (four 16-float vectors per row) x 4096-element tiles measured best of
  * 2-8 rows, 16-64 lanes (14336 x 4096, float32, one thread: 1.97x dense at half the rows) */
@@ -25,17 +23,6 @@
 #define TILE 4096
 #endif
 #define MAX_BATCH 16
-#define MAX_THREADS 64
-
-static inline float bf16_to_f32(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-#define LOAD_F32(p, k) ((p)[k])
-#define LOAD_BF16(p, k) bf16_to_f32((p)[k])
 
 /* out[b, i] for i in [i0, i1) (out is float32 (batch, ldo)); x float32 (batch, ldx), batch <=
  * MAX_BATCH. */
@@ -106,30 +93,18 @@ static void *run(void *arg) {
 int dejavu_gather_rows(int dtype, const float *x, int64_t ldx, const void *w, int64_t n,
                        int64_t ldw, int64_t kdim, const int64_t *idx, int64_t k, int64_t batch,
                        float *out, int threads) {
-    for (int64_t j = 0; j < k; ++j)
-        if (idx[j] < 0 || idx[j] >= n) return 1;
+    if (!indices_in_range(idx, k, n)) return 1;
     if (batch > MAX_BATCH) return 2;
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    threads = clamp_threads(threads);
     int64_t per = ((k + threads - 1) / threads + ROWS - 1) / ROWS * ROWS;
     if (per < ROWS) per = ROWS;
     job_t jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS];
     int parts = 0;
     for (int64_t i0 = 0; i0 < k && parts < threads; i0 += per, ++parts) {
         job_t j = {dtype == 1, x, ldx, w, ldw, kdim, idx, i0, i0 + per < k ? i0 + per : k,
                    batch, out, k};
         jobs[parts] = j;
     }
-    for (int p = 1; p < parts; ++p)
-        started[p] = pthread_create(&tids[p], NULL, run, &jobs[p]) == 0;
-    if (parts > 0) run(&jobs[0]);
-    for (int p = 1; p < parts; ++p) {
-        if (started[p])
-            pthread_join(tids[p], NULL);
-        else
-            run(&jobs[p]);
-    }
+    run_parts(run, jobs, sizeof(job_t), parts);
     return 0;
 }

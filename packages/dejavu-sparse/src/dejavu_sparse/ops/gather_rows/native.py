@@ -22,14 +22,13 @@ import torch
 
 from ...fallback import use_dense
 from .._checks import check_gather
-from .._compile import function
+from .._compile import DTYPE_CODES, INT64, POINTER, function, threads_for
 from . import inplace
 
 SOURCE = Path(__file__).with_name("native.c")
-DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+DTYPES = DTYPE_CODES
 MAX_BATCH = 16
-BYTES_PER_THREAD = 1 << 20
-_P, _I = ctypes.c_void_p, ctypes.c_int64
+_P, _I = POINTER, INT64
 
 
 @functools.cache
@@ -64,8 +63,7 @@ def gather_rows(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor) -> tor
         return out.to(x.dtype)
     xs = x.float().contiguous()
     idx = idx.to(torch.int64).contiguous()
-    work = k * kdim * weight.element_size()
-    threads = max(1, min(torch.get_num_threads(), work // BYTES_PER_THREAD))
+    threads = threads_for(k * kdim * weight.element_size())
     bad = fn(DTYPES[x.dtype], xs.data_ptr(), xs.stride(0), weight.data_ptr(), n,
              weight.stride(0), kdim, idx.data_ptr(), k, batch, out.data_ptr(), threads)  # fmt: skip
     if bad:

@@ -16,12 +16,12 @@ import torch
 
 from ... import fallback
 from .._checks import check_threshold
-from .._compile import function
-from ..gather_cols.native import BYTES_PER_THREAD, DTYPES, fallback_entry, runs_natively
+from .._compile import INT64, POINTER, function, threads_for
+from ..gather_cols.native import DTYPES, fallback_entry, runs_natively
 from . import gathered
 
 SOURCE = Path(__file__).with_name("native.c")
-_P, _I = ctypes.c_void_p, ctypes.c_int64
+_P, _I = POINTER, INT64
 
 
 @functools.cache
@@ -51,8 +51,7 @@ def _plan(batch: int, n: int, m: int, dtype: torch.dtype) -> tuple[int, int]:
     plan = _plans.get(key)
     if plan is None:
         dense_above = int(fallback.dense_fallback_density("cpu", batch, fallback_entry(dtype)) * n)
-        work = n * m * dtype.itemsize // BYTES_PER_THREAD
-        plan = _plans[key] = (dense_above, max(1, min(torch.get_num_threads(), work)))
+        plan = _plans[key] = (dense_above, threads_for(n * m * dtype.itemsize))
         if len(_plans) > 4096:  # many shapes: start over rather than grow without bound
             _plans.clear()
             _plans[key] = plan
