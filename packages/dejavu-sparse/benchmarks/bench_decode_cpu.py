@@ -18,27 +18,15 @@ import contextlib
 import functools
 import importlib
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from tensor_utils_dev.bench import interleaved_medians
+
 HERE = Path(__file__).resolve().parent
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Median milliseconds of each function, timed in rotating order for ``rounds`` rounds."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def fill_cache(model, batch: int, context: int, dtype):
@@ -124,7 +112,7 @@ def _kernel_shape(ws: list[torch.Tensor], ops, rounds: int, g, densities, batche
             ]
             # the copying path of gather_cols (what batch > 1 runs), at any batch
             fns["copy_cols"] = lambda xs=xs, idx=idx: [_copy_cols(xs, w, idx) for w in ws]
-            t = {name: v / len(ws) for name, v in interleaved(fns, rounds).items()}
+            t = {name: v / len(ws) for name, v in interleaved_medians(fns, rounds).items()}
             full, part = n * row_bytes, sel * row_bytes
             row = {"bench": "kernel", "shape": f"{n}x{k}", "batch": batch, "density": density,
                    **{f"{name}_ms": round(v, 3) for name, v in t.items()},
@@ -245,7 +233,7 @@ def block_rows(
 
                 with torch.no_grad():
                     state.reset_stats()
-                    t = interleaved({"mlp_dense": mlp_dense, "mlp_sparse": mlp_sparse,
+                    t = interleaved_medians({"mlp_dense": mlp_dense, "mlp_sparse": mlp_sparse,
                                      "layer_dense": layer_dense, "layer_sparse": layer_sparse},
                                     rounds)  # fmt: skip
                 rep = state.report()["mean"]

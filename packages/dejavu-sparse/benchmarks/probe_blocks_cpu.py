@@ -27,28 +27,14 @@ weights stream from memory. Interleaved rounds, medians.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from tensor_utils_dev.bench import interleaved_medians
+
 HIDDEN, INTER = 4096, 14336
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median milliseconds of each function, timed in rotating order for ``rounds`` rounds."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def each(fn: Callable[..., object], *lists) -> Callable[[], object]:
@@ -121,7 +107,7 @@ def kernel_rows(rounds: int, densities, blocks) -> list[dict]:
                                         xs, ws, br)  # fmt: skip
                 fns[f"block{b}_eb"] = each(eb_product, xs, ws, bidx)
                 nruns[f"block{b}"] = len(br[0][0])
-            t = {k: v / len(ws) for k, v in interleaved(fns, rounds).items()}
+            t = {k: v / len(ws) for k, v in interleaved_medians(fns, rounds, rotate=True).items()}
             row: dict = {"bench": "kernel", "matrix": name, "shape": f"{n}x{m}", "batch": 1,
                          "density": density, **{f"{k}_ms": round(v, 3) for k, v in t.items()},
                          **{f"{k}_speedup": round(t["dense"] / v, 3) for k, v in t.items() if k != "dense"},
@@ -225,7 +211,7 @@ def mlp_rows(rounds: int, densities, blocks) -> list[dict]:
                 fns[f"block{b}"] = each(lambda x, c, t, b=b: teal_block(x, c, t, b), xs, copies, bt)
                 fns[f"block{b}_eb"] = each(lambda x, c, t, b=b, ar=ar: teal_block_eb(x, c, t, b, ar),
                                            xs, copies, bt)  # fmt: skip
-            t = {k: v / len(xs) for k, v in interleaved(fns, rounds).items()}
+            t = {k: v / len(xs) for k, v in interleaved_medians(fns, rounds, rotate=True).items()}
             row = {"bench": "mlp", "shape": "4096/14336 gate,up,down", "batch": 1,
                    "density": density, **{f"{k}_ms": round(v, 3) for k, v in t.items()},
                    **{f"{k}_speedup": round(t["dense"] / v, 3) for k, v in t.items() if k != "dense"},

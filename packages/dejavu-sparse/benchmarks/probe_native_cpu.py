@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from tensor_utils_dev.bench import interleaved_medians
 
 GROUP = 16
 
@@ -30,18 +30,6 @@ def grouped(x: torch.Tensor, w_t: torch.Tensor, idx: torch.Tensor) -> torch.Tens
     for r in range(1, GROUP):
         acc = acc + xi[:, r : r + 1] * w_t[ii[:, r]]
     return acc
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def main() -> None:
@@ -79,7 +67,7 @@ def main() -> None:
                     compiled(xs[0], w, idx).sum(0) for w in ws
                 ],
             }
-            t = {name: v / len(ws) for name, v in interleaved(fns, args.rounds).items()}
+            t = {name: v / len(ws) for name, v in interleaved_medians(fns, args.rounds).items()}
             row = {"bench": "native_probe", "shape": f"{n}x{m}", "density": density,
                    **{f"{k_}_ms": round(v, 3) for k_, v in t.items()},
                    **{f"{k_}_speedup": round(t["dense"] / v, 3) for k_, v in t.items()

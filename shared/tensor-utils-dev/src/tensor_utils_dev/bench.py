@@ -60,6 +60,25 @@ def time_fn(
     return Timing(statistics.median(samples), qs[1], qs[7])
 
 
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]], rounds: int, *, rotate: bool = False
+) -> dict[str, float]:
+    """Median milliseconds per call of each function (CPU wall time), the functions called in
+    turn once per round (A, B, A, B, ...) after one warm-up call each, so that drifting load
+    hits all alike; ``rotate`` starts each round one function later (A, B, C, B, C, A, ...)."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    names = list(fns)
+    for r in range(rounds):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
 def _proc_status(pid: int | str = "self") -> dict[str, int]:
     """Memory lines of /proc/<pid>/status in bytes (Linux only; empty elsewhere)."""
     out = {}
