@@ -168,13 +168,7 @@ class PolicyTrainer:
         self.reward_fn, self.true_reward_fn = reward_fn, true_reward_fn
         trainable = ("policy", "value") if config.uses_value else ("policy",)
         model.set_trainable(trainable)
-        limit = config.max_length or getattr(model.config, "max_position_embeddings", None)
-        self.prompt_ids, self.prompt_texts = encode_prompts(
-            load_rows(prompts) if not isinstance(prompts, list) else prompts,
-            tokenizer,
-            max_length=limit,
-            max_new_tokens=config.max_new_tokens,
-        )
+        self.prompt_ids, self.prompt_texts = self.encode(prompts)
         self.params = model.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
         self.pad = pad_id(tokenizer)
@@ -336,6 +330,19 @@ class PolicyTrainer:
             bar.close()
         return PolicyResult(history=list(self.history), config=asdict(self.config))
 
+    def encode(self, prompts):
+        """Token ids and texts of ``prompts`` (a JSONL path, a ``datasets.Dataset``, or a list of
+        rows or strings), each leaving room for ``max_new_tokens`` within the context."""
+        limit = self.config.max_length or getattr(
+            self.model.config, "max_position_embeddings", None
+        )
+        return encode_prompts(
+            load_rows(prompts) if not isinstance(prompts, list) else prompts,
+            self.tokenizer,
+            max_length=limit,
+            max_new_tokens=self.config.max_new_tokens,
+        )
+
     # -- evaluation ------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -369,15 +376,7 @@ class PolicyTrainer:
         if prompts is None:
             ids, texts = self.prompt_ids, self.prompt_texts
         else:
-            limit = self.config.max_length or getattr(
-                self.model.config, "max_position_embeddings", None
-            )
-            ids, texts = encode_prompts(
-                load_rows(prompts) if not isinstance(prompts, list) else prompts,
-                self.tokenizer,
-                max_length=limit,
-                max_new_tokens=self.config.max_new_tokens,
-            )
+            ids, texts = self.encode(prompts)
         indices = list(range(len(ids)))[: n or len(ids)] * samples
         values: list[float] = []
         width = max(1, self.config.batch_size * self.config.samples_per_prompt)
