@@ -13,7 +13,7 @@ from tensor_utils_dev import bench, models
 def test_interleaved_medians_calls_in_turn_and_rotates_on_request():
     for rotate, expected in ((False, "ABCABCABC"), (True, "ABCBCACAB")):
         calls: list[str] = []
-        fns = {n: (lambda n=n: calls.append(n)) for n in "ABC"}
+        fns = {n: (lambda n=n, calls=calls: calls.append(n)) for n in "ABC"}
         medians = bench.interleaved_medians(fns, 3, rotate=rotate)
         assert "".join(calls) == "ABC" + expected  # one warm-up call each, then the rounds
         assert set(medians) == set("ABC") and all(v >= 0 for v in medians.values())
